@@ -1,0 +1,214 @@
+"""The public Python API. The CLI and server are thin layers over these functions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from slimforge.bench.timing import BenchResult, BenchSpec, measure
+from slimforge.core.artifact import Artifact
+from slimforge.core.context import ProgressFn, RunContext
+from slimforge.core.registry import apply
+from slimforge.errors import DataError
+from slimforge.evaluate.metrics import Metric
+from slimforge.io.data import Dataset, bundled_sentences_path, load_data
+from slimforge.io.models import default_model_path, load
+from slimforge.io.synth import synthesize
+from slimforge.plan.recipe import Recipe, default_recipe
+
+log = logging.getLogger("slimforge")
+log.addHandler(logging.NullHandler())
+
+ModelLike = str | Path | nn.Module | Artifact
+
+
+def _as_artifact(model: ModelLike | None, **load_kw: Any) -> Artifact:
+    if isinstance(model, Artifact):
+        return model
+    return load(default_model_path() if model is None else model, **load_kw)
+
+
+def _as_data(data: str | Path | Dataset | None, art: Artifact, *, default_text: bool = False) -> Dataset | None:
+    if data is None:
+        pre = art.meta.get("preprocess") or {}
+        if default_text and pre.get("kind") == "text":
+            return load_data(bundled_sentences_path(), art)
+        return None
+    if isinstance(data, (str, Path)):
+        return load_data(data, art)
+    return data
+
+
+def export(model: ModelLike, output: str | Path | None = None, *, opset: int = 17,
+           dynamic_axes: Sequence[str] = (), exporter: str = "auto", verify: bool = True, atol: float = 1e-4,
+           rtol: float = 1e-4, external_data: str = "auto", workdir: str | Path = "slimforge-out",
+           progress: ProgressFn | None = None, **load_kw: Any) -> Artifact:
+    """Export a torch model to ONNX and verify it against the source on several input shapes.
+
+    Example:
+        >>> import torch, slimforge
+        >>> art = slimforge.export(torch.nn.Linear(4, 2), "/tmp/slimforge-doc/lin.onnx",
+        ...                        example_inputs=torch.randn(1, 4))
+        >>> art.checks[0].passed
+        True
+    """
+    from slimforge.export.onnx import ExportConfig
+
+    cfg = ExportConfig(opset=opset, dynamic_axes=tuple(dynamic_axes), exporter=exporter, verify=verify,
+                       atol=atol, rtol=rtol, external_data=external_data)
+    art = _as_artifact(model, **load_kw)
+    ctx = RunContext(workdir=Path(workdir), progress=progress, output=Path(output) if output else None)
+    return apply(art, cfg, ctx)
+
+
+def feeds_for(art: Artifact, data: Dataset | None, *, seq: int = 64) -> Callable[[int], dict[str, np.ndarray]]:
+    """A function giving model feeds at a batch size: the first examples of ``data``, else synthesised inputs."""
+
+    def make(batch: int) -> dict[str, np.ndarray]:
+        if data is None:
+            return synthesize(art.io, batch=batch, seq=seq, examples=art.examples, meta=art.meta)
+        first = next(data.batches(batch), None)
+        if first is None:
+            raise DataError(f"{data.name}: no examples to benchmark with")
+        feeds = first.feeds
+        n = len(next(iter(feeds.values())))
+        if n < batch:  # fewer examples than the batch size: repeat them
+            reps = -(-batch // n)
+            feeds = {k: np.concatenate([v] * reps)[:batch] for k, v in feeds.items()}
+        return feeds
+
+    return make
+
+
+def benchmark(models: ModelLike | Sequence[ModelLike], *, runtime: str | None = None,
+              batch_sizes: Sequence[int] = (1, 32), data: str | Path | Dataset | None = None,
+              threads: int | None = None, device: str = "cpu", precision: str | None = None,
+              spec: BenchSpec = BenchSpec(), progress: ProgressFn | None = None) -> list[BenchResult]:
+    """Measure latency (p50/p95/p99/mean), throughput, peak memory and size of each model, one after the other.
+
+    Example:
+        >>> import torch, slimforge
+        >>> art = slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4))
+        >>> r = slimforge.benchmark(art, batch_sizes=(1,), spec=slimforge.BenchSpec(repeats=5, min_time_s=0))[0]
+        >>> r.latency_ms[1].n >= 5
+        True
+    """
+    items = list(models) if isinstance(models, (list, tuple)) else [models]
+    results = []
+    for i, m in enumerate(items):
+        art = _as_artifact(m)
+        ds = _as_data(data, art, default_text=True)
+        results.append(measure(art, runtime, feeds_for(art, ds), batch_sizes=tuple(batch_sizes), spec=spec,
+                               threads=threads, device=device, precision=precision))
+        if progress is not None:
+            from slimforge.core.context import ProgressEvent
+
+            progress(ProgressEvent("benchmark", i + 1, len(items)))
+    return results
+
+
+def evaluate(candidate: ModelLike, data: str | Path | Dataset | None = None, *, reference: ModelLike | None = None,
+             runtime: str | None = None, limit: int | None = 512) -> dict[str, Metric]:
+    """Quality of ``candidate`` on data: accuracy with labels; cosine, SQNR, neighbour agreement vs ``reference``.
+
+    Example:
+        >>> # slimforge.evaluate("model-int8.onnx", "sentences.txt", reference="model.onnx")["cosine"].value
+    """
+    from slimforge.evaluate.run import evaluate as _evaluate
+
+    cand = _as_artifact(candidate)
+    ref = _as_artifact(reference) if reference is not None else None
+    ds = _as_data(data, ref or cand, default_text=True)
+    if ds is None:
+        raise DataError("evaluation needs data: pass data=... (an image folder, a text file, .npy/.npz or CSV)")
+    return _evaluate(cand, ds, reference=ref, runtime=runtime, limit=limit)
+
+
+def info(model: ModelLike) -> dict[str, Any]:
+    """Inputs, outputs, op or module histogram, parameter count and size of a model.
+
+    Example:
+        >>> import torch, slimforge
+        >>> slimforge.info(slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4)))["parameters"]
+        10
+    """
+    from slimforge.export.info import model_info
+
+    return model_info(_as_artifact(model))
+
+
+@dataclass
+class OptimizeResult:
+    """What ``optimize`` hands back: the artifact, the report document and the files written."""
+
+    artifact: Artifact
+    baseline: Artifact
+    report: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | None = None,
+             output_dir: str | Path = "slimforge-out", recipe: Recipe | None = None,
+             batch_sizes: Sequence[int] = (1, 32), threads: int | None = None, eval_limit: int = 512,
+             spec: BenchSpec = BenchSpec(), progress: ProgressFn | None = None) -> OptimizeResult:
+    """Run a recipe (default: export -> verify -> graph-optimise -> dynamic INT8 -> verify), then benchmark the
+    baseline against the result, evaluate both on the data, and write the report.
+
+    With no model, uses the bundled all-MiniLM-L6-v2 and the bundled sentences.
+
+    Example:
+        >>> # res = slimforge.optimize()  # the demo: MiniLM, 1,000 bundled sentences
+        >>> # res.report["comparison"]["speedup_p50"]
+    """
+    from slimforge.evaluate.run import collect_outputs, quality_metrics
+    from slimforge.plan.engine import run_steps
+    from slimforge.report import build_report, variant_entry, write_report
+
+    out_dir = Path(output_dir)
+    base = _as_artifact(model)
+    ds = _as_data(data, base, default_text=True)
+    recipe = recipe or default_recipe(base, batch_sizes=tuple(batch_sizes), threads=threads)
+    ctx = RunContext(workdir=out_dir, progress=progress, threads=recipe.threads, calibration_data=ds)
+    suffix = ".onnx"
+    result = run_steps(base, recipe, ctx, output=out_dir / f"{base.name}-optimized{suffix}")
+
+    quality_base: dict[str, Metric] = {}
+    quality_result: dict[str, Metric] = {}
+    if ds is not None:
+        ctx.report_progress("evaluate", 0, 2)
+        ref_out, labels = collect_outputs(base, ds, runtime=recipe.baseline_runtime, limit=eval_limit)
+        ctx.report_progress("evaluate", 1, 2)
+        res_out, _ = collect_outputs(result, ds, runtime=recipe.runtime, limit=eval_limit)
+        ctx.report_progress("evaluate", 2, 2)
+        task = str(base.meta.get("task") or "generic")
+        quality_base = quality_metrics(task, ref_out, ref_out, labels)
+        quality_result = quality_metrics(task, res_out, ref_out, labels)
+
+    feeds = feeds_for(base, ds)
+    n = len(recipe.batch_sizes)
+    ctx.report_progress("benchmark baseline", 0, n)
+    b_bench = measure(base, recipe.baseline_runtime, feeds, batch_sizes=recipe.batch_sizes, spec=spec,
+                      threads=recipe.threads,
+                      on_batch=lambda b: ctx.report_progress("benchmark baseline", recipe.batch_sizes.index(b) + 1, n))
+    ctx.report_progress("benchmark result", 0, n)
+    r_bench = measure(result, recipe.runtime, feeds, batch_sizes=recipe.batch_sizes, spec=spec,
+                      threads=recipe.threads,
+                      on_batch=lambda b: ctx.report_progress("benchmark result", recipe.batch_sizes.index(b) + 1, n))
+    baseline_label = f"{base.format.value} fp32 ({recipe.baseline_runtime})"
+    report = build_report(
+        baseline=variant_entry(baseline_label, base, b_bench, quality_base),
+        result=variant_entry(f"optimized ({recipe.runtime})", result, r_bench, quality_result),
+        artifact=result, recipe=recipe.to_dict(), threads=recipe.threads,
+        data={"name": ds.name, "examples": len(ds), "evaluated": min(len(ds), eval_limit)} if ds else None)
+    paths = write_report(report, out_dir)
+    (out_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    paths["recipe"] = out_dir / "recipe.yaml"
+    paths["artifact"] = result.path  # type: ignore[assignment]
+    return OptimizeResult(result, base, report, paths)
+
+

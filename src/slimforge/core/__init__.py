@@ -1,0 +1,1 @@
+"""Core abstractions: Artifact, Config, the technique registry, recipes and the run context."""

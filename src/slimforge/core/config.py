@@ -1,0 +1,113 @@
+"""Typed, frozen, versioned technique configs that round-trip through plain dicts (and so YAML/JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing
+from typing import Any, ClassVar
+
+from slimforge.errors import ConfigError
+
+_CONFIG_TYPES: dict[str, type[Config]] = {}
+
+
+class Config:
+    """Base class of every technique config.
+
+    Subclasses are ``@dataclass(frozen=True, kw_only=True, slots=True)`` and set a unique ``kind``; they validate in
+    ``__post_init__`` by raising ``ConfigError``.
+
+    Example:
+        >>> from slimforge.export.onnx import ExportConfig
+        >>> cfg = ExportConfig(opset=17)
+        >>> Config.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    __slots__ = ()
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        kind = cls.__dict__.get("kind")
+        if kind:
+            other = _CONFIG_TYPES.get(kind)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise TypeError(f"config kind {kind!r} registered twice ({other.__qualname__}, {cls.__qualname__})")
+            _CONFIG_TYPES[kind] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise to a plain dict with a ``type`` tag; enums become their values, tuples become lists."""
+        out: dict[str, Any] = {"type": self.kind}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Config:
+        """Rebuild a config from ``to_dict`` output (or hand-written YAML)."""
+        if not isinstance(data, dict) or "type" not in data:
+            raise ConfigError(f"a step must be a mapping with a 'type' key, got {data!r}")
+        _ensure_loaded()
+        cls = _CONFIG_TYPES.get(str(data["type"]))
+        if cls is None:
+            raise ConfigError(f"unknown step type {data['type']!r}; known: {', '.join(sorted(_CONFIG_TYPES))}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = set(data) - names - {"type"}
+        if unknown:
+            raise ConfigError(f"{data['type']}: unknown setting(s) {sorted(unknown)}; allowed: {sorted(names)}")
+        kwargs = {k: _coerce(hints.get(k), v, f"{data['type']}.{k}") for k, v in data.items() if k != "type"}
+        return cls(**kwargs)
+
+
+def config_types() -> dict[str, type[Config]]:
+    """All registered config kinds (after importing the built-in techniques)."""
+    _ensure_loaded()
+    return dict(_CONFIG_TYPES)
+
+
+def _ensure_loaded() -> None:
+    import slimforge.techniques  # noqa: F401  (registers built-in configs and handlers)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if hint is None or value is None:
+        return value
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except (ConfigError, ValueError, TypeError):
+                continue
+        raise ConfigError(f"{where}: cannot interpret {value!r} as {hint}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in hint)
+            raise ConfigError(f"{where}: {value!r} is not one of: {allowed}") from None
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

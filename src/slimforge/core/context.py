@@ -1,0 +1,81 @@
+"""The run context: where outputs go, the progress callback, the seed, and data shared by steps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """``completed`` of ``total`` units of ``task`` are done (``total`` None: unknown length)."""
+
+    task: str
+    completed: float
+    total: float | None = None
+
+
+ProgressFn = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class RunContext:
+    """Shared state for a run.
+
+    Example:
+        >>> ctx = RunContext(workdir=Path("/tmp/slimforge-doc"))
+        >>> ctx.report_progress("export", 1, 2)
+    """
+
+    workdir: Path
+    progress: ProgressFn | None = None
+    seed: int = 0
+    threads: int | None = None
+    calibration_data: Any = None  # a slimforge.io.data.Dataset
+    output: Path | None = None  # where the run's final artifact goes (set by the engine for the last step only)
+
+    def output_for(self, art: Any, suffix: str) -> Path:
+        """The file a step writes ``art`` to: ``output`` for the final step, else a file named by its id."""
+        if self.output is not None:
+            return Path(self.output)
+        return self.workdir / "artifacts" / f"{art.name}-{art.id[:10]}{suffix}"
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def report_progress(self, task: str, completed: float, total: float | None = None) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(task, completed, total))
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path with the same name as ``final`` in a private folder beside it; move it (and any side
+    files written next to it, such as ONNX external data or an OpenVINO ``.bin``) into place only if the block
+    succeeds. Works for files and folders. On failure nothing is left behind.
+
+    Example:
+        >>> with atomic_path(Path("/tmp/slimforge-doc/x.txt")) as tmp:
+        ...     _ = tmp.write_text("hi")
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = tmpdir / final.name
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"the step did not write {final.name}")
+        for sibling in sorted(tmpdir.iterdir(), key=lambda p: p == tmp):  # the main file last
+            target = final.parent / sibling.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(sibling, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,71 @@
+"""One exception tree for slimforge.
+
+User errors (bad config, unsupported model, bad data, missing dependency) propagate with a message that names the
+problem and the fix. ``TechniqueFailed`` is recoverable inside a search: the planner may skip the candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SlimforgeError(Exception):
+    """Root of every error slimforge raises on purpose."""
+
+
+class ConfigError(SlimforgeError, ValueError):
+    """A technique, recipe or CLI setting is invalid."""
+
+
+class UnsupportedModelError(SlimforgeError):
+    """The model (or its format) is not supported by the requested step."""
+
+
+class ModelLoadError(SlimforgeError):
+    """A model file or folder could not be read: missing, truncated, corrupt or of an unknown kind."""
+
+
+class DataError(SlimforgeError):
+    """Calibration or evaluation data is missing, empty or does not match the model."""
+
+
+class InputError(SlimforgeError, ValueError):
+    """Inputs given to a model do not match its IO spec (names, shapes, dtypes)."""
+
+
+class MissingDependencyError(SlimforgeError, ImportError):
+    """An optional backend library is not installed."""
+
+    def __init__(self, package: str, *, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"this step needs the optional package '{package}', which is not installed; "
+            f"install it with: pip install 'slimforge[{extra}]'"
+        )
+
+
+class TechniqueFailed(SlimforgeError):
+    """A technique could not be applied to this model; a search may skip it and go on."""
+
+
+class VerificationError(TechniqueFailed):
+    """A transformed model's outputs drifted past the tolerance from its reference."""
+
+    def __init__(self, message: str, *, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def require(module: str, *, extra: str, package: str | None = None) -> Any:
+    """Import an optional backend lazily, raising ``MissingDependencyError`` with the pip command when absent.
+
+    Example:
+        >>> np = require("numpy", extra="onnx")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingDependencyError(package or module.split(".")[0], extra=extra) from exc

@@ -1,0 +1,1 @@
+"""ONNX export, verification, graph optimisation and model inspection."""

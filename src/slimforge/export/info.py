@@ -1,0 +1,127 @@
+"""Model inspection: IO spec, opset, producer, op histogram, parameter count, size."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimforge.core.artifact import Artifact, Format, IOSpec, TensorSpec
+from slimforge.errors import ModelLoadError, require
+
+
+def check_onnx_file(path: Path) -> None:
+    """Raise ``ModelLoadError`` naming the file when it is not a valid ONNX model (truncated, corrupt, invalid)."""
+    onnx = require("onnx", extra="onnx")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0][:300] if text else type(exc).__name__
+        if "parse" in reason.lower() or "protobuf" in reason.lower() or type(exc).__name__ == "DecodeError":
+            reason = f"the file is truncated or not an ONNX protobuf ({reason})"
+        raise ModelLoadError(f"{path}: not a valid ONNX model: {reason}") from exc
+
+
+def onnx_io(path: Path) -> IOSpec:
+    """Inputs (excluding initializers) and outputs with symbolic dims as names."""
+    onnx = require("onnx", extra="onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(vi: Any) -> TensorSpec:
+        t = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "float32"
+        return TensorSpec(vi.name, dims, dtype)
+
+    return IOSpec(tuple(spec(v) for v in model.graph.input if v.name not in inits),
+                  tuple(spec(v) for v in model.graph.output))
+
+
+def onnx_info(path: Path) -> dict[str, Any]:
+    """Everything ``slimforge info`` shows for an ONNX file."""
+    onnx = require("onnx", extra="onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    ops: collections.Counter[str] = collections.Counter()
+    _count_ops(model.graph, ops)
+    params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    constant_weights = sum(1 for n in model.graph.node if n.op_type == "Constant")
+    domains = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+    io = onnx_io(path)
+    return {
+        "format": "onnx",
+        "path": str(path),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "inputs": [t.to_dict() for t in io.inputs],
+        "outputs": [t.to_dict() for t in io.outputs],
+        "parameters": params,
+        "initializers": len(model.graph.initializer),
+        "constant_nodes": constant_weights,
+        "external_data": any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer),
+        "custom_domains": domains,
+        "nodes": sum(ops.values()),
+        "op_histogram": dict(ops.most_common()),
+    }
+
+
+def _count_ops(graph: Any, ops: collections.Counter[str]) -> None:
+    for node in graph.node:
+        ops[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"] += 1
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                _count_ops(attr.g, ops)
+            for g in attr.graphs:
+                _count_ops(g, ops)
+
+
+def torch_info(art: Artifact) -> dict[str, Any]:
+    """Parameter count, FLOPs (``torch.utils.flop_counter``) and module histogram of a torch artifact."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = art.handle
+    params = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
+    flops = None
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            module(*[torch.from_numpy(v) for v in art.examples.values()])
+        flops = int(counter.get_total_flops())
+    except Exception:  # some TorchScript modules cannot be counted; FLOPs are then unknown
+        flops = None
+    kinds = collections.Counter(type(m).__name__ for m in module.modules()) if hasattr(module, "modules") else {}
+    return {
+        "format": art.format.value,
+        "path": str(art.path) if art.path else None,
+        "inputs": [t.to_dict() for t in art.io.inputs],
+        "outputs": [t.to_dict() for t in art.io.outputs],
+        "parameters": int(params),
+        "flops_per_example_batch": flops,
+        "example_shapes": {k: list(v.shape) for k, v in art.examples.items()},
+        "module_histogram": dict(collections.Counter(kinds).most_common(20)),
+    }
+
+
+def model_info(art: Artifact) -> dict[str, Any]:
+    """Inspect any artifact.
+
+    Example:
+        >>> import torch, slimforge
+        >>> info = model_info(slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4)))
+        >>> info["parameters"]
+        10
+    """
+    if art.format is Format.ONNX:
+        info = onnx_info(art.path)  # type: ignore[arg-type]
+    elif art.format is Format.OPENVINO:
+        info = {"format": "openvino", "path": str(art.path), "inputs": [t.to_dict() for t in art.io.inputs],
+                "outputs": [t.to_dict() for t in art.io.outputs]}
+    else:
+        info = torch_info(art)
+    info["name"] = art.name
+    info["task"] = art.meta.get("task")
+    info["size_mb"] = round(art.size_bytes() / 1e6, 3)
+    return info

@@ -1,0 +1,86 @@
+"""A recipe: ordered technique steps plus where to measure the result. Loadable from and savable to YAML/JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimforge.core.artifact import Artifact, Format
+from slimforge.core.config import Config
+from slimforge.errors import ConfigError
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """Steps to apply in order, and how to measure the result against the baseline.
+
+    Example:
+        >>> from slimforge.export.onnx import ExportConfig
+        >>> r = Recipe(steps=(ExportConfig(),))
+        >>> Recipe.from_dict(r.to_dict()) == r
+        True
+    """
+
+    steps: tuple[Config, ...]
+    runtime: str = "onnxruntime"
+    baseline_runtime: str = "torch"
+    batch_sizes: tuple[int, ...] = (1, 32)
+    threads: int | None = None
+    name: str = "default"
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch sizes must be positive integers, got {self.batch_sizes}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": RECIPE_VERSION, "name": self.name, "runtime": self.runtime,
+                "baseline_runtime": self.baseline_runtime, "batch_sizes": list(self.batch_sizes),
+                "threads": self.threads, "steps": [s.to_dict() for s in self.steps]}
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Recipe:
+        if not isinstance(data, dict) or "steps" not in data:
+            raise ConfigError("a recipe is a mapping with a 'steps' list")
+        if int(data.get("version", RECIPE_VERSION)) > RECIPE_VERSION:
+            raise ConfigError(f"recipe version {data['version']} is newer than this slimforge supports "
+                              f"({RECIPE_VERSION}); upgrade slimforge")
+        return Recipe(steps=tuple(Config.from_dict(s) for s in data["steps"]),
+                      runtime=str(data.get("runtime", "onnxruntime")),
+                      baseline_runtime=str(data.get("baseline_runtime", "torch")),
+                      batch_sizes=tuple(int(b) for b in data.get("batch_sizes", (1, 32))),
+                      threads=data.get("threads"), name=str(data.get("name", "default")))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @staticmethod
+    def load(path: str | Path) -> Recipe:
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from exc
+        return Recipe.from_dict(data)
+
+
+def default_recipe(art: Artifact, *, batch_sizes: tuple[int, ...] = (1, 32), threads: int | None = None) -> Recipe:
+    """The fixed recipe: export -> verify -> graph-optimise -> dynamic INT8 (per-channel) -> verify."""
+    from slimforge.export.onnx import ExportConfig
+    from slimforge.export.optimize import GraphOptConfig
+    from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
+
+    steps: list[Config] = [] if art.format in (Format.ONNX, Format.OPENVINO) else [ExportConfig()]
+    steps += [GraphOptConfig(), DynamicQuantConfig(per_channel=True)]
+    baseline = "onnxruntime" if art.format is Format.ONNX else "torch"
+    return Recipe(steps=tuple(steps), baseline_runtime=baseline, batch_sizes=batch_sizes, threads=threads)

@@ -1,0 +1,1 @@
+"""Quantization techniques, one module per (method, format)."""
