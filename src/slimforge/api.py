@@ -24,6 +24,8 @@ from slimforge.plan.recipe import Recipe, default_recipe
 log = logging.getLogger("slimforge")
 log.addHandler(logging.NullHandler())
 
+_RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO"}
+
 ModelLike = str | Path | nn.Module | Artifact
 
 
@@ -199,10 +201,10 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
     r_bench = measure(result, recipe.runtime, feeds, batch_sizes=recipe.batch_sizes, spec=spec,
                       threads=recipe.threads,
                       on_batch=lambda b: ctx.report_progress("benchmark result", recipe.batch_sizes.index(b) + 1, n))
-    baseline_label = f"{base.format.value} fp32 ({recipe.baseline_runtime})"
+    baseline_label = f"{_RUNTIME_NAMES.get(recipe.baseline_runtime, recipe.baseline_runtime)} FP32"
     report = build_report(
         baseline=variant_entry(baseline_label, base, b_bench, quality_base),
-        result=variant_entry(f"optimized ({recipe.runtime})", result, r_bench, quality_result),
+        result=variant_entry(f"optimized ({_RUNTIME_NAMES.get(recipe.runtime, recipe.runtime)})", result, r_bench, quality_result),
         artifact=result, recipe=recipe.to_dict(), threads=recipe.threads,
         data={"name": ds.name, "examples": len(ds), "evaluated": min(len(ds), eval_limit)} if ds else None)
     paths = write_report(report, out_dir)

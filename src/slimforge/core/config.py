@@ -62,6 +62,18 @@ class Config:
         return cls(**kwargs)
 
 
+def coerce_fields(cfg: Config) -> None:
+    """Turn strings into the enums and lists into the tuples a config's type hints ask for (call first thing in
+    ``__post_init__``), raising ``ConfigError`` for values that do not fit."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        hint = hints.get(f.name)
+        if (isinstance(hint, type) and issubclass(hint, enum.Enum) and not isinstance(value, hint)) or \
+                (typing.get_origin(hint) is tuple and isinstance(value, list)):
+            object.__setattr__(cfg, f.name, _coerce(hint, value, f"{cfg.kind}.{f.name}"))
+
+
 def config_types() -> dict[str, type[Config]]:
     """All registered config kinds (after importing the built-in techniques)."""
     _ensure_loaded()

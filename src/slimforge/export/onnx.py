@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from slimforge.core.artifact import Artifact, Format, IOSpec, Step, TensorSpec
-from slimforge.core.config import Config
+from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, VerificationError, require
 from slimforge.export.info import check_onnx_file
 from slimforge.export.verify import verification_cases, verify
+from slimforge.runtimes.torch_eager import set_training
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ExportConfig(Config):
     version: int = 1
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if not 9 <= self.opset <= 23:
             raise ConfigError(f"opset must be between 9 and 23, got {self.opset}")
         if self.atol < 0 or self.rtol < 0:
@@ -94,7 +96,8 @@ def _export_torch(art: Artifact, cfg: ExportConfig, ctx: RunContext) -> Artifact
     require("onnx", extra="onnx")
     module = art.handle
     if getattr(module, "training", False):
-        module = copy.deepcopy(module).eval()
+        module = copy.deepcopy(module)
+        set_training(module, False)
     if cfg.dynamic_axes:
         in_axes, out_axes = _user_axes(art, cfg)
     else:  # the loader probed which axes may vary
@@ -106,6 +109,7 @@ def _export_torch(art: Artifact, cfg: ExportConfig, ctx: RunContext) -> Artifact
     exporters = [Exporter.TORCHSCRIPT, Exporter.DYNAMO] if cfg.exporter is Exporter.AUTO else [cfg.exporter]
     reasons: list[str] = []
     last: Exception | None = None
+    mismatch: VerificationError | None = None
     for exporter in exporters:
         ctx.report_progress(f"export ({exporter.value})", 0, 2)
         try:
@@ -125,13 +129,13 @@ def _export_torch(art: Artifact, cfg: ExportConfig, ctx: RunContext) -> Artifact
             return _with_meta(out, exporter=exporter.value)
         except VerificationError as exc:
             reasons.append(f"{exporter.value}: {exc}")
-            last = exc
+            last = mismatch = exc
         except Exception as exc:  # exporter internals raise anything; keep the first line and fall back
             reasons.append(f"{exporter.value}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}")
             last = exc
         log.warning("ONNX export with %s failed: %s", exporter.value, reasons[-1])
-    if isinstance(last, VerificationError):
-        raise VerificationError("ONNX export did not verify: " + " | ".join(reasons), report=last.report) from last
+    if mismatch is not None:
+        raise VerificationError("ONNX export did not verify: " + " | ".join(reasons), report=mismatch.report) from last
     raise TechniqueFailed("ONNX export failed with every exporter: " + " | ".join(reasons)) from last
 
 

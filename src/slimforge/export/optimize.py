@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimforge.core.artifact import Artifact, Check, Format, Step
-from slimforge.core.config import Config
+from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, VerificationError, require
@@ -43,11 +43,7 @@ class GraphOptConfig(Config):
     version: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.ort_level, str) and not isinstance(self.ort_level, OrtLevel):
-            try:
-                object.__setattr__(self, "ort_level", OrtLevel(self.ort_level))
-            except ValueError:
-                raise ConfigError(f"ort_level must be none, basic or extended, got {self.ort_level!r}") from None
+        coerce_fields(self)
         if self.atol < 0 or self.rtol < 0:
             raise ConfigError("atol and rtol must be >= 0")
 

@@ -11,7 +11,7 @@ from slimforge.core.artifact import Artifact, Format
 from slimforge.errors import ConfigError, ModelLoadError, require
 from slimforge.runtimes.base import check_feeds, register_runtime
 
-_PRECISIONS = {None: None, "fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
+_PRECISIONS = {None: "f32", "fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
 
 
 class OvSession:
@@ -36,6 +36,9 @@ class OvSession:
 
 
 class OpenVinoRuntime:
+    """OpenVINO on CPU. Precision defaults to FP32 (OpenVINO itself would pick BF16 on CPUs that have it); ask for
+    ``bf16`` or ``fp16`` explicitly."""
+
     name = "openvino"
     formats = (Format.OPENVINO, Format.ONNX)
 

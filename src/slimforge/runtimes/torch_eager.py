@@ -26,19 +26,27 @@ def _outputs_to_list(out: object) -> list[torch.Tensor]:
     raise TypeError(f"model returned {type(out).__name__}; expected tensors")
 
 
+def set_training(module: object, mode: bool) -> None:
+    """Set a module's mode where it has one (programs from ``torch.export`` refuse ``train()``/``eval()``)."""
+    try:
+        module.train(mode)  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        pass
+
+
 def run_module(module: nn.Module, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run a module once in eval mode on numpy feeds (positional, in order) without changing its training flag."""
     was_training = getattr(module, "training", False)
     try:
         if was_training:
-            module.eval()
+            set_training(module, False)
         with torch.inference_mode():
             out = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
         return [t.detach().float().numpy() if t.dtype in (torch.float16, torch.bfloat16) else t.detach().numpy()
                 for t in _outputs_to_list(out)]
     finally:
         if was_training:
-            module.train()
+            set_training(module, True)
 
 
 class TorchSession:
@@ -89,7 +97,7 @@ class TorchRuntime:
         # changing mode, device or dtype happens on the session's own copy: the user's module stays as it was
         if getattr(module, "training", False) or dtype is not None or dev.type != "cpu":
             module = copy.deepcopy(module)
-            module.eval()
+            set_training(module, False)
         if isinstance(module, nn.Module):
             module = module.to(dev)
             if dtype is not None:

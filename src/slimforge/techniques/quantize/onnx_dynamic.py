@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from slimforge.core.artifact import Artifact, Format, Step
-from slimforge.core.config import Config
+from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
 from slimforge.env import has_vnni
@@ -46,6 +46,7 @@ class DynamicQuantConfig(Config):
     version: int = 1
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if not 0.0 <= self.min_cosine <= 1.0:
             raise ConfigError(f"min_cosine must be in [0, 1], got {self.min_cosine}")
 

@@ -1,0 +1,227 @@
+"""Typer app: every command builds a recipe or request and calls the API; ``--dry-run`` prints the recipe."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slimforge.errors import ConfigError, SlimforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make trained models smaller and faster, verified and measured on your hardware.")
+console = Console()
+err_console = Console(stderr=True)
+
+ModelArg = Annotated[Optional[str], typer.Argument(help="Model: ONNX file, HF folder, TorchScript .pt, .pt2, "
+                                                        "OpenVINO .xml. Default: the bundled all-MiniLM-L6-v2.")]
+InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable)")]
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ConfigError(f"--batch must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"--batch values must be positive, got {text!r}")
+    return values
+
+
+def _load(model: str | None, input_shape: list[str] | None) -> Any:
+    from slimforge.io.models import default_model_path, load
+    from slimforge.io.synth import parse_input_shapes
+
+    return load(model or default_model_path(), input_shapes=parse_input_shapes(input_shape) or None)
+
+
+@app.command()
+def info(model: ModelArg = None, input_shape: InputShape = None,
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show inputs, outputs, op histogram, parameter count and size."""
+    from slimforge.export.info import model_info
+
+    data = model_info(_load(model, input_shape))
+    if as_json:
+        console.print_json(json.dumps(data, default=str))
+        return
+    table = Table(title=f"{data['name']} ({data['format']})", show_header=False)
+    for key in ("path", "task", "producer", "opset", "parameters", "flops_per_example_batch", "size_mb",
+                "external_data", "custom_domains", "nodes"):
+        if data.get(key) not in (None, "", [], {}):
+            table.add_row(key, str(data[key]))
+    for kind in ("inputs", "outputs"):
+        for t in data[kind]:
+            table.add_row(kind[:-1], f"{t['name']}  {t['dtype']}  {t['shape']}")
+    console.print(table)
+    hist = data.get("op_histogram") or data.get("module_histogram") or {}
+    if hist:
+        console.print("ops: " + ", ".join(f"{k}={v}" for k, v in list(hist.items())[:25]))
+
+
+@app.command()
+def export(model: ModelArg = None,
+           output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .onnx file.")] = Path(
+               "slimforge-out/model.onnx"),
+           opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+           dynamic_axes: Annotated[Optional[list[str]], typer.Option(
+               "--dynamic-axes", help="NAME:0=batch,1=sequence (repeatable); inferred when omitted.")] = None,
+           exporter: Annotated[str, typer.Option(help="auto | torchscript | dynamo")] = "auto",
+           atol: Annotated[float, typer.Option(help="Verification tolerance (max abs error).")] = 1e-4,
+           verify: Annotated[bool, typer.Option(help="Verify against the source model.")] = True,
+           input_shape: InputShape = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
+    """Export a PyTorch model to ONNX, verified against the source on several input shapes."""
+    from slimforge.export.onnx import ExportConfig
+    from slimforge.plan.recipe import Recipe
+
+    cfg = ExportConfig(opset=opset, dynamic_axes=tuple(dynamic_axes or ()), exporter=_enum("exporter", exporter),
+                       atol=atol, verify=verify)
+    if dry_run:
+        console.print(Recipe(steps=(cfg,), runtime="onnxruntime").to_yaml())
+        return
+    from slimforge.api import export as api_export
+    from slimforge.cli.progress import progress_bars
+
+    art = _load(model, input_shape)
+    with progress_bars(err_console) as progress:
+        out = api_export(art, output, opset=opset, dynamic_axes=cfg.dynamic_axes, exporter=exporter, verify=verify,
+                         atol=atol, workdir=output.parent, progress=progress)
+    _print_checks(out)
+    console.print(f"[green]wrote[/] {out.path}  ({out.size_bytes() / 1e6:.1f} MB, exporter "
+                  f"{out.meta.get('exporter')})")
+
+
+@app.command()
+def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or more models.")] = None,
+              runtime: Annotated[Optional[str], typer.Option(help="torch | onnxruntime | openvino")] = None,
+              batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,32",
+              data: Annotated[Optional[Path], typer.Option(help="Data to build inputs from.")] = None,
+              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
+              repeats: Annotated[int, typer.Option(help="Minimum timed runs per batch size.")] = 20,
+              input_shape: InputShape = None,
+              json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write results as JSON.")] = None
+              ) -> None:
+    """Measure latency p50/p95/p99, throughput, peak memory and size."""
+    from slimforge.api import benchmark as api_benchmark
+    from slimforge.bench.timing import BenchSpec
+    from slimforge.cli.progress import progress_bars
+
+    batches = _batches(batch)
+    arts = [_load(m, input_shape) for m in (models or [None])]
+    with progress_bars(err_console) as progress:
+        results = api_benchmark(arts, runtime=runtime, batch_sizes=batches, data=data, threads=threads,
+                                spec=BenchSpec(repeats=repeats), progress=progress)
+    table = Table(title="benchmark")
+    for col in ("model", "runtime", "batch", "p50 ms", "p95 ms", "p99 ms", "items/s", "peak MB", "size MB"):
+        table.add_column(col, justify="right" if col not in ("model", "runtime") else "left")
+    for r in results:
+        for b, t in r.latency_ms.items():
+            table.add_row(r.name, r.runtime, str(b), f"{t.p50:.2f}", f"{t.p95:.2f}", f"{t.p99:.2f}",
+                          f"{r.throughput[b]:.1f}", f"{r.peak_memory_mb:.1f}", f"{r.size_mb:.1f}")
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
+
+
+@app.command()
+def optimize(model: ModelArg = None,
+             output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Output folder.")] = Path(
+                 "slimforge-out"),
+             data: Annotated[Optional[Path], typer.Option(help="Calibration/evaluation data.")] = None,
+             batch: Annotated[str, typer.Option(help="Batch sizes to measure.")] = "1,32",
+             threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
+             recipe: Annotated[Optional[Path], typer.Option(help="A recipe YAML to run instead of the default.")] = None,
+             input_shape: InputShape = None,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
+    """Export, verify, graph-optimise, quantize (dynamic INT8), verify, then benchmark baseline vs result."""
+    from slimforge.plan.recipe import Recipe, default_recipe
+
+    art = _load(model, input_shape)
+    the_recipe = Recipe.load(recipe) if recipe else default_recipe(art, batch_sizes=_batches(batch), threads=threads)
+    if dry_run:
+        console.print(the_recipe.to_yaml())
+        return
+    from slimforge.api import optimize as api_optimize
+    from slimforge.cli.progress import progress_bars
+
+    with progress_bars(err_console) as progress:
+        res = api_optimize(art, data=data, output_dir=output_dir, recipe=the_recipe, progress=progress)
+    _print_checks(res.artifact)
+    print_comparison(res.report)
+    console.print(f"artifact: {res.paths['artifact']}")
+    console.print(f"report:   {res.paths['html']}  (also report.json, report.csv, *.png)")
+
+
+def print_comparison(report: dict[str, Any]) -> None:
+    base, res = report["baseline"], report["result"]
+    table = Table(title=f"{report['model']['name']}: baseline vs optimized")
+    table.add_column("metric")
+    table.add_column(base["label"], justify="right")
+    table.add_column(res["label"], justify="right")
+    table.add_column("ratio", justify="right")
+    for b in base["latency_ms"]:
+        for p in ("p50", "p95", "p99"):
+            x, y = base["latency_ms"][b][p], res["latency_ms"][b][p]
+            table.add_row(f"latency {p} ms, batch {b}", f"{x:.2f}", f"{y:.2f}", f"{x / y:.2f}x faster")
+    for b in base["throughput"]:
+        table.add_row(f"throughput /s, batch {b}", f"{base['throughput'][b]:.1f}", f"{res['throughput'][b]:.1f}", "")
+    table.add_row("size MB", f"{base['size_mb']:.1f}", f"{res['size_mb']:.1f}",
+                  f"{base['size_mb'] / res['size_mb']:.2f}x smaller" if res["size_mb"] else "")
+    table.add_row("peak memory MB", f"{base['peak_memory_mb']:.1f}", f"{res['peak_memory_mb']:.1f}", "")
+    for k, v in res["quality"].items():
+        bv = base["quality"].get(k)
+        table.add_row(k, _fmt(bv), _fmt(v), "")
+    console.print(table)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _print_checks(art: Any) -> None:
+    for c in art.checks:
+        mark = "[green]pass[/]" if c.passed else "[yellow]dropped[/]"
+        key = {k: f"{v:.3g}" for k, v in c.metrics.items() if k in ("max_abs", "cosine", "sqnr_db")}
+        console.print(f"check {c.name}: {mark} {key}")
+
+
+def _enum(name: str, value: str) -> Any:
+    from slimforge.export.onnx import Exporter
+
+    try:
+        return Exporter(value)
+    except ValueError:
+        raise ConfigError(f"--{name} must be one of {[e.value for e in Exporter]}, got {value!r}") from None
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit 2; nothing else is swallowed."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("torchao", "root", "sentence_transformers", "transformers", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        app(standalone_mode=False)
+    except SlimforgeError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
