@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import logging
 
-# The subpackage ``slimforge.export`` must be imported before the function ``export`` is bound, or a later lazy
-# import of ``slimforge.export.onnx`` would replace the function with the module.
-import slimforge.export as _export_package  # noqa: F401
 from slimforge.api import OptimizeResult, benchmark, evaluate, export, info, optimize
 from slimforge.bench.timing import BenchResult, BenchSpec, Timing
 from slimforge.core.artifact import Artifact, Check, Format, IOSpec, Step, TensorSpec

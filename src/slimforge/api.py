@@ -15,7 +15,7 @@ from slimforge.core.artifact import Artifact
 from slimforge.core.context import ProgressFn, RunContext
 from slimforge.core.registry import apply
 from slimforge.errors import DataError
-from slimforge.evaluate.metrics import Metric
+from slimforge.evaluation.metrics import Metric
 from slimforge.io.data import Dataset, bundled_sentences_path, load_data
 from slimforge.io.models import default_model_path, load
 from slimforge.io.synth import synthesize
@@ -59,7 +59,7 @@ def export(model: ModelLike, output: str | Path | None = None, *, opset: int = 1
         >>> art.checks[0].passed
         True
     """
-    from slimforge.export.onnx import ExportConfig
+    from slimforge.convert.onnx import ExportConfig
 
     cfg = ExportConfig(opset=opset, dynamic_axes=tuple(dynamic_axes), exporter=exporter, verify=verify,
                        atol=atol, rtol=rtol, external_data=external_data)
@@ -121,7 +121,7 @@ def evaluate(candidate: ModelLike, data: str | Path | Dataset | None = None, *, 
     Example:
         >>> # slimforge.evaluate("model-int8.onnx", "sentences.txt", reference="model.onnx")["cosine"].value
     """
-    from slimforge.evaluate.run import evaluate as _evaluate
+    from slimforge.evaluation.run import evaluate as _evaluate
 
     cand = _as_artifact(candidate)
     ref = _as_artifact(reference) if reference is not None else None
@@ -139,7 +139,7 @@ def info(model: ModelLike) -> dict[str, Any]:
         >>> slimforge.info(slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4)))["parameters"]
         10
     """
-    from slimforge.export.info import model_info
+    from slimforge.convert.info import model_info
 
     return model_info(_as_artifact(model))
 
@@ -167,7 +167,7 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
         >>> # res = slimforge.optimize()  # the demo: MiniLM, 1,000 bundled sentences
         >>> # res.report["comparison"]["speedup_p50"]
     """
-    from slimforge.evaluate.run import collect_outputs, quality_metrics
+    from slimforge.evaluation.run import collect_outputs, quality_metrics
     from slimforge.plan.engine import run_steps
     from slimforge.report import build_report, variant_entry, write_report
 

@@ -6,8 +6,8 @@ from slimforge.core.config import Config, config_types
 from slimforge.core.registry import handlers, lookup
 from slimforge.core.artifact import Format
 from slimforge.errors import ConfigError, UnsupportedModelError
-from slimforge.export.onnx import ExportConfig
-from slimforge.export.optimize import GraphOptConfig
+from slimforge.convert.onnx import ExportConfig
+from slimforge.convert.optimize import GraphOptConfig
 from slimforge.plan.recipe import Recipe
 from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
 
@@ -70,7 +70,7 @@ def test_recipe_yaml_round_trip(tmp_path):
 
 
 def test_strings_become_enums():
-    from slimforge.export.onnx import Exporter
+    from slimforge.convert.onnx import Exporter
 
     assert ExportConfig(exporter="dynamo").exporter is Exporter.DYNAMO
     assert ExportConfig(dynamic_axes=["x:0"]).dynamic_axes == ("x:0",)

@@ -121,7 +121,7 @@ def test_input_files_are_not_modified(tmp_path, mlp_onnx):
     art = slimforge.load(mlp_onnx)
     from slimforge.core.context import RunContext
     from slimforge.core.registry import apply
-    from slimforge.export.optimize import GraphOptConfig
+    from slimforge.convert.optimize import GraphOptConfig
 
     apply(art, GraphOptConfig(), RunContext(workdir=tmp_path / "w"))
     assert mlp_onnx.read_bytes() == before

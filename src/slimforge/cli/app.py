@@ -45,7 +45,7 @@ def _load(model: str | None, input_shape: list[str] | None) -> Any:
 def info(model: ModelArg = None, input_shape: InputShape = None,
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show inputs, outputs, op histogram, parameter count and size."""
-    from slimforge.export.info import model_info
+    from slimforge.convert.info import model_info
 
     data = model_info(_load(model, input_shape))
     if as_json:
@@ -78,7 +78,7 @@ def export(model: ModelArg = None,
            input_shape: InputShape = None,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
     """Export a PyTorch model to ONNX, verified against the source on several input shapes."""
-    from slimforge.export.onnx import ExportConfig
+    from slimforge.convert.onnx import ExportConfig
     from slimforge.plan.recipe import Recipe
 
     cfg = ExportConfig(opset=opset, dynamic_axes=tuple(dynamic_axes or ()), exporter=_enum("exporter", exporter),
@@ -194,7 +194,7 @@ def _print_checks(art: Any) -> None:
 
 
 def _enum(name: str, value: str) -> Any:
-    from slimforge.export.onnx import Exporter
+    from slimforge.convert.onnx import Exporter
 
     try:
         return Exporter(value)

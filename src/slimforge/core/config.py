@@ -19,7 +19,7 @@ class Config:
     ``__post_init__`` by raising ``ConfigError``.
 
     Example:
-        >>> from slimforge.export.onnx import ExportConfig
+        >>> from slimforge.convert.onnx import ExportConfig
         >>> cfg = ExportConfig(opset=17)
         >>> Config.from_dict(cfg.to_dict()) == cfg
         True

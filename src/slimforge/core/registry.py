@@ -32,7 +32,7 @@ def implements(config_type: type[Config], *, fmt: Format | tuple[Format, ...], n
 
     Example:
         >>> from slimforge.core.registry import handlers
-        >>> from slimforge.export.onnx import ExportConfig
+        >>> from slimforge.convert.onnx import ExportConfig
         >>> any(h.config_type is ExportConfig for h in handlers())
         True
     """

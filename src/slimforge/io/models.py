@@ -140,7 +140,7 @@ def _load_torch_export(path: Path, *, example_inputs, input_names, input_shapes,
 
 
 def _load_onnx(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
-    from slimforge.export.info import onnx_io, check_onnx_file
+    from slimforge.convert.info import onnx_io, check_onnx_file
 
     check_onnx_file(path)
     io = onnx_io(path)

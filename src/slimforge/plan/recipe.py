@@ -18,7 +18,7 @@ class Recipe:
     """Steps to apply in order, and how to measure the result against the baseline.
 
     Example:
-        >>> from slimforge.export.onnx import ExportConfig
+        >>> from slimforge.convert.onnx import ExportConfig
         >>> r = Recipe(steps=(ExportConfig(),))
         >>> Recipe.from_dict(r.to_dict()) == r
         True
@@ -76,8 +76,8 @@ class Recipe:
 
 def default_recipe(art: Artifact, *, batch_sizes: tuple[int, ...] = (1, 32), threads: int | None = None) -> Recipe:
     """The fixed recipe: export -> verify -> graph-optimise -> dynamic INT8 (per-channel) -> verify."""
-    from slimforge.export.onnx import ExportConfig
-    from slimforge.export.optimize import GraphOptConfig
+    from slimforge.convert.onnx import ExportConfig
+    from slimforge.convert.optimize import GraphOptConfig
     from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
 
     steps: list[Config] = [] if art.format in (Format.ONNX, Format.OPENVINO) else [ExportConfig()]

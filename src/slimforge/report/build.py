@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from slimforge.bench.timing import BenchResult
 from slimforge.core.artifact import Artifact
 from slimforge.env import environment
-from slimforge.evaluate.metrics import Metric
+from slimforge.evaluation.metrics import Metric
 
 SCHEMA = "slimforge.report"
 SCHEMA_VERSION = 1

@@ -15,7 +15,7 @@ from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
 from slimforge.env import has_vnni
 from slimforge.errors import ConfigError, TechniqueFailed, require
-from slimforge.evaluate.fidelity import fidelity_check
+from slimforge.evaluation.fidelity import fidelity_check
 
 log = logging.getLogger(__name__)
 

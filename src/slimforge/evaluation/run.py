@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from slimforge.core.artifact import Artifact
-from slimforge.evaluate.metrics import Metric, accuracy, cosine_similarity, fidelity_metrics, neighbour_agreement
+from slimforge.evaluation.metrics import Metric, accuracy, cosine_similarity, fidelity_metrics, neighbour_agreement
 from slimforge.io.data import Dataset
 
 

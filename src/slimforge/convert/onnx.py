@@ -20,8 +20,8 @@ from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, VerificationError, require
-from slimforge.export.info import check_onnx_file
-from slimforge.export.verify import verification_cases, verify
+from slimforge.convert.info import check_onnx_file
+from slimforge.convert.verify import verification_cases, verify
 from slimforge.runtimes.torch_eager import set_training
 
 log = logging.getLogger(__name__)

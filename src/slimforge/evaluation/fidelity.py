@@ -8,7 +8,7 @@ import numpy as np
 
 from slimforge.core.artifact import Artifact, Check
 from slimforge.errors import VerificationError
-from slimforge.evaluate.metrics import fidelity_metrics
+from slimforge.evaluation.metrics import fidelity_metrics
 
 
 def fidelity_check(reference: Artifact, candidate: Artifact, *, min_cosine: float, name: str = "fidelity",
@@ -18,7 +18,7 @@ def fidelity_check(reference: Artifact, candidate: Artifact, *, min_cosine: floa
     Example:
         >>> # check = fidelity_check(fp32_art, int8_art, min_cosine=0.99)
     """
-    from slimforge.export.verify import verification_cases
+    from slimforge.convert.verify import verification_cases
     from slimforge.runtimes import open_session
 
     ref_sess = open_session(reference, runtime)

@@ -1,5 +1,5 @@
 """Evaluators and metrics: accuracy, output fidelity, embedding neighbour agreement."""
 
-from slimforge.evaluate.metrics import Metric, accuracy, cosine_similarity, neighbour_agreement, sqnr_db
+from slimforge.evaluation.metrics import Metric, accuracy, cosine_similarity, neighbour_agreement, sqnr_db
 
 __all__ = ["Metric", "accuracy", "cosine_similarity", "neighbour_agreement", "sqnr_db"]

@@ -1,0 +1,1 @@
+"""Conversion: ONNX export, verification, graph optimisation and model inspection."""

@@ -1,1 +1,0 @@
-"""ONNX export, verification, graph optimisation and model inspection."""
