@@ -49,14 +49,14 @@ def sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
 
     Example:
         >>> round(sqnr_db(np.array([1.0, 1.0]), np.array([1.0, 1.1])), 1)
-        20.0
+        23.0
     """
     ref = np.asarray(ref, dtype=np.float64)
     noise = float(np.sum((ref - np.asarray(cand, dtype=np.float64)) ** 2))
     signal = float(np.sum(ref**2))
     if noise == 0:
         return float("inf")
-    return 10.0 * np.log10(max(signal, 1e-300) / noise)
+    return float(10.0 * np.log10(max(signal, 1e-300) / noise))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:

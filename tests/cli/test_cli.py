@@ -1,0 +1,60 @@
+"""The CLI in process (typer's runner): thin commands over the API, clear errors, dry runs."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slimforge.cli.app import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def ts_model(tmp_path, mlp):
+    path = tmp_path / "mlp.pt"
+    torch.jit.save(torch.jit.trace(mlp.eval(), torch.randn(1, 16)), path)
+    return path
+
+
+def test_help_for_every_command():
+    for cmd in ("info", "export", "benchmark", "optimize"):
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output, cmd
+
+
+def test_info_json(mlp_onnx):
+    res = runner.invoke(app, ["info", str(mlp_onnx), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["parameters"] == 1738 and data["op_histogram"]["Gemm"] == 2
+
+
+def test_export_torchscript_with_input_shape(ts_model, tmp_path):
+    out = tmp_path / "o" / "m.onnx"
+    res = runner.invoke(app, ["export", str(ts_model), "-o", str(out), "--input-shape", "x:1x16", "--opset", "18"])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "verify_onnx_export: pass" in res.output
+
+
+def test_export_dry_run_writes_nothing(ts_model, tmp_path):
+    out = tmp_path / "o" / "m.onnx"
+    res = runner.invoke(app, ["export", str(ts_model), "-o", str(out), "--dry-run", "--opset", "18"])
+    assert res.exit_code == 0 and "type: export_onnx" in res.output and "opset: 18" in res.output
+    assert not out.exists()
+
+
+def test_benchmark_json(mlp_onnx, tmp_path):
+    out = tmp_path / "b.json"
+    res = runner.invoke(app, ["benchmark", str(mlp_onnx), "--batch", "1,4", "--repeats", "5", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert set(data[0]["latency_ms"]) == {"1", "4"} and data[0]["runtime"] == "onnxruntime"
+    assert "p99 ms" in res.output
+
+
+def test_bad_batch_is_a_clear_error(mlp_onnx):
+    res = runner.invoke(app, ["benchmark", str(mlp_onnx), "--batch", "1,x"])
+    assert res.exit_code != 0
+    assert "--batch must be a comma-separated list" in str(res.exception)
