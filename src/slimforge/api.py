@@ -204,7 +204,8 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
     baseline_label = f"{_RUNTIME_NAMES.get(recipe.baseline_runtime, recipe.baseline_runtime)} FP32"
     report = build_report(
         baseline=variant_entry(baseline_label, base, b_bench, quality_base),
-        result=variant_entry(f"optimized ({_RUNTIME_NAMES.get(recipe.runtime, recipe.runtime)})", result, r_bench, quality_result),
+        result=variant_entry(f"{_RUNTIME_NAMES.get(recipe.runtime, recipe.runtime)} "
+                             f"{str(result.meta.get('precision', 'fp32')).upper()}", result, r_bench, quality_result),
         artifact=result, recipe=recipe.to_dict(), threads=recipe.threads,
         data={"name": ds.name, "examples": len(ds), "evaluated": min(len(ds), eval_limit)} if ds else None)
     paths = write_report(report, out_dir)

@@ -99,3 +99,22 @@ def test_external_data_threshold(mlp_art, tmp_path, monkeypatch):
     assert any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer)
     assert (tmp_path / "big.onnx.data").exists()
     assert out.checks[0].passed
+
+
+def test_falls_back_to_dynamo_when_torchscript_fails(mlp_art, tmp_path, monkeypatch):
+    import slimforge.convert.onnx as exp
+
+    real = exp._run_exporter
+
+    def flaky(exporter, *args, **kw):
+        if exporter is exp.Exporter.TORCHSCRIPT:
+            raise RuntimeError("unsupported operator aten::made_up")
+        return real(exporter, *args, **kw)
+
+    monkeypatch.setattr(exp, "_run_exporter", flaky)
+    out = slimforge.export(mlp_art, tmp_path / "m.onnx", workdir=tmp_path)
+    assert out.meta["exporter"] == "dynamo" and out.checks[0].passed
+    monkeypatch.setattr(exp, "_run_exporter", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("nope")))
+    with pytest.raises(slimforge.TechniqueFailed, match="failed with every exporter: torchscript: RuntimeError: nope"):
+        slimforge.export(mlp_art, tmp_path / "n.onnx", workdir=tmp_path)
+    assert not (tmp_path / "n.onnx").exists()

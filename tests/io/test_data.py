@@ -93,3 +93,28 @@ def test_text_data_on_a_non_text_model(tmp_path, mlp_art):
     (tmp_path / "s.txt").write_text("hello\n")
     with pytest.raises(slimforge.DataError, match="needs a text model"):
         slimforge.load_data(tmp_path / "s.txt", mlp_art)
+
+
+def test_image_preprocessing_comes_from_the_model_folder(tmp_path):
+    """A transformers image classifier folder with preprocessor_config.json: size, crop and normalisation used."""
+    import json
+
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=64, num_labels=4, architectures=["ViTForImageClassification"])
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    (tmp_path / "vit" / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.2, 0.2],
+        "size": {"height": 32, "width": 32}, "rescale_factor": 1 / 255}))
+    art = slimforge.load(tmp_path / "vit")
+    assert art.meta["task"] == "classification" and art.io.input_names == ["pixel_values"]
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.new("RGB", (64, 48), (255, 255, 255)).save(tmp_path / "imgs" / "a" / "white.png")
+    batch = next(slimforge.load_data(tmp_path / "imgs", art).batches(1))
+    x = batch.feeds["pixel_values"]
+    assert x.shape == (1, 3, 32, 32)
+    assert np.allclose(x[0, :, 0, 0], [(1 - 0.5) / 0.2, (1 - 0.4) / 0.2, (1 - 0.3) / 0.2], atol=1e-5)
+    out = slimforge.open_session(art).run(batch.feeds)[0]
+    assert out.shape == (1, 4)

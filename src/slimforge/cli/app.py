@@ -162,23 +162,22 @@ def optimize(model: ModelArg = None,
 
 def print_comparison(report: dict[str, Any]) -> None:
     base, res = report["baseline"], report["result"]
-    table = Table(title=f"{report['model']['name']}: baseline vs optimized")
-    table.add_column("metric")
-    table.add_column(base["label"], justify="right")
-    table.add_column(res["label"], justify="right")
-    table.add_column("ratio", justify="right")
+    console.print(f"[bold]{report['model']['name']}[/]: baseline = {base['label']}, optimized = {res['label']}")
+    table = Table()
+    for col in ("metric", "baseline", "optimized", "ratio"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
     for b in base["latency_ms"]:
         for p in ("p50", "p95", "p99"):
             x, y = base["latency_ms"][b][p], res["latency_ms"][b][p]
-            table.add_row(f"latency {p} ms, batch {b}", f"{x:.2f}", f"{y:.2f}", f"{x / y:.2f}x faster")
+            table.add_row(f"{p} ms, batch {b}", f"{x:.2f}", f"{y:.2f}", f"{x / y:.2f}x faster")
     for b in base["throughput"]:
-        table.add_row(f"throughput /s, batch {b}", f"{base['throughput'][b]:.1f}", f"{res['throughput'][b]:.1f}", "")
+        table.add_row(f"items/s, batch {b}", f"{base['throughput'][b]:.1f}", f"{res['throughput'][b]:.1f}", "")
     table.add_row("size MB", f"{base['size_mb']:.1f}", f"{res['size_mb']:.1f}",
                   f"{base['size_mb'] / res['size_mb']:.2f}x smaller" if res["size_mb"] else "")
-    table.add_row("peak memory MB", f"{base['peak_memory_mb']:.1f}", f"{res['peak_memory_mb']:.1f}", "")
+    table.add_row("peak memory MB", f"{base['peak_memory_mb']:.1f}", f"{res['peak_memory_mb']:.1f}",
+                  f"{base['peak_memory_mb'] / res['peak_memory_mb']:.2f}x less" if res["peak_memory_mb"] else "")
     for k, v in res["quality"].items():
-        bv = base["quality"].get(k)
-        table.add_row(k, _fmt(bv), _fmt(v), "")
+        table.add_row(k, _fmt(base["quality"].get(k)), _fmt(v), "")
     console.print(table)
 
 
@@ -190,7 +189,7 @@ def _print_checks(art: Any) -> None:
     for c in art.checks:
         mark = "[green]pass[/]" if c.passed else "[yellow]dropped[/]"
         key = {k: f"{v:.3g}" for k, v in c.metrics.items() if k in ("max_abs", "cosine", "sqnr_db")}
-        console.print(f"check {c.name}: {mark} {key}")
+        console.print(f"check {c.name}: {mark} {key}", soft_wrap=True)
 
 
 def _enum(name: str, value: str) -> Any:
@@ -204,6 +203,11 @@ def _enum(name: str, value: str) -> Any:
 
 def main() -> None:
     """Entry point: user errors print one clear line and exit 2; nothing else is swallowed."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("torchao", "root", "sentence_transformers", "transformers", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

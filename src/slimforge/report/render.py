@@ -76,8 +76,8 @@ def _plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         bars = ax.bar(labels, p50, color=_colors(len(labels)))
         ax.errorbar(labels, p50, yerr=[[0] * len(p50), [max(h - m, 0) for h, m in zip(p95, p50)]], fmt="none",
                     ecolor="black", capsize=4, label="p95")
-        ax.bar_label(bars, fmt="%.1f")
-        ax.set_title(f"latency p50 (ms), batch {b}")
+        ax.bar_label(bars, fmt="%.1f", label_type="center", color="white", fontweight="bold")
+        ax.set_title(f"latency p50 (ms), batch {b}; whisker: p95")
         ax.tick_params(axis="x", rotation=15)
     fig.tight_layout()
     out["plot_latency"] = _save(fig, out_dir / "latency.png", plt)
@@ -99,6 +99,7 @@ def _plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
                 continue
             ax.scatter(v["latency_ms"][b]["p50"], float(q), s=80, color=c, label=v["label"])
             ax.annotate(v["label"], (v["latency_ms"][b]["p50"], float(q)), textcoords="offset points", xytext=(6, 4))
+        ax.margins(x=0.3, y=0.2)
         ax.set_xlabel(f"latency p50 at batch {b} (ms)")
         ax.set_ylabel(qkey)
         ax.set_title("latency vs quality")
