@@ -169,7 +169,7 @@ def print_comparison(report: dict[str, Any]) -> None:
     for b in base["latency_ms"]:
         for p in ("p50", "p95", "p99"):
             x, y = base["latency_ms"][b][p], res["latency_ms"][b][p]
-            table.add_row(f"{p} ms, batch {b}", f"{x:.2f}", f"{y:.2f}", f"{x / y:.2f}x faster")
+            table.add_row(f"{p} ms, batch {b}", _ms(x), _ms(y), _ratio(x, y))
     for b in base["throughput"]:
         table.add_row(f"items/s, batch {b}", f"{base['throughput'][b]:.1f}", f"{res['throughput'][b]:.1f}", "")
     table.add_row("size MB", f"{base['size_mb']:.1f}", f"{res['size_mb']:.1f}",
@@ -179,6 +179,20 @@ def print_comparison(report: dict[str, Any]) -> None:
     for k, v in res["quality"].items():
         table.add_row(k, _fmt(base["quality"].get(k)), _fmt(v), "")
     console.print(table)
+    slower = [b for b in base["latency_ms"] if res["latency_ms"][b]["p50"] > base["latency_ms"][b]["p50"]]
+    if slower:
+        console.print(f"[bold yellow]warning:[/] the optimized model is SLOWER than the baseline at batch "
+                      f"{', '.join(slower)} (p50); do not ship it for that workload", soft_wrap=True)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.2f}" if v >= 1 else f"{v:.3g}"
+
+
+def _ratio(base: float, new: float) -> str:
+    if new <= 0 or base <= 0:
+        return ""
+    return f"{base / new:.2f}x faster" if base >= new else f"[yellow]{new / base:.2f}x slower[/]"
 
 
 def _fmt(v: Any) -> str:
