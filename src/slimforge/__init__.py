@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from slimforge.api import OptimizeResult, benchmark, evaluate, export, info, optimize
+from slimforge.api import OptimizeResult, benchmark, evaluate, export, info, optimize, quantize
 from slimforge.bench.timing import BenchResult, BenchSpec, Timing
 from slimforge.core.artifact import Artifact, Check, Format, IOSpec, Step, TensorSpec
 from slimforge.core.config import Config
@@ -68,4 +68,5 @@ __all__ = [
     "load_data",
     "open_session",
     "optimize",
+    "quantize",
 ]

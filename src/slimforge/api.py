@@ -11,10 +11,10 @@ import numpy as np
 from torch import nn
 
 from slimforge.bench.timing import BenchResult, BenchSpec, measure
-from slimforge.core.artifact import Artifact
+from slimforge.core.artifact import Artifact, Check
 from slimforge.core.context import ProgressFn, RunContext
 from slimforge.core.registry import apply
-from slimforge.errors import DataError
+from slimforge.errors import ConfigError, DataError
 from slimforge.evaluation.metrics import Metric
 from slimforge.io.data import Dataset, bundled_sentences_path, load_data
 from slimforge.io.models import default_model_path, load
@@ -142,6 +142,74 @@ def info(model: ModelLike) -> dict[str, Any]:
     from slimforge.convert.info import model_info
 
     return model_info(_as_artifact(model))
+
+
+def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "minmax", per_channel: bool = True,
+             data: str | Path | Dataset | None = None, runtime: str | None = None, output: str | Path | None = None,
+             num_samples: int = 128, exclude: Sequence[str] = (), batch_sizes: Sequence[int] = (1, 32),
+             check_speed: bool = True, spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
+             progress: ProgressFn | None = None) -> Artifact:
+    """Quantize a model with one method for one runtime; the result carries its fidelity check and, unless
+    ``check_speed`` is off, a ``no_slowdown`` check comparing it with its FP32 input on the same runtime.
+
+    Methods: ``dynamic``, ``static`` (calibration ``minmax``, ``entropy`` or ``percentile``; needs data), ``fp16``,
+    ``bf16``, ``int4``, ``int8-weight``.
+
+    Example:
+        >>> import torch, slimforge
+        >>> art = slimforge.load(torch.nn.Linear(64, 64), example_inputs=torch.randn(1, 64))
+        >>> q = slimforge.quantize(art, "dynamic", runtime="torch", check_speed=False)
+        >>> q.checks[-1].name, q.meta["precision"]
+        ('quant_fidelity', 'int8-dynamic')
+    """
+    from slimforge.plan.engine import run_steps
+    from slimforge.techniques.quantize.methods import Method, default_runtime_for, quantize_steps
+
+    art = _as_artifact(model)
+    try:
+        chosen = Method(method)
+    except ValueError:
+        raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from None
+    rt = runtime or default_runtime_for(art, chosen)
+    steps = quantize_steps(art, chosen, runtime=rt, calibration=calibration, per_channel=per_channel,
+                           num_samples=num_samples, exclude=tuple(exclude))
+    ds = _as_data(data, art, default_text=True)
+    ctx = RunContext(workdir=Path(workdir), progress=progress, calibration_data=ds)
+    prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art
+    out = run_steps(prepared, Recipe(steps=(steps[-1],), runtime=rt), ctx,
+                    output=Path(output) if output else None)
+    if check_speed:
+        out = out.with_check(speed_check(prepared, out, rt, feeds_for(art, ds), batch_sizes=tuple(batch_sizes),
+                                         spec=spec))
+    return out
+
+
+def speed_check(reference: Artifact, candidate: Artifact, runtime: str, feeds: Callable[[int], dict],
+                *, batch_sizes: tuple[int, ...], spec: BenchSpec) -> Check:
+    """The no-slowdown guard: time both on ``runtime``, interleaved per batch size; passes when the candidate's p50
+    is not above the reference's at any batch size."""
+    from slimforge.runtimes import open_session
+    from slimforge.bench.timing import time_session
+
+    metrics: dict[str, float] = {}
+    slower = []
+    sessions = [open_session(reference, runtime), open_session(candidate, runtime)]
+    try:
+        for b in batch_sizes:
+            f = feeds(b)
+            ref_t, cand_t = (time_session(s, f, spec) for s in sessions)
+            metrics[f"speedup_b{b}"] = ref_t.p50 / cand_t.p50
+            metrics[f"reference_p50_ms_b{b}"] = ref_t.p50
+            metrics[f"p50_ms_b{b}"] = cand_t.p50
+            if cand_t.p50 > ref_t.p50:
+                slower.append(b)
+    finally:
+        for s in sessions:
+            s.close()
+    detail = (f"SLOWER than its FP32 input on {runtime} at batch {', '.join(map(str, slower))}" if slower else
+              f"faster than its FP32 input on {runtime}: " +
+              ", ".join(f"batch {b}: {metrics[f'speedup_b{b}']:.2f}x" for b in batch_sizes))
+    return Check("no_slowdown", not slower, metrics, detail)
 
 
 @dataclass

@@ -31,12 +31,14 @@ def infer_dynamic_axes(module: Any, examples: Mapping[str, np.ndarray], base_out
     for dim_name, targets in probes:
         if not targets:
             continue
-        grown = {n: (_grow(v, targets[n]) if n in targets else v) for n, v in examples.items()}
+        # two different growths must both run: one lucky size (e.g. one that pools down to the same shape) is no proof
         try:
-            out = run_module(module, grown)
+            outs = [run_module(module, {n: (_grow(v, targets[n], k) if n in targets else v)
+                                        for n, v in examples.items()}) for k in (1, 3)]
         except Exception:
             continue
-        if len(out) != len(base_out):
+        out = outs[0]
+        if any(len(o) != len(base_out) for o in outs):
             continue
         for n, axis in targets.items():
             in_axes.setdefault(n, {})[axis] = dim_name
@@ -47,9 +49,10 @@ def infer_dynamic_axes(module: Any, examples: Mapping[str, np.ndarray], base_out
     return in_axes, out_axes
 
 
-def _grow(arr: np.ndarray, axis: int) -> np.ndarray:
-    """The array made longer along ``axis`` by repeating edge values (keeps token ids and masks realistic)."""
-    n = max(2, arr.shape[axis] // 4 + 1) if axis else 2
+def _grow(arr: np.ndarray, axis: int, factor: int) -> np.ndarray:
+    """The array made ``factor`` times its size longer along ``axis`` (at least 2 longer) by repeating edge values,
+    which keeps token ids and masks realistic."""
+    n = max(2, arr.shape[axis] * factor)
     pad = [(0, 0)] * arr.ndim
     pad[axis] = (0, n)
     return np.pad(arr, pad, mode="edge")

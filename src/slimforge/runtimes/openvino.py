@@ -51,6 +51,7 @@ class OpenVinoRuntime:
     def open(self, art: Artifact, *, device: str = "cpu", threads: int | None = None,
              precision: str | None = None) -> OvSession:
         ov = require("openvino", extra="openvino")
+        precision = precision or art.meta.get("inference_precision")  # set by a cast step
         if precision not in _PRECISIONS:
             raise ConfigError(f"openvino precision must be one of fp32, bf16, fp16, got {precision!r}")
         config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}

@@ -1,0 +1,111 @@
+"""FP16 / BF16: PyTorch casts, ONNX float16 conversion (ops that need FP32 stay in FP32), OpenVINO precision hints."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import enum
+import io
+from dataclasses import dataclass
+
+import torch
+
+from slimforge.core.artifact import Artifact, Format, Step
+from slimforge.core.config import Config, coerce_fields
+from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.registry import implements
+from slimforge.errors import ConfigError, TechniqueFailed, UnsupportedModelError, require
+from slimforge.evaluation.fidelity import fidelity_check
+
+
+class HalfType(str, enum.Enum):
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+# Ops whose FP16 versions lose too much (reductions, normalisation, exponentials) or have no FP16 CPU kernel.
+_FP32_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "Softmax", "Exp", "Pow", "Sqrt", "Erf", "Range",
+             "CumSum", "TopK", "NonMaxSuppression", "Resize", "Upsample", "RandomNormalLike",
+             "SimplifiedLayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CastConfig(Config):
+    """Run in half precision.
+
+    Example:
+        >>> CastConfig(dtype="bf16").dtype.value
+        'bf16'
+    """
+
+    kind = "cast"
+    dtype: HalfType = HalfType.FP16
+    keep_fp32_ops: tuple[str, ...] = _FP32_OPS
+    min_cosine: float = 0.99
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not 0.0 <= self.min_cosine <= 1.0:
+            raise ConfigError(f"min_cosine must be in [0, 1], got {self.min_cosine}")
+
+
+@implements(CastConfig, fmt=Format.TORCH)
+def _cast_torch(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
+    from slimforge.runtimes.torch_eager import set_training
+
+    dtype = torch.float16 if cfg.dtype is HalfType.FP16 else torch.bfloat16
+    module = copy.deepcopy(art.handle).to(dtype)
+    set_training(module, False)
+    child = art.derive(Step("cast", cfg.to_dict()), handle=HalfModule(module, dtype), path=None,
+                       meta={"precision": cfg.dtype.value})
+    return child.with_check(fidelity_check(art, child, min_cosine=cfg.min_cosine, name="cast_fidelity",
+                                           data=ctx.calibration_data))
+
+
+class HalfModule(torch.nn.Module):
+    """Casts float inputs to the half type and outputs back to float32, so callers keep seeing FP32 tensors."""
+
+    def __init__(self, inner: torch.nn.Module, half: torch.dtype) -> None:
+        super().__init__()
+        self.inner = inner
+        self.half = half
+
+    def forward(self, *xs: torch.Tensor):
+        out = self.inner(*[x.to(self.half) if x.is_floating_point() else x for x in xs])
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        return tuple(o.float() if o.is_floating_point() else o for o in out)
+
+
+@implements(CastConfig, fmt=Format.ONNX)
+def _cast_onnx(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
+    onnx = require("onnx", extra="onnx")
+    if cfg.dtype is HalfType.BF16:
+        raise UnsupportedModelError("ONNX Runtime has no BF16 kernels for most CPU ops; for BF16 convert to "
+                                    "OpenVINO (which runs BF16 on CPUs with AVX512-BF16/AMX) or use PyTorch")
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    child = art.derive(Step("cast", cfg.to_dict()), meta={"precision": "fp16"})
+    final = ctx.output_for(child, ".onnx")
+    with atomic_path(final) as tmp:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                model = convert_float_to_float16(onnx.load(str(art.path)), keep_io_types=True,
+                                                 op_block_list=list(cfg.keep_fp32_ops))
+            onnx.save(model, str(tmp))
+        except Exception as exc:
+            raise TechniqueFailed(f"FP16 conversion failed on {art.name}: {str(exc).splitlines()[0][:300]}") from exc
+        check = fidelity_check(art, dataclasses.replace(child, path=tmp), min_cosine=cfg.min_cosine,
+                               name="cast_fidelity", data=ctx.calibration_data)
+    return dataclasses.replace(child, path=final).with_check(check)
+
+
+@implements(CastConfig, fmt=Format.OPENVINO)
+def _cast_openvino(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
+    """OpenVINO keeps the IR and takes the precision as an inference hint at compile time."""
+    child = art.derive(Step("cast", cfg.to_dict()),
+                       meta={"precision": cfg.dtype.value, "inference_precision": cfg.dtype.value})
+    return child.with_check(fidelity_check(art, child, min_cosine=cfg.min_cosine, name="cast_fidelity",
+                                           data=ctx.calibration_data))

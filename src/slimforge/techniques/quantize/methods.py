@@ -1,0 +1,89 @@
+"""User-facing quantization methods -> the recipe steps that implement them on a given runtime."""
+
+from __future__ import annotations
+
+import enum
+
+from slimforge.core.artifact import Artifact, Format
+from slimforge.core.config import Config
+from slimforge.errors import ConfigError, UnsupportedModelError
+
+
+class Method(str, enum.Enum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT4 = "int4"
+    INT8_WEIGHT = "int8-weight"
+    FP8 = "fp8"
+    QAT = "qat"
+
+
+NEEDS_DATA = {Method.STATIC}
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+
+
+def default_runtime_for(art: Artifact, method: Method) -> str:
+    if art.format is Format.OPENVINO:
+        return "openvino"
+    if art.format is Format.ONNX:
+        return "onnxruntime"
+    return "torch" if method in (Method.BF16, Method.FP8, Method.QAT) else "onnxruntime"
+
+
+def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibration: str = "minmax",
+                   per_channel: bool = True, num_samples: int = 128, exclude: tuple[str, ...] = ()) -> list[Config]:
+    """The steps that quantize ``art`` with ``method`` for ``runtime`` (export/convert steps included as needed).
+
+    Example:
+        >>> # [s.kind for s in quantize_steps(torch_art, "static", runtime="openvino")]
+        >>> # ['export_onnx', 'convert_openvino', 'quantize_static']
+    """
+    from slimforge.convert.onnx import ExportConfig
+    from slimforge.convert.openvino import OpenVinoConvertConfig
+    from slimforge.techniques.quantize.cast import CastConfig
+    from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
+    from slimforge.techniques.quantize.onnx_static import StaticQuantConfig
+    from slimforge.techniques.quantize.weight_only import WeightOnlyConfig
+
+    try:
+        method = Method(method)
+    except ValueError:
+        raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from None
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    torch_formats = (Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT)
+    if method in (Method.FP8, Method.QAT):
+        raise UnsupportedModelError(f"method '{method.value}' is not available in this version of slimforge yet")
+
+    steps: list[Config] = []
+    if runtime == "torch":
+        if art.format is not Format.TORCH:
+            raise UnsupportedModelError(f"runtime torch needs an in-memory PyTorch model; {art.name} is "
+                                        f"{art.format.value}: choose runtime onnxruntime or openvino")
+        if method is Method.DYNAMIC:
+            return [DynamicQuantConfig(exclude=exclude)]
+        if method in (Method.FP16, Method.BF16):
+            return [CastConfig(dtype=method.value)]
+        raise UnsupportedModelError(f"'{method.value}' on PyTorch eager is not available; choose runtime "
+                                    "onnxruntime or openvino")
+    if art.format in torch_formats:
+        steps.append(ExportConfig())
+    elif art.format is Format.OPENVINO and runtime != "openvino":
+        raise UnsupportedModelError(f"{art.name} is OpenVINO IR; it can only be quantized for runtime openvino")
+    if runtime == "openvino" and art.format is not Format.OPENVINO:
+        steps.append(OpenVinoConvertConfig())
+    if method is Method.DYNAMIC:
+        if runtime == "openvino":
+            raise UnsupportedModelError("dynamic INT8 is an ONNX Runtime technique; for OpenVINO use static "
+                                        "(nncf.quantize) or int8-weight")
+        steps.append(DynamicQuantConfig(per_channel=per_channel, exclude=exclude))
+    elif method is Method.STATIC:
+        steps.append(StaticQuantConfig(calibration=calibration, per_channel=per_channel, num_samples=num_samples,
+                                       exclude=exclude))
+    elif method in (Method.FP16, Method.BF16):
+        steps.append(CastConfig(dtype=method.value))
+    else:
+        steps.append(WeightOnlyConfig(bits=4 if method is Method.INT4 else 8))
+    return steps

@@ -1,0 +1,41 @@
+"""Dynamic INT8 of PyTorch Linear/LSTM/GRU layers with ``torch.ao`` (deprecated upstream: kept in this one module so it
+can be swapped for torchao without touching anything else)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+from slimforge.core.artifact import Artifact, Format, Step
+from slimforge.core.context import RunContext
+from slimforge.core.registry import implements
+from slimforge.errors import TechniqueFailed
+from slimforge.evaluation.fidelity import fidelity_check
+from slimforge.runtimes.torch_eager import set_training
+from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
+
+
+@implements(DynamicQuantConfig, fmt=Format.TORCH)
+def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunContext) -> Artifact:
+    import torch
+    from torch import nn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        module = copy.deepcopy(art.handle)  # the parent's module stays in float
+        set_training(module, False)
+        excluded = set(cfg.exclude)
+        targets = {name for name, m in module.named_modules()
+                   if isinstance(m, (nn.Linear, nn.LSTM, nn.GRU)) and name not in excluded}
+        if not targets:
+            raise TechniqueFailed(f"{art.name} has no Linear/LSTM/GRU layers for dynamic INT8")
+        try:
+            quantized = quantize_dynamic(module, targets, dtype=torch.qint8, inplace=False)
+        except Exception as exc:
+            raise TechniqueFailed(f"torch dynamic quantization failed on {art.name}: {exc}") from exc
+    child = art.derive(Step("quantize_dynamic", cfg.to_dict()), handle=quantized, path=None,
+                       meta={"precision": "int8-dynamic", "quantized_layers": len(targets)})
+    check = fidelity_check(art, child, min_cosine=cfg.min_cosine, name="quant_fidelity", data=ctx.calibration_data)
+    return child.with_check(check)
