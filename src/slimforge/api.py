@@ -146,14 +146,16 @@ def info(model: ModelLike) -> dict[str, Any]:
 
 def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "minmax", per_channel: bool = True,
              data: str | Path | Dataset | None = None, runtime: str | None = None, output: str | Path | None = None,
-             num_samples: int = 128, exclude: Sequence[str] = (), batch_sizes: Sequence[int] = (1, 32),
+             num_samples: int = 128, exclude: Sequence[str] = (), min_cosine: float | None = None,
+             batch_sizes: Sequence[int] = (1, 32),
              check_speed: bool = True, spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
              progress: ProgressFn | None = None) -> Artifact:
     """Quantize a model with one method for one runtime; the result carries its fidelity check and, unless
     ``check_speed`` is off, a ``no_slowdown`` check comparing it with its FP32 input on the same runtime.
 
     Methods: ``dynamic``, ``static`` (calibration ``minmax``, ``entropy`` or ``percentile``; needs data), ``fp16``,
-    ``bf16``, ``int4``, ``int8-weight``.
+    ``bf16``, ``int4``, ``int8-weight``. ``min_cosine`` overrides the method's fidelity floor (output cosine to the
+    FP32 input on the calibration data, or synthetic inputs without data); below it the step raises.
 
     Example:
         >>> import torch, slimforge
@@ -172,7 +174,7 @@ def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "m
         raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from None
     rt = runtime or default_runtime_for(art, chosen)
     steps = quantize_steps(art, chosen, runtime=rt, calibration=calibration, per_channel=per_channel,
-                           num_samples=num_samples, exclude=tuple(exclude))
+                           num_samples=num_samples, exclude=tuple(exclude), min_cosine=min_cosine)
     ds = _as_data(data, art, default_text=True)
     ctx = RunContext(workdir=Path(workdir), progress=progress, calibration_data=ds)
     prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art

@@ -160,6 +160,59 @@ def optimize(model: ModelArg = None,
     console.print(f"report:   {res.paths['html']}  (also report.json, report.csv, *.png)")
 
 
+@app.command()
+def quantize(model: ModelArg = None,
+             method: Annotated[str, typer.Option(help="dynamic | static | fp16 | bf16 | int4 | int8-weight")] = "dynamic",
+             calibration: Annotated[str, typer.Option(help="minmax | entropy | percentile (static)")] = "minmax",
+             per_channel: Annotated[bool, typer.Option(help="Per-channel weight scales.")] = True,
+             runtime: Annotated[Optional[str], typer.Option(help="torch | onnxruntime | openvino")] = None,
+             data: Annotated[Optional[Path], typer.Option(help="Calibration data (static needs it).")] = None,
+             output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file.")] = None,
+             num_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 128,
+             exclude: Annotated[Optional[list[str]], typer.Option(help="Node/layer names kept in float.")] = None,
+             min_cosine: Annotated[Optional[float], typer.Option(
+                 help="Fidelity floor: output cosine to FP32 below which the step fails.")] = None,
+             batch: Annotated[str, typer.Option(help="Batch sizes for the speed check.")] = "1,32",
+             input_shape: InputShape = None,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
+    """Quantize with one method for one runtime; verified, and checked against its FP32 input for speed."""
+    from slimforge.plan.recipe import Recipe
+    from slimforge.techniques.quantize.methods import Method, default_runtime_for, quantize_steps
+
+    art = _load(model, input_shape)
+    try:
+        chosen = Method(method)
+    except ValueError:
+        raise ConfigError(f"--method must be one of {[m.value for m in Method]}, got {method!r}") from None
+    rt = runtime or default_runtime_for(art, chosen)
+    steps = quantize_steps(art, chosen, runtime=rt, calibration=calibration, per_channel=per_channel,
+                           num_samples=num_samples, exclude=tuple(exclude or ()), min_cosine=min_cosine)
+    if dry_run:
+        console.print(Recipe(steps=tuple(steps), runtime=rt, batch_sizes=_batches(batch)).to_yaml())
+        return
+    from slimforge.api import quantize as api_quantize
+    from slimforge.cli.progress import progress_bars
+
+    out_path = output or Path("slimforge-out") / f"{art.name}-{chosen.value}{'.xml' if rt == 'openvino' else '.onnx'}"
+    if rt == "torch":
+        out_path = None
+    with progress_bars(err_console) as progress:
+        q = api_quantize(art, chosen.value, calibration=calibration, per_channel=per_channel, data=data, runtime=rt,
+                         output=out_path, num_samples=num_samples, exclude=tuple(exclude or ()),
+                         min_cosine=min_cosine,
+                         batch_sizes=_batches(batch), workdir=out_path.parent if out_path else "slimforge-out",
+                         progress=progress)
+    _print_checks(q)
+    speed = next((c for c in q.checks if c.name == "no_slowdown"), None)
+    if speed is not None and not speed.passed:
+        console.print(f"[bold yellow]warning:[/] {speed.detail}; the auto-optimizer will not pick it",
+                      soft_wrap=True)
+    elif speed is not None:
+        console.print(speed.detail, soft_wrap=True)
+    if q.path:
+        console.print(f"[green]wrote[/] {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
+
+
 def print_comparison(report: dict[str, Any]) -> None:
     base, res = report["baseline"], report["result"]
     console.print(f"[bold]{report['model']['name']}[/]: baseline = {base['label']}, optimized = {res['label']}")
@@ -202,6 +255,8 @@ def _fmt(v: Any) -> str:
 def _print_checks(art: Any) -> None:
     for c in art.checks:
         mark = "[green]pass[/]" if c.passed else "[yellow]dropped[/]"
+        if c.name == "no_slowdown":
+            continue
         key = {k: f"{v:.3g}" for k, v in c.metrics.items() if k in ("max_abs", "cosine", "sqnr_db")}
         console.print(f"check {c.name}: {mark} {key}", soft_wrap=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import itertools
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -30,9 +29,3 @@ def calibration_feeds(ctx: RunContext, *, num_samples: int, input_names: Sequenc
         if missing:
             raise DataError(f"{data.name}: calibration batches lack the model input(s) {missing}")
         yield {n: batch.feeds[n] for n in input_names}
-
-
-def chunked(it: Iterator[dict[str, np.ndarray]], size: int) -> Iterator[list[dict[str, np.ndarray]]]:
-    """Group an iterator into lists of ``size`` (the last may be shorter)."""
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk

@@ -33,7 +33,8 @@ def default_runtime_for(art: Artifact, method: Method) -> str:
 
 
 def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibration: str = "minmax",
-                   per_channel: bool = True, num_samples: int = 128, exclude: tuple[str, ...] = ()) -> list[Config]:
+                   per_channel: bool = True, num_samples: int = 128, exclude: tuple[str, ...] = (),
+                   min_cosine: float | None = None) -> list[Config]:
     """The steps that quantize ``art`` with ``method`` for ``runtime`` (export/convert steps included as needed).
 
     Example:
@@ -57,15 +58,16 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
     if method in (Method.FP8, Method.QAT):
         raise UnsupportedModelError(f"method '{method.value}' is not available in this version of slimforge yet")
 
+    fid = {} if min_cosine is None else {"min_cosine": min_cosine}
     steps: list[Config] = []
     if runtime == "torch":
         if art.format is not Format.TORCH:
             raise UnsupportedModelError(f"runtime torch needs an in-memory PyTorch model; {art.name} is "
                                         f"{art.format.value}: choose runtime onnxruntime or openvino")
         if method is Method.DYNAMIC:
-            return [DynamicQuantConfig(exclude=exclude)]
+            return [DynamicQuantConfig(per_channel=per_channel, exclude=exclude, **fid)]
         if method in (Method.FP16, Method.BF16):
-            return [CastConfig(dtype=method.value)]
+            return [CastConfig(dtype=method.value, **fid)]
         raise UnsupportedModelError(f"'{method.value}' on PyTorch eager is not available; choose runtime "
                                     "onnxruntime or openvino")
     if art.format in torch_formats:
@@ -78,12 +80,17 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         if runtime == "openvino":
             raise UnsupportedModelError("dynamic INT8 is an ONNX Runtime technique; for OpenVINO use static "
                                         "(nncf.quantize) or int8-weight")
-        steps.append(DynamicQuantConfig(per_channel=per_channel, exclude=exclude))
+        steps.append(DynamicQuantConfig(per_channel=per_channel, exclude=exclude, **fid))
     elif method is Method.STATIC:
+        # transformers on ONNX Runtime: quantize the MatMuls only; activations around them (Add, LayerNorm, Softmax)
+        # have outliers that per-tensor INT8 cannot hold
+        text = (art.meta.get("preprocess") or {}).get("kind") == "text"
+        ops = ("MatMul",) if text and runtime == "onnxruntime" else ()
         steps.append(StaticQuantConfig(calibration=calibration, per_channel=per_channel, num_samples=num_samples,
-                                       exclude=exclude))
+                                       op_types=ops,
+                                       exclude=exclude, **fid))
     elif method in (Method.FP16, Method.BF16):
-        steps.append(CastConfig(dtype=method.value))
+        steps.append(CastConfig(dtype=method.value, **fid))
     else:
-        steps.append(WeightOnlyConfig(bits=4 if method is Method.INT4 else 8))
+        steps.append(WeightOnlyConfig(bits=4 if method is Method.INT4 else 8, **fid))
     return steps

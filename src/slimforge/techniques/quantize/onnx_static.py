@@ -21,7 +21,7 @@ from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
-from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds, chunked
+from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,14 @@ def _quantize_static_onnx(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext
                                            calibrate_method=method, extra_options=options,
                                            use_external_data_format=art.size_bytes() > 1_900_000_000)
         seen = 0
-        feeds = calibration_feeds(ctx, num_samples=cfg.num_samples, input_names=art.io.input_names)
+        # one padded batch of _CHUNK examples at a time: histogram calibrators need equal shapes within a call
+        feeds = calibration_feeds(ctx, num_samples=cfg.num_samples, input_names=art.io.input_names,
+                                  batch_size=_CHUNK)
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress lines of its own
-            for chunk in chunked(feeds, _CHUNK):
-                calibrator.collect_data(_Reader(chunk))
+            for batch in feeds:
+                calibrator.collect_data(_Reader([batch]))
                 calibrator.clear_collected_data()  # ranges/histograms are folded in; drop the activations
-                seen += len(chunk)
+                seen += len(next(iter(batch.values())))
                 ctx.report_progress(f"calibrate ({cfg.calibration.value})", seen, cfg.num_samples)
             ranges = calibrator.compute_data()
         cache = tmpdir / "calibration.json"

@@ -22,7 +22,7 @@ def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunCont
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
         module = copy.deepcopy(art.handle)  # the parent's module stays in float
         set_training(module, False)
@@ -32,7 +32,9 @@ def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunCont
         if not targets:
             raise TechniqueFailed(f"{art.name} has no Linear/LSTM/GRU layers for dynamic INT8")
         try:
-            quantized = quantize_dynamic(module, targets, dtype=torch.qint8, inplace=False)
+            qconfig = per_channel_dynamic_qconfig if cfg.per_channel else default_dynamic_qconfig
+            quantized = quantize_dynamic(module, {name: qconfig for name in targets}, dtype=torch.qint8,
+                                         inplace=False)
         except Exception as exc:
             raise TechniqueFailed(f"torch dynamic quantization failed on {art.name}: {exc}") from exc
     child = art.derive(Step("quantize_dynamic", cfg.to_dict()), handle=quantized, path=None,
