@@ -82,3 +82,18 @@ def minilm_onnx(minilm, tmp_path_factory) -> Path:
 
 def rand(*shape: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The digits CNN (trained here), its ONNX export, and calibration/test data as .npz."""
+    import slimforge
+    from tests.digits import train_digits_cnn, write_npz
+
+    d = tmp_path_factory.mktemp("digits")
+    model, data = train_digits_cnn()
+    art = slimforge.load(model, example_inputs=torch.from_numpy(data["x_test"][:2]), name="digits")
+    onnx_art = slimforge.export(art, d / "digits.onnx", workdir=d)
+    return {"module": model, "torch": art, "onnx": onnx_art, "data": data,
+            "calib": write_npz(d / "calib.npz", data["x_train"][:256], data["y_train"][:256]),
+            "test": write_npz(d / "test.npz", data["x_test"], data["y_test"]), "dir": d}

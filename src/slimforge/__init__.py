@@ -29,6 +29,7 @@ from slimforge.errors import (
 )
 from slimforge.io.data import load_data
 from slimforge.io.models import load
+from slimforge.io.save import save
 from slimforge.plan.recipe import Recipe
 from slimforge.runtimes import open_session
 
@@ -69,4 +70,5 @@ __all__ = [
     "open_session",
     "optimize",
     "quantize",
+    "save",
 ]

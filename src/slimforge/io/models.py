@@ -68,8 +68,22 @@ def load(source: str | Path | nn.Module, *, example_inputs: ExampleInputs | None
         raise UnsupportedModelError(
             f"{path}: unknown model file type '{suffix}'; expected one of {', '.join(sorted(_LOADERS))} "
             "or a Hugging Face folder")
-    return loader(path, example_inputs=example_inputs, input_names=input_names, input_shapes=input_shapes,
-                  name=name, task=task)
+    art = loader(path, example_inputs=example_inputs, input_names=input_names, input_shapes=input_shapes,
+                 name=name, task=task)
+    return _with_sidecar(art, path, name=name, task=task)
+
+
+def _with_sidecar(art: Artifact, path: Path, *, name: str | None, task: str | None) -> Artifact:
+    """Restore the metadata (task, preprocessing) slimforge saved beside the file, unless overridden."""
+    import dataclasses
+
+    from slimforge.io.save import read_sidecar
+
+    saved = read_sidecar(path).get("meta") or {}
+    if not saved:
+        return art
+    meta = {**saved, **({"name": name} if name else {}), **({"task": task} if task else {})}
+    return dataclasses.replace(art, meta=meta)
 
 
 def _load_folder(path: Path, *, name: str | None, task: str | None) -> Artifact:

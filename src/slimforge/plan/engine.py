@@ -22,4 +22,8 @@ def run_steps(art: Artifact, recipe: Recipe, ctx: RunContext, *, output: Path | 
         ctx.report_progress("recipe", i, len(recipe.steps))
         current = apply(current, step, step_ctx)
     ctx.report_progress("recipe", len(recipe.steps), len(recipe.steps))
+    if output is not None and current.path == output:
+        from slimforge.io.save import write_sidecar
+
+        write_sidecar(current, output)  # metadata (preprocessing, lineage) travels with the file
     return current

@@ -94,7 +94,11 @@ def _cast_onnx(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
             with contextlib.redirect_stdout(io.StringIO()):
                 model = convert_float_to_float16(onnx.load(str(art.path)), keep_io_types=True,
                                                  op_block_list=list(cfg.keep_fp32_ops))
-            onnx.save(model, str(tmp))
+                from onnxruntime.transformers.onnx_model import OnnxModel
+
+                wrapped = OnnxModel(model)
+                wrapped.topological_sort()  # the converter appends input casts after their users
+            onnx.save(wrapped.model, str(tmp))
         except Exception as exc:
             raise TechniqueFailed(f"FP16 conversion failed on {art.name}: {str(exc).splitlines()[0][:300]}") from exc
         check = fidelity_check(art, dataclasses.replace(child, path=tmp), min_cosine=cfg.min_cosine,

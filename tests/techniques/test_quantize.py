@@ -1,0 +1,110 @@
+"""Quantization methods on real trained models: accuracy kept, memory bounded, formats saved and reloaded."""
+
+import numpy as np
+import pytest
+
+import slimforge
+from slimforge.bench.timing import BenchSpec
+
+FAST = BenchSpec(warmup=1, repeats=5, min_time_s=0)
+
+
+def _accuracy(art, test):
+    return slimforge.evaluate(art, test, limit=None)["accuracy"].value
+
+
+@pytest.mark.parametrize("runtime, calibration", [
+    ("onnxruntime", "minmax"), ("onnxruntime", "entropy"), ("onnxruntime", "percentile"),
+    ("openvino", "minmax"), ("openvino", "percentile"),
+])
+def test_digits_static_int8_keeps_accuracy(digits, runtime, calibration, tmp_path):
+    fp32 = _accuracy(digits["onnx"], digits["test"])
+    assert fp32 > 97.0
+    q = slimforge.quantize(digits["onnx"], "static", calibration=calibration, runtime=runtime, data=digits["calib"],
+                           workdir=tmp_path, check_speed=False)
+    acc = _accuracy(q, digits["test"])
+    assert q.meta["precision"] == "int8-static" and q.meta["calibration"] == calibration
+    assert fp32 - acc <= 0.5, f"{runtime}/{calibration}: {fp32:.2f} -> {acc:.2f}"
+    assert q.size_bytes() < digits["onnx"].size_bytes() / 2
+
+
+def test_static_needs_data(digits, tmp_path):
+    with pytest.raises(slimforge.DataError, match="needs calibration data"):
+        slimforge.quantize(digits["onnx"], "static", workdir=tmp_path, check_speed=False)
+
+
+def test_calibration_memory_does_not_grow_with_samples(digits, tmp_path):
+    """Peak Python-tracked memory (numpy activations included) with 32 vs 512 samples stays the same."""
+    import tracemalloc
+
+    x = np.repeat(digits["data"]["x_train"], 2, axis=0)[:512]
+    np.savez(tmp_path / "big.npz", input=x)
+
+    def peak(n):
+        tracemalloc.start()
+        slimforge.quantize(digits["onnx"], "static", calibration="entropy", data=tmp_path / "big.npz",
+                           num_samples=n, workdir=tmp_path / f"w{n}", check_speed=False)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(32), peak(512)
+    assert large < small * 1.5 + 2_000_000, (small, large)
+
+
+@pytest.mark.parametrize("method, runtime, suffix", [
+    ("dynamic", "torch", ".pt"), ("bf16", "torch", ".pt"), ("dynamic", "onnxruntime", ".onnx"),
+    ("static", "onnxruntime", ".onnx"), ("fp16", "onnxruntime", ".onnx"), ("int4", "onnxruntime", ".onnx"),
+    ("int8-weight", "onnxruntime", ".onnx"), ("static", "openvino", ".xml"), ("bf16", "openvino", ".xml"),
+    ("int8-weight", "openvino", ".xml"), ("int4", "openvino", ".xml"),
+])
+def test_every_quantized_format_saves_and_reloads_identically(digits, method, runtime, suffix, tmp_path):
+    src = digits["torch"] if runtime == "torch" else digits["onnx"]
+    q = slimforge.quantize(src, method, runtime=runtime, data=digits["calib"], workdir=tmp_path, check_speed=False,
+                           min_cosine=0.9)
+    saved = slimforge.save(q, tmp_path / f"saved{suffix}")
+    assert saved.meta["precision"] == q.meta["precision"]
+    x = digits["data"]["x_test"][:16]
+    a = slimforge.open_session(q).run({q.io.input_names[0]: x})[0]
+    b = slimforge.open_session(saved).run({saved.io.input_names[0]: x})[0]
+    assert np.array_equal(a, b) or np.allclose(a, b, atol=1e-6), float(np.abs(a - b).max())
+
+
+def test_no_slowdown_check_is_recorded(digits, tmp_path):
+    q = slimforge.quantize(digits["onnx"], "dynamic", workdir=tmp_path, batch_sizes=(1, 8), spec=FAST)
+    check = q.checks[-1]
+    assert check.name == "no_slowdown"
+    assert set(check.metrics) >= {"speedup_b1", "speedup_b8", "p50_ms_b1", "reference_p50_ms_b1"}
+    assert check.passed == all(check.metrics[f"speedup_b{b}"] >= 1.0 for b in (1, 8))
+    assert ("SLOWER" in check.detail) != check.passed
+
+
+@pytest.mark.parametrize("method, runtime, error, match", [
+    ("dynamic", "openvino", slimforge.UnsupportedModelError, "ONNX Runtime technique"),
+    ("bf16", "onnxruntime", slimforge.UnsupportedModelError, "no BF16 kernels"),
+    ("fp8", None, slimforge.UnsupportedModelError, "not available"),
+    ("int2", None, slimforge.ConfigError, "unknown method"),
+    ("static", "torch", slimforge.UnsupportedModelError, "PyTorch eager is not available"),
+])
+def test_unsupported_combinations_say_why(digits, method, runtime, error, match, tmp_path):
+    src = digits["torch"] if runtime == "torch" else digits["onnx"]
+    with pytest.raises(error, match=match):
+        slimforge.quantize(src, method, runtime=runtime, data=digits["calib"], workdir=tmp_path, check_speed=False)
+
+
+def test_cli_quantize(digits, tmp_path):
+    from typer.testing import CliRunner
+
+    from slimforge.cli.app import app
+
+    runner = CliRunner()
+    out = tmp_path / "q.onnx"
+    res = runner.invoke(app, ["quantize", str(digits["onnx"].path), "--method", "static", "--calibration",
+                              "percentile", "--data", str(digits["calib"]), "-o", str(out), "--batch", "1"])
+    assert res.exit_code == 0, res.output
+    assert out.exists() and (tmp_path / "q.onnx.slimforge.json").exists()
+    assert "quant_fidelity: pass" in res.output
+    assert ("faster than its FP32 input" in res.output) or ("SLOWER" in res.output)
+    dry = runner.invoke(app, ["quantize", str(digits["onnx"].path), "--method", "int4", "--runtime", "openvino",
+                              "--dry-run"])
+    assert dry.exit_code == 0 and "convert_openvino" in dry.output and "weight_only" in dry.output
