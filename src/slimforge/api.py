@@ -147,7 +147,7 @@ def info(model: ModelLike) -> dict[str, Any]:
 def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "minmax", per_channel: bool = True,
              data: str | Path | Dataset | None = None, runtime: str | None = None, output: str | Path | None = None,
              num_samples: int = 128, exclude: Sequence[str] = (), min_cosine: float | None = None,
-             batch_sizes: Sequence[int] = (1, 32),
+             max_drop: float | None = None, metric: str = "auto", batch_sizes: Sequence[int] = (1, 32),
              check_speed: bool = True, spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
              progress: ProgressFn | None = None) -> Artifact:
     """Quantize a model with one method for one runtime; the result carries its fidelity check and, unless
@@ -155,7 +155,9 @@ def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "m
 
     Methods: ``dynamic``, ``static`` (calibration ``minmax``, ``entropy`` or ``percentile``; needs data), ``fp16``,
     ``bf16``, ``int4``, ``int8-weight``. ``min_cosine`` overrides the method's fidelity floor (output cosine to the
-    FP32 input on the calibration data, or synthetic inputs without data); below it the step raises.
+    FP32 input on the calibration data, or synthetic inputs without data); below it the step raises. ``max_drop``
+    turns on accuracy-aware mixed precision (static/dynamic on ONNX Runtime): the fewest layers are kept in float
+    so that the drop in ``metric`` (accuracy points with labelled data, else output cosine) stays within it.
 
     Example:
         >>> import torch, slimforge
@@ -174,7 +176,8 @@ def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "m
         raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from None
     rt = runtime or default_runtime_for(art, chosen)
     steps = quantize_steps(art, chosen, runtime=rt, calibration=calibration, per_channel=per_channel,
-                           num_samples=num_samples, exclude=tuple(exclude), min_cosine=min_cosine)
+                           num_samples=num_samples, exclude=tuple(exclude), min_cosine=min_cosine,
+                           max_drop=max_drop, metric=metric)
     ds = _as_data(data, art, default_text=True)
     ctx = RunContext(workdir=Path(workdir), progress=progress, calibration_data=ds)
     prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art

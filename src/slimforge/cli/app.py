@@ -172,6 +172,9 @@ def quantize(model: ModelArg = None,
              exclude: Annotated[Optional[list[str]], typer.Option(help="Node/layer names kept in float.")] = None,
              min_cosine: Annotated[Optional[float], typer.Option(
                  help="Fidelity floor: output cosine to FP32 below which the step fails.")] = None,
+             max_drop: Annotated[Optional[str], typer.Option(
+                 help="Quality budget (accuracy points, e.g. 0.5 or 0.5%; or cosine drop): keeps the fewest "
+                      "layers in float that meet it.")] = None,
              batch: Annotated[str, typer.Option(help="Batch sizes for the speed check.")] = "1,32",
              input_shape: InputShape = None,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
@@ -186,7 +189,8 @@ def quantize(model: ModelArg = None,
         raise ConfigError(f"--method must be one of {[m.value for m in Method]}, got {method!r}") from None
     rt = runtime or default_runtime_for(art, chosen)
     steps = quantize_steps(art, chosen, runtime=rt, calibration=calibration, per_channel=per_channel,
-                           num_samples=num_samples, exclude=tuple(exclude or ()), min_cosine=min_cosine)
+                           num_samples=num_samples, exclude=tuple(exclude or ()), min_cosine=min_cosine,
+                           max_drop=_drop(max_drop))
     if dry_run:
         console.print(Recipe(steps=tuple(steps), runtime=rt, batch_sizes=_batches(batch)).to_yaml())
         return
@@ -199,10 +203,13 @@ def quantize(model: ModelArg = None,
     with progress_bars(err_console) as progress:
         q = api_quantize(art, chosen.value, calibration=calibration, per_channel=per_channel, data=data, runtime=rt,
                          output=out_path, num_samples=num_samples, exclude=tuple(exclude or ()),
-                         min_cosine=min_cosine,
+                         min_cosine=min_cosine, max_drop=_drop(max_drop),
                          batch_sizes=_batches(batch), workdir=out_path.parent if out_path else "slimforge-out",
                          progress=progress)
     _print_checks(q)
+    if q.meta.get("float_layers") is not None:
+        layers = q.meta["float_layers"]
+        console.print(f"kept in float ({len(layers)}): {', '.join(layers) or 'none'}", soft_wrap=True)
     speed = next((c for c in q.checks if c.name == "no_slowdown"), None)
     if speed is not None and not speed.passed:
         console.print(f"[bold yellow]warning:[/] {speed.detail}; the auto-optimizer will not pick it",
@@ -211,6 +218,15 @@ def quantize(model: ModelArg = None,
         console.print(speed.detail, soft_wrap=True)
     if q.path:
         console.print(f"[green]wrote[/] {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
+
+
+def _drop(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text.strip().rstrip("%"))
+    except ValueError:
+        raise ConfigError(f"--max-drop must be a number such as 0.5 or 0.5%, got {text!r}") from None
 
 
 def print_comparison(report: dict[str, Any]) -> None:
@@ -257,7 +273,8 @@ def _print_checks(art: Any) -> None:
         mark = "[green]pass[/]" if c.passed else "[yellow]dropped[/]"
         if c.name == "no_slowdown":
             continue
-        key = {k: f"{v:.3g}" for k, v in c.metrics.items() if k in ("max_abs", "cosine", "sqnr_db")}
+        key = {k: f"{v:.3g}" for k, v in c.metrics.items() if k in ("max_abs", "cosine", "sqnr_db", "drop",
+                                                                      "max_drop")}
         console.print(f"check {c.name}: {mark} {key}", soft_wrap=True)
 
 

@@ -34,7 +34,8 @@ def default_runtime_for(art: Artifact, method: Method) -> str:
 
 def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibration: str = "minmax",
                    per_channel: bool = True, num_samples: int = 128, exclude: tuple[str, ...] = (),
-                   min_cosine: float | None = None) -> list[Config]:
+                   min_cosine: float | None = None, max_drop: float | None = None,
+                   metric: str = "auto") -> list[Config]:
     """The steps that quantize ``art`` with ``method`` for ``runtime`` (export/convert steps included as needed).
 
     Example:
@@ -76,6 +77,17 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         raise UnsupportedModelError(f"{art.name} is OpenVINO IR; it can only be quantized for runtime openvino")
     if runtime == "openvino" and art.format is not Format.OPENVINO:
         steps.append(OpenVinoConvertConfig())
+    if max_drop is not None:
+        from slimforge.techniques.quantize.mixed import MixedPrecisionConfig
+
+        if method not in (Method.STATIC, Method.DYNAMIC) or runtime != "onnxruntime":
+            raise UnsupportedModelError("an accuracy budget (max_drop) applies to static or dynamic INT8 on "
+                                        "onnxruntime")
+        text = (art.meta.get("preprocess") or {}).get("kind") == "text"
+        steps.append(MixedPrecisionConfig(base=method.value, calibration=calibration, per_channel=per_channel,
+                                          max_drop=max_drop, metric=metric, num_samples=num_samples,
+                                          op_types=("MatMul",) if text else ()))
+        return steps
     if method is Method.DYNAMIC:
         if runtime == "openvino":
             raise UnsupportedModelError("dynamic INT8 is an ONNX Runtime technique; for OpenVINO use static "

@@ -60,52 +60,70 @@ _CHUNK = 16
 
 @implements(StaticQuantConfig, fmt=Format.ONNX, needs_data=True)
 def _quantize_static_onnx(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext) -> Artifact:
-    q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-    method = {Calibration.MINMAX: q.CalibrationMethod.MinMax, Calibration.ENTROPY: q.CalibrationMethod.Entropy,
-              Calibration.PERCENTILE: q.CalibrationMethod.Percentile}[cfg.calibration]
     child = art.derive(Step("quantize_static", cfg.to_dict()),
                        meta={"precision": "int8-static", "calibration": cfg.calibration.value})
     final = ctx.output_for(child, ".onnx")
     with tempfile.TemporaryDirectory(prefix="slimforge-calib-", dir=ctx.workdir) as tmp:
-        tmpdir = Path(tmp)
-        src = _preprocess(art.path, tmpdir / "pre.onnx")
-        options = {"percentile": cfg.percentile} if cfg.calibration is Calibration.PERCENTILE else {}
-        with contextlib.redirect_stdout(io.StringIO()):
-            calibrator = create_calibrator(src, list(cfg.op_types) or None,
-                                           augmented_model_path=str(tmpdir / "augmented.onnx"),
-                                           calibrate_method=method, extra_options=options,
-                                           use_external_data_format=art.size_bytes() > 1_900_000_000)
-        seen = 0
-        # one padded batch of _CHUNK examples at a time: histogram calibrators need equal shapes within a call
-        feeds = calibration_feeds(ctx, num_samples=cfg.num_samples, input_names=art.io.input_names,
-                                  batch_size=_CHUNK)
-        with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress lines of its own
-            for batch in feeds:
-                calibrator.collect_data(_Reader([batch]))
-                calibrator.clear_collected_data()  # ranges/histograms are folded in; drop the activations
-                seen += len(next(iter(batch.values())))
-                ctx.report_progress(f"calibrate ({cfg.calibration.value})", seen, cfg.num_samples)
-            ranges = calibrator.compute_data()
-        cache = tmpdir / "calibration.json"
-        save_tensors_data(ranges, cache)
-        del calibrator
+        src, cache, seen = calibrate(art, cfg, ctx, Path(tmp))
         with atomic_path(final) as out:
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):
-                    q.quantize_static(str(src), str(out), None, quant_format=q.QuantFormat.QDQ,
-                                      per_channel=cfg.per_channel, activation_type=q.QuantType.QUInt8,
-                                      weight_type=q.QuantType.QInt8, nodes_to_exclude=list(cfg.exclude),
-                                      op_types_to_quantize=list(cfg.op_types) or None,
-                                      calibrate_method=method, calibration_cache_path=str(cache),
-                                      use_external_data_format=art.size_bytes() > 1_900_000_000)
-            except Exception as exc:
-                raise TechniqueFailed(f"ONNX Runtime static quantization failed on {art.name}: "
-                                      f"{str(exc).splitlines()[0][:300]}") from exc
+            write_static(art, src, out, cfg, cache, exclude=cfg.exclude)
             check = fidelity_check(art, dataclasses.replace(child, path=out), min_cosine=cfg.min_cosine,
                                    name="quant_fidelity", data=ctx.calibration_data)
     return dataclasses.replace(child, path=final, meta={**child.meta, "calibration_samples": seen}).with_check(check)
+
+
+def calibrate(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext, tmpdir: Path) -> tuple[Path, Path, int]:
+    """Pre-process the model and compute activation ranges once, streaming the data in padded batches.
+
+    Returns the pre-processed model, ONNX Runtime's calibration cache (JSON), and the number of samples seen. The
+    cache can quantize the same model many times (different excluded nodes) without calibrating again.
+    """
+    require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    src = _preprocess(art.path, tmpdir / "pre.onnx")
+    options = {"percentile": cfg.percentile} if cfg.calibration is Calibration.PERCENTILE else {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        calibrator = create_calibrator(src, list(cfg.op_types) or None,
+                                       augmented_model_path=str(tmpdir / "augmented.onnx"),
+                                       calibrate_method=_method(cfg), extra_options=options,
+                                       use_external_data_format=art.size_bytes() > 1_900_000_000)
+    seen = 0
+    # one padded batch of _CHUNK examples at a time: histogram calibrators need equal shapes within a call
+    feeds = calibration_feeds(ctx, num_samples=cfg.num_samples, input_names=art.io.input_names, batch_size=_CHUNK)
+    with contextlib.redirect_stdout(io.StringIO()):  # ORT prints progress lines of its own
+        for batch in feeds:
+            calibrator.collect_data(_Reader([batch]))
+            calibrator.clear_collected_data()  # ranges/histograms are folded in; drop the activations
+            seen += len(next(iter(batch.values())))
+            ctx.report_progress(f"calibrate ({cfg.calibration.value})", seen, cfg.num_samples)
+        ranges = calibrator.compute_data()
+    cache = tmpdir / "calibration.json"
+    save_tensors_data(ranges, cache)
+    return src, cache, seen
+
+
+def write_static(art: Artifact, src: Path, out: Path, cfg: StaticQuantConfig, cache: Path, *,
+                 exclude: tuple[str, ...] | list[str]) -> None:
+    """Write the QDQ model for ``src`` using calibrated ranges from ``cache``; ``exclude`` nodes stay in float."""
+    q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            q.quantize_static(str(src), str(out), None, quant_format=q.QuantFormat.QDQ,
+                              per_channel=cfg.per_channel, activation_type=q.QuantType.QUInt8,
+                              weight_type=q.QuantType.QInt8, nodes_to_exclude=list(exclude),
+                              op_types_to_quantize=list(cfg.op_types) or None, calibrate_method=_method(cfg),
+                              calibration_cache_path=str(cache),
+                              use_external_data_format=art.size_bytes() > 1_900_000_000)
+    except Exception as exc:
+        raise TechniqueFailed(f"ONNX Runtime static quantization failed on {art.name}: "
+                              f"{str(exc).splitlines()[0][:300]}") from exc
+
+
+def _method(cfg: StaticQuantConfig):
+    q = require("onnxruntime.quantization", extra="onnx", package="onnxruntime")
+    return {Calibration.MINMAX: q.CalibrationMethod.MinMax, Calibration.ENTROPY: q.CalibrationMethod.Entropy,
+            Calibration.PERCENTILE: q.CalibrationMethod.Percentile}[cfg.calibration]
 
 
 class _Reader:
