@@ -82,7 +82,7 @@ def test_no_slowdown_check_is_recorded(digits, tmp_path):
 @pytest.mark.parametrize("method, runtime, error, match", [
     ("dynamic", "openvino", slimforge.UnsupportedModelError, "ONNX Runtime technique"),
     ("bf16", "onnxruntime", slimforge.UnsupportedModelError, "no BF16 kernels"),
-    ("fp8", None, slimforge.UnsupportedModelError, "not available"),
+    ("fp8", "torch", slimforge.UnsupportedModelError, "compute capability >= 8.9"),
     ("int2", None, slimforge.ConfigError, "unknown method"),
     ("static", "torch", slimforge.UnsupportedModelError, "PyTorch eager is not available"),
 ])

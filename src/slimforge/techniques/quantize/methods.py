@@ -56,8 +56,15 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     torch_formats = (Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT)
-    if method in (Method.FP8, Method.QAT):
-        raise UnsupportedModelError(f"method '{method.value}' is not available in this version of slimforge yet")
+    if method is Method.QAT:
+        raise UnsupportedModelError("method 'qat' trains the model: use slimforge.qat(...) / `slimforge qat`")
+    if method is Method.FP8:
+        from slimforge.techniques.quantize.torch_fp8 import Fp8Config
+
+        if art.format is not Format.TORCH or runtime != "torch":
+            raise UnsupportedModelError("fp8 runs PyTorch models on an NVIDIA GPU: load the nn.Module and use "
+                                        "runtime torch")
+        return [Fp8Config(**({} if min_cosine is None else {"min_cosine": min_cosine}))]
 
     fid = {} if min_cosine is None else {"min_cosine": min_cosine}
     steps: list[Config] = []
