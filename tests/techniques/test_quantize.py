@@ -108,3 +108,20 @@ def test_cli_quantize(digits, tmp_path):
     dry = runner.invoke(app, ["quantize", str(digits["onnx"].path), "--method", "int4", "--runtime", "openvino",
                               "--dry-run"])
     assert dry.exit_code == 0 and "convert_openvino" in dry.output and "weight_only" in dry.output
+
+
+def test_static_quantization_leaves_no_stray_files(minilm, minilm_onnx, tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference drops `<uuid>.data` into the working directory when it gives up
+    (it does on MiniLM); slimforge runs it where that cannot land in the user's folder."""
+    import dataclasses
+
+    cwd = tmp_path / "user-cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    art = dataclasses.replace(slimforge.load(minilm_onnx), meta=dict(minilm.meta))
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("\n".join(f"Sentence number {i} about quantization." for i in range(16)))
+    q = slimforge.quantize(art, "static", data=sentences, num_samples=16, workdir=tmp_path / "w",
+                           check_speed=False, min_cosine=0.5)
+    assert q.path.exists()
+    assert list(cwd.iterdir()) == []

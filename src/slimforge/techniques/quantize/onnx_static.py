@@ -140,18 +140,21 @@ class _Reader:
 
 
 def _preprocess(src: Path, dst: Path) -> Path:
-    """ONNX Runtime's recommended pre-processing (shape inference, graph optimisation); the original if it fails."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """ONNX Runtime's recommended pre-processing (symbolic shape inference, graph optimisation, shape inference).
 
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-        return dst
-    except Exception as exc:  # symbolic shape inference fails on some graphs; quantize the original then
-        log.info("quantization pre-processing skipped: %s", exc)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    It runs in a child process whose working directory is ``dst``'s folder: ONNX Runtime's symbolic shape inference
+    saves a temporary model with ``<uuid>.data`` external data into the current directory and leaves it there. When
+    symbolic inference fails (some graphs), it retries without it; failing that, the original model is used.
+    """
+    import subprocess
+    import sys
+
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    base = [sys.executable, "-m", "onnxruntime.quantization.preprocess", "--input", str(src), "--output", str(dst)]
+    for extra in ([], ["--skip_symbolic_shape", "True"]):  # (the tool parses any value given as True)
+        proc = subprocess.run(base + extra, cwd=dst.parent, capture_output=True, text=True)
+        if proc.returncode == 0 and dst.exists():
             return dst
-        except Exception:
-            return src
+        log.info("quantization pre-processing %s failed: %s", extra,
+                 proc.stderr.strip().splitlines()[-1:] if proc.stderr else "")
+    return src
