@@ -23,10 +23,24 @@ from slimforge.env import environment  # noqa: E402
 from slimforge.evaluation.metrics import cosine_similarity  # noqa: E402
 
 
-def encoder(d: int = 1024, layers: int = 4) -> torch.nn.Module:
+class FeedForwardStack(torch.nn.Module):
+    """Transformer feed-forward blocks (pre-norm, residual): where an encoder spends most of its FLOPs."""
+
+    def __init__(self, d: int = 2048, layers: int = 6) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, 4 * d), torch.nn.GELU(),
+                                torch.nn.Linear(4 * d, d)) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+def encoder(d: int = 2048, layers: int = 6) -> torch.nn.Module:
     torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(d_model=d, nhead=16, dim_feedforward=4 * d, batch_first=True)
-    return torch.nn.TransformerEncoder(layer, num_layers=layers).eval()
+    return FeedForwardStack(d, layers).eval()
 
 
 def main() -> int:
@@ -39,39 +53,42 @@ def main() -> int:
         print("no CUDA device: nothing to measure")
         return 0
     model = encoder()
-    art = slimforge.load(model, example_inputs=torch.randn(2, 16, 1024), name="encoder-1024x4")
-    x = np.random.default_rng(0).standard_normal((args.batch, args.seq, 1024)).astype(np.float32)
+    art = slimforge.load(model, example_inputs=torch.randn(2, 16, 2048), name="ffn-2048x6")
+    x = np.random.default_rng(0).standard_normal((args.batch, args.seq, 2048)).astype(np.float32)
     name = art.io.input_names[0]
 
     cpu = slimforge.open_session(art, "torch").run({name: x[:2]})[0]
     gpu = slimforge.open_session(art, "torch", device="cuda").run({name: x[:2]})[0]
-    cuda_err = float(np.abs(cpu - gpu).max())
+    cuda_err = float(np.abs(cpu - gpu).max() / np.abs(cpu).max())  # relative: GPUs may use TF32 for FP32
 
     q = slimforge.quantize(art, "fp8", runtime="torch", check_speed=False, workdir="/tmp/slimforge-fp8")
     fid = next(c for c in q.checks if c.name == "quant_fidelity")
     spec = BenchSpec(warmup=5, repeats=30, min_time_s=1.0)
     feeds = {name: x}
     results = {}
-    for label, a, precision in (("fp32", art, None), ("bf16", art, "bf16"), ("fp8", q, None)):
-        sess = slimforge.open_session(a, "torch", device="cuda", precision=precision)
+    variants = [(f"{p or 'fp32'} {rt}", a, p, rt) for rt in ("torch", "torch_compile")
+                for p, a in ((None, art), ("bf16", art), ("fp8", q))]
+    for label, a, precision, rt in variants:
+        sess = slimforge.open_session(a, rt, device="cuda", precision=None if precision == "fp8" else precision)
         t = slimforge.bench.timing.time_session(sess, feeds, spec)
         out = sess.run(feeds)[0]
         results[label] = {"p50_ms": t.p50, "p95_ms": t.p95, "n": t.n}
-        results[label]["cosine_vs_fp32_cpu"] = None
-        if label != "fp32":
+        if not label.startswith("fp32"):
             ref = slimforge.open_session(art, "torch", device="cuda").run(feeds)[0]
             results[label]["cosine_vs_fp32"] = float(cosine_similarity(ref.reshape(len(ref), -1),
                                                                        out.reshape(len(out), -1)).mean())
         sess.close()
-    report = {"environment": environment(), "cuda_vs_cpu_max_abs": cuda_err,
+    report = {"environment": environment(), "cuda_vs_cpu_max_rel": cuda_err,
+              "float32_matmul_precision": torch.get_float32_matmul_precision(),
               "fp8_check": fid.to_dict(), "batch": args.batch, "seq": args.seq, "results": results,
-              "fp8_speedup_vs_bf16": results["bf16"]["p50_ms"] / results["fp8"]["p50_ms"],
-              "fp8_speedup_vs_fp32": results["fp32"]["p50_ms"] / results["fp8"]["p50_ms"]}
+              "speedups": {rt: {"fp8_vs_bf16": results[f"bf16 {rt}"]["p50_ms"] / results[f"fp8 {rt}"]["p50_ms"],
+                                "fp8_vs_fp32": results[f"fp32 {rt}"]["p50_ms"] / results[f"fp8 {rt}"]["p50_ms"]}
+                           for rt in ("torch", "torch_compile")}}
     print(json.dumps(report, indent=2))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(report, fh, indent=2)
-    return 0 if fid.passed and cuda_err < 1e-3 else 1
+    return 0 if fid.passed and cuda_err < 1e-2 else 1
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import numpy as np
 from slimforge.core.artifact import Artifact, Format
 from slimforge.errors import ConfigError, InputError, UnsupportedModelError
 
-_BUILTIN = ("slimforge.runtimes.torch_eager", "slimforge.runtimes.onnxruntime", "slimforge.runtimes.openvino")
+_BUILTIN = ("slimforge.runtimes.torch_eager", "slimforge.runtimes.torch_compile", "slimforge.runtimes.onnxruntime",
+            "slimforge.runtimes.openvino")
 
 
 @runtime_checkable
@@ -61,7 +62,7 @@ def get_runtime(name: str) -> Runtime:
         'torch'
     """
     _ensure_loaded()
-    aliases = {"ort": "onnxruntime", "ov": "openvino", "eager": "torch", "pytorch": "torch"}
+    aliases = {"ort": "onnxruntime", "ov": "openvino", "eager": "torch", "pytorch": "torch", "compile": "torch_compile"}
     rt = _RUNTIMES.get(aliases.get(name, name))
     if rt is None:
         raise ConfigError(f"unknown runtime {name!r}; known: {', '.join(sorted(_RUNTIMES))}")

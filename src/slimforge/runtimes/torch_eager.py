@@ -98,7 +98,8 @@ class TorchRuntime:
         if getattr(module, "training", False) or dtype is not None or dev.type != "cpu":
             module = copy.deepcopy(module)
             set_training(module, False)
-        if isinstance(module, nn.Module):
+        pinned = art.meta.get("device")  # e.g. FP8 modules live on their GPU and move inputs themselves
+        if isinstance(module, nn.Module) and pinned is None:
             module = module.to(dev)
             if dtype is not None:
                 module = module.to(dtype)

@@ -80,8 +80,10 @@ def _fp8_torch(art: Artifact, cfg: Fp8Config, ctx: RunContext) -> Artifact:
     module = copy.deepcopy(art.handle).to(device, torch.bfloat16)
     set_training(module, False)
 
-    def eligible(m: torch.nn.Module, _: str) -> bool:  # _scaled_mm needs both matmul dims divisible by 16
-        return isinstance(m, torch.nn.Linear) and m.in_features % 16 == 0 and m.out_features % 16 == 0
+    def eligible(m: torch.nn.Module, _: str) -> bool:
+        # exactly nn.Linear: subclasses such as MultiheadAttention's out_proj are used through their raw weight,
+        # which FP8 tensors do not support under torch.compile; _scaled_mm needs both dims divisible by 16
+        return type(m) is torch.nn.Linear and m.in_features % 16 == 0 and m.out_features % 16 == 0
 
     n = sum(1 for name, m in module.named_modules() if eligible(m, name))
     if n == 0:
