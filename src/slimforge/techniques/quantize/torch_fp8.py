@@ -60,10 +60,32 @@ class Fp8Module(torch.nn.Module):
     def forward(self, *xs: torch.Tensor):
         where = xs[0].device if xs else self.device
         args = [x.to(self.device, torch.bfloat16) if x.is_floating_point() else x.to(self.device) for x in xs]
+        args, batch = _pad_rows(args)
         out = self.inner(*args)
         if isinstance(out, torch.Tensor):
-            return out.float().to(where)
-        return tuple(o.float().to(where) if o.is_floating_point() else o.to(where) for o in out)
+            return out[:batch].float().to(where)
+        return tuple((o[:batch].float() if o.is_floating_point() else o[:batch]).to(where) for o in out)
+
+
+def _pad_rows(xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], int | None]:
+    """cuBLAS FP8 matmuls need the row count (batch x positions) to be a multiple of 16: pad the batch with zeros
+    (outputs are sliced back). Examples do not interact in eval mode, so padding changes no real output."""
+    import math
+
+    if not xs or xs[0].ndim < 2:
+        return xs, None
+    batch = xs[0].shape[0]
+    rows = math.prod(xs[0].shape[1:-1]) if xs[0].ndim > 2 else 1
+    step = 16 // math.gcd(rows, 16)
+    padded = -(-batch // step) * step
+    if padded == batch:
+        return xs, batch
+    out = []
+    for x in xs:
+        if x.ndim >= 1 and x.shape[0] == batch:
+            x = torch.cat([x, x.new_zeros((padded - batch, *x.shape[1:]))])
+        out.append(x)
+    return out, batch
 
 
 @implements(Fp8Config, fmt=Format.TORCH)
