@@ -14,18 +14,21 @@ def _accuracy(art, test):
 
 
 @pytest.mark.parametrize("runtime, calibration", [
+    ("torch", "minmax"), ("torch", "entropy"),
     ("onnxruntime", "minmax"), ("onnxruntime", "entropy"), ("onnxruntime", "percentile"),
     ("openvino", "minmax"), ("openvino", "percentile"),
 ])
 def test_digits_static_int8_keeps_accuracy(digits, runtime, calibration, tmp_path):
-    fp32 = _accuracy(digits["onnx"], digits["test"])
+    src = digits["torch"] if runtime == "torch" else digits["onnx"]
+    fp32 = _accuracy(src, digits["test"])
     assert fp32 > 97.0
-    q = slimforge.quantize(digits["onnx"], "static", calibration=calibration, runtime=runtime, data=digits["calib"],
+    q = slimforge.quantize(src, "static", calibration=calibration, runtime=runtime, data=digits["calib"],
                            workdir=tmp_path, check_speed=False)
     acc = _accuracy(q, digits["test"])
     assert q.meta["precision"] == "int8-static" and q.meta["calibration"] == calibration
     assert fp32 - acc <= 0.5, f"{runtime}/{calibration}: {fp32:.2f} -> {acc:.2f}"
-    assert q.size_bytes() < digits["onnx"].size_bytes() / 2
+    if runtime != "torch":  # PT2E keeps float weights beside the INT8 ones until Inductor folds them
+        assert q.size_bytes() < digits["onnx"].size_bytes() / 2
 
 
 def test_static_needs_data(digits, tmp_path):
@@ -84,7 +87,7 @@ def test_no_slowdown_check_is_recorded(digits, tmp_path):
     ("bf16", "onnxruntime", slimforge.UnsupportedModelError, "no BF16 kernels"),
     ("fp8", "torch", slimforge.UnsupportedModelError, "compute capability >= 8.9"),
     ("int2", None, slimforge.ConfigError, "unknown method"),
-    ("static", "torch", slimforge.UnsupportedModelError, "PyTorch eager is not available"),
+    ("int4", "torch", slimforge.UnsupportedModelError, "for PyTorch is not available"),
 ])
 def test_unsupported_combinations_say_why(digits, method, runtime, error, match, tmp_path):
     src = digits["torch"] if runtime == "torch" else digits["onnx"]
@@ -125,3 +128,26 @@ def test_static_quantization_leaves_no_stray_files(minilm, minilm_onnx, tmp_path
                            check_speed=False, min_cosine=0.5)
     assert q.path.exists()
     assert list(cwd.iterdir()) == []
+
+
+def test_qat_on_digits_keeps_accuracy_and_trains(digits, tmp_path):
+    train_npz = tmp_path / "train.npz"
+    np.savez(train_npz, input=digits["data"]["x_train"], labels=digits["data"]["y_train"])
+    fp32 = _accuracy(digits["torch"], digits["test"])
+    q = slimforge.quantize(digits["torch"], "qat", data=train_npz, workdir=tmp_path, check_speed=False)
+    assert q.meta["precision"] == "int8-qat" and q.meta["qat_loss"] == "cross_entropy"
+    training = next(c for c in q.checks if c.name == "qat_training")
+    assert training.metrics["epochs"] == 3
+    assert fp32 - _accuracy(q, digits["test"]) <= 0.5
+    # the converted model holds real INT8 quantize/dequantize ops
+    ops = {str(n.target) for n in q.handle.graph.nodes if n.op == "call_function"}
+    assert any("quantize_per" in o for o in ops), ops
+
+
+def test_pt2e_static_runs_under_torch_compile(digits, tmp_path):
+    q = slimforge.quantize(digits["torch"], "static", runtime="torch_compile", data=digits["calib"],
+                           workdir=tmp_path, check_speed=False)
+    x = digits["data"]["x_test"][:8]
+    eager = slimforge.open_session(q, "torch").run({"input": x})[0]
+    compiled = slimforge.open_session(q, "torch_compile").run({"input": x})[0]
+    assert np.abs(eager - compiled).max() < 0.05 * np.abs(eager).max()

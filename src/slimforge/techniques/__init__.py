@@ -8,6 +8,9 @@ from slimforge.techniques.quantize import onnx_dynamic as _q_onnx_dynamic  # noq
 from slimforge.techniques.quantize import mixed as _q_mixed  # noqa: F401
 from slimforge.techniques.quantize import onnx_static as _q_onnx_static  # noqa: F401
 from slimforge.techniques.quantize import openvino as _q_openvino  # noqa: F401
+from slimforge.techniques.quantize import qat as _q_qat  # noqa: F401
 from slimforge.techniques.quantize import torch_dynamic as _q_torch_dynamic  # noqa: F401
 from slimforge.techniques.quantize import torch_fp8 as _q_torch_fp8  # noqa: F401
+from slimforge.techniques.quantize import torch_pt2e as _q_torch_pt2e  # noqa: F401
 from slimforge.techniques.quantize import weight_only as _q_weight_only  # noqa: F401
+from slimforge.train import trainer as _trainer  # noqa: F401  (registers TrainConfig)

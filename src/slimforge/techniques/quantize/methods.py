@@ -21,7 +21,7 @@ class Method(str, enum.Enum):
 
 
 NEEDS_DATA = {Method.STATIC}
-RUNTIMES = ("torch", "onnxruntime", "openvino")
+RUNTIMES = ("torch", "torch_compile", "onnxruntime", "openvino")
 
 
 def default_runtime_for(art: Artifact, method: Method) -> str:
@@ -29,7 +29,9 @@ def default_runtime_for(art: Artifact, method: Method) -> str:
         return "openvino"
     if art.format is Format.ONNX:
         return "onnxruntime"
-    return "torch" if method in (Method.BF16, Method.FP8, Method.QAT) else "onnxruntime"
+    if method is Method.QAT:
+        return "torch_compile"
+    return "torch" if method in (Method.BF16, Method.FP8) else "onnxruntime"
 
 
 def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibration: str = "minmax",
@@ -57,18 +59,23 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     torch_formats = (Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT)
     if method is Method.QAT:
-        raise UnsupportedModelError("method 'qat' trains the model: use slimforge.qat(...) / `slimforge qat`")
+        from slimforge.techniques.quantize.qat import QatConfig
+
+        if art.format is not Format.TORCH or runtime not in ("torch", "torch_compile"):
+            raise UnsupportedModelError("qat trains a PyTorch model: load the nn.Module and use runtime "
+                                        "torch_compile (or torch)")
+        return [QatConfig(**({} if min_cosine is None else {"min_cosine": min_cosine}))]
     if method is Method.FP8:
         from slimforge.techniques.quantize.torch_fp8 import Fp8Config
 
-        if art.format is not Format.TORCH or runtime != "torch":
+        if art.format is not Format.TORCH or runtime not in ("torch", "torch_compile"):
             raise UnsupportedModelError("fp8 runs PyTorch models on an NVIDIA GPU: load the nn.Module and use "
                                         "runtime torch")
         return [Fp8Config(**({} if min_cosine is None else {"min_cosine": min_cosine}))]
 
     fid = {} if min_cosine is None else {"min_cosine": min_cosine}
     steps: list[Config] = []
-    if runtime == "torch":
+    if runtime in ("torch", "torch_compile"):
         if art.format is not Format.TORCH:
             raise UnsupportedModelError(f"runtime torch needs an in-memory PyTorch model; {art.name} is "
                                         f"{art.format.value}: choose runtime onnxruntime or openvino")
@@ -76,7 +83,9 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
             return [DynamicQuantConfig(per_channel=per_channel, exclude=exclude, **fid)]
         if method in (Method.FP16, Method.BF16):
             return [CastConfig(dtype=method.value, **fid)]
-        raise UnsupportedModelError(f"'{method.value}' on PyTorch eager is not available; choose runtime "
+        if method is Method.STATIC:  # PT2E; fast under torch.compile
+            return [StaticQuantConfig(calibration=calibration, per_channel=True, num_samples=num_samples, **fid)]
+        raise UnsupportedModelError(f"'{method.value}' for PyTorch is not available; choose runtime "
                                     "onnxruntime or openvino")
     if art.format in torch_formats:
         steps.append(ExportConfig())
