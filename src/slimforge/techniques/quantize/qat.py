@@ -88,7 +88,7 @@ def _qat_torch(art: Artifact, cfg: QatConfig, ctx: RunContext) -> Artifact:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            prepared = prepare_qat_pt2e(export_for_quantization(module, art.examples),
+            prepared = prepare_qat_pt2e(export_for_quantization(module, art),
                                         x86_config(Calibration.MINMAX, is_qat=True))
         except Exception as exc:
             raise TechniqueFailed(f"QAT preparation failed on {art.name} (the model must be torch.export-able): "

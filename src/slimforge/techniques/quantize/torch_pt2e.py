@@ -41,12 +41,14 @@ def x86_config(calibration: Calibration, *, is_qat: bool = False):
     return quantizer
 
 
-def export_for_quantization(module: torch.nn.Module, examples: dict) -> torch.nn.Module:
-    """``torch.export`` the module with a dynamic batch (falls back to static shapes)."""
-    args = tuple(torch.from_numpy(v) for v in examples.values())
-    batch = torch.export.Dim("batch")
+def export_for_quantization(module: torch.nn.Module, art: Artifact) -> torch.nn.Module:
+    """``torch.export`` the module with the artifact's dynamic axes (batch, sequence, ...), else static shapes."""
+    args = tuple(torch.from_numpy(v) for v in art.examples.values())
+    dims: dict[str, object] = {}
+    shapes = tuple({a: dims.setdefault(d, torch.export.Dim.AUTO) for a, d in spec.dynamic_axes().items()}
+                   for spec in art.io.inputs)
     try:
-        return torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args)).module()
+        return torch.export.export(module, args, dynamic_shapes=shapes).module()
     except Exception:
         return torch.export.export(module, args).module()
 
@@ -62,7 +64,7 @@ def _quantize_static_torch(art: Artifact, cfg: StaticQuantConfig, ctx: RunContex
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prepared = prepare_pt2e(export_for_quantization(module, art.examples), quantizer)
+            prepared = prepare_pt2e(export_for_quantization(module, art), quantizer)
             with torch.no_grad():
                 for batch in calibration_feeds(ctx, num_samples=cfg.num_samples, input_names=art.io.input_names,
                                                batch_size=16):
