@@ -35,6 +35,23 @@ def _quiet():
         nncf_log.setLevel(level)
 
 
+class _Stream:
+    """Re-iterable calibration data for NNCF (it passes over the data once per algorithm): each pass streams from the
+    dataset again, so memory does not grow with the number of samples."""
+
+    def __init__(self, ctx: RunContext, num_samples: int, input_names: list[str]) -> None:
+        self.ctx, self.num_samples, self.input_names = ctx, num_samples, input_names
+        self.seen = 0
+        next(iter(self))  # fail now, with the clear DataError, when there is no data
+
+    def __iter__(self):
+        n = 0
+        for feeds in calibration_feeds(self.ctx, num_samples=self.num_samples, input_names=self.input_names):
+            n += 1
+            yield feeds
+        self.seen = max(self.seen, n)
+
+
 def _is_transformer(art: Artifact) -> bool:
     return (art.meta.get("preprocess") or {}).get("kind") == "text" or art.meta.get("task") == "embedding"
 
@@ -52,14 +69,14 @@ def _quantize_static_openvino(art: Artifact, cfg: StaticQuantConfig, ctx: RunCon
     advanced = (AdvancedQuantizationParameters(activations_range_estimator_params=estimator) if estimator
                 else AdvancedQuantizationParameters())
     transformer = _is_transformer(art)
-    samples = list(calibration_feeds(ctx, num_samples=cfg.num_samples, input_names=art.io.input_names))
+    samples = _Stream(ctx, cfg.num_samples, art.io.input_names)
     ctx.report_progress("calibrate (nncf)", 0, 1)
     model = ov.Core().read_model(str(art.path))
     ignored = nncf.IgnoredScope(names=list(cfg.exclude), validate=False) if cfg.exclude else None
     try:
         with _quiet():
             quantized = nncf.quantize(
-                model, nncf.Dataset(samples), subset_size=len(samples),
+                model, nncf.Dataset(samples), subset_size=cfg.num_samples,
                 model_type=nncf.ModelType.TRANSFORMER if transformer else None,
                 preset=nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE,
                 ignored_scope=ignored, advanced_parameters=advanced)
@@ -68,7 +85,7 @@ def _quantize_static_openvino(art: Artifact, cfg: StaticQuantConfig, ctx: RunCon
     ctx.report_progress("calibrate (nncf)", 1, 1)
     child = art.derive(Step("quantize_static", cfg.to_dict()),
                        meta={"precision": "int8-static", "calibration": cfg.calibration.value,
-                             "calibration_samples": len(samples)})
+                             "calibration_samples": samples.seen})
     return _save_checked(ov, quantized, art, child, ctx, min_cosine=cfg.min_cosine)
 
 
