@@ -18,10 +18,12 @@ def test_ids_follow_lineage():
     assert a.lineage == ()  # the parent is untouched
 
 
-def test_checks_do_not_leak_to_children():
-    a = _art().with_check(Check("v", True, {"max_abs": 0.0}))
-    assert len(a.checks) == 1
-    assert a.derive(Step("s")).checks == ()
+def test_children_keep_the_history_of_checks():
+    a = _art().derive(Step("export")).with_check(Check("v", True, {"max_abs": 0.0}))
+    b = a.derive(Step("quantize")).with_check(Check("q", True))
+    assert [(c.name, c.step) for c in b.checks] == [("v", 1), ("q", 2)]
+    assert [c.name for c in b.step_checks] == ["q"]
+    assert a.derive(Step("s")).step_checks == ()
 
 
 def test_atomic_path_success_and_failure(tmp_path):

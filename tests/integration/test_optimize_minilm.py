@@ -13,6 +13,11 @@ def test_optimize_minilm_default(tmp_path, minilm):
     assert [s["name"] for s in report["lineage"]] == ["export_onnx", "graph_optimize", "quantize_dynamic"]
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["quant_fidelity"]["passed"] and checks["quant_fidelity"]["metrics"]["cosine"] > 0.98
+    # every step's own verification is in the report, attributed to its step
+    assert checks["verify_onnx_export"]["step_name"] == "export_onnx"
+    assert checks["verify_onnx_export"]["metrics"]["max_abs"] <= 1e-4 and checks["verify_onnx_export"]["metrics"]["cases"] == 4
+    assert checks["quant_fidelity"]["step_name"] == "quantize_dynamic"
+    assert any(c["step_name"] == "graph_optimize" for c in report["checks"])
     for side in ("baseline", "result"):
         for b in ("1", "32"):
             assert report[side]["latency_ms"][b]["p99"] >= report[side]["latency_ms"][b]["p50"] > 0

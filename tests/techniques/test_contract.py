@@ -75,8 +75,8 @@ def test_technique_contract(kind, fmt, formats, tmp_path):
     if handle_before is not None and hasattr(handle_before, "state_dict"):
         assert _same(_fingerprint(dataclasses.replace(art, path=None)), handle_before.state_dict())
     assert out.lineage == (*art.lineage, out.lineage[-1]) and out.lineage[-1].config == cfg.to_dict()
-    assert out.checks, f"{kind} on {fmt} recorded no check"
-    assert any(c.passed for c in out.checks)
+    assert out.step_checks, f"{kind} on {fmt} recorded no check"
+    assert any(c.passed for c in out.step_checks)
     assert out.id != art.id
     x = np.random.default_rng(1).standard_normal((3, 32)).astype(np.float32)
     result = open_session(out).run({out.io.input_names[0]: x})

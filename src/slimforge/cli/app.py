@@ -210,7 +210,7 @@ def quantize(model: ModelArg = None,
     if q.meta.get("float_layers") is not None:
         layers = q.meta["float_layers"]
         console.print(f"kept in float ({len(layers)}): {', '.join(layers) or 'none'}", soft_wrap=True)
-    speed = next((c for c in q.checks if c.name == "no_slowdown"), None)
+    speed = next((c for c in q.step_checks if c.name == "no_slowdown"), None)
     if speed is not None and not speed.passed:
         console.print(f"[bold yellow]warning:[/] {speed.detail}; the auto-optimizer will not pick it",
                       soft_wrap=True)

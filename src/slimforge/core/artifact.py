@@ -79,9 +79,11 @@ class Check:
     passed: bool
     metrics: Mapping[str, float] = field(default_factory=dict)
     detail: str = ""
+    step: int = 0  # 1-based index in the lineage of the step that recorded it (0: at load)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "metrics": dict(self.metrics), "detail": self.detail}
+        return {"name": self.name, "passed": self.passed, "metrics": dict(self.metrics), "detail": self.detail,
+                "step": self.step}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,14 +123,19 @@ class Artifact:
         return str(self.meta.get("name") or (self.path.stem if self.path else "model"))
 
     def derive(self, step: Step, **changes: Any) -> Artifact:
-        """A child artifact made by ``step``; fields not given are inherited (checks start empty)."""
-        changes.setdefault("checks", ())
+        """A child artifact made by ``step``; fields not given are inherited, the checks of earlier steps too."""
         if "meta" in changes:
             changes["meta"] = {**self.meta, **changes["meta"]}
         return dataclasses.replace(self, lineage=(*self.lineage, step), **changes)
 
     def with_check(self, check: Check) -> Artifact:
-        return dataclasses.replace(self, checks=(*self.checks, check))
+        """Record a check made by the latest step."""
+        return dataclasses.replace(self, checks=(*self.checks, dataclasses.replace(check, step=len(self.lineage))))
+
+    @property
+    def step_checks(self) -> tuple[Check, ...]:
+        """The checks recorded by the latest step only."""
+        return tuple(c for c in self.checks if c.step == len(self.lineage))
 
     def size_bytes(self) -> int:
         """Bytes on disk (file plus external data, or the whole folder); for in-memory modules, parameter bytes."""

@@ -57,7 +57,8 @@ def build_report(*, baseline: dict[str, Any], result: dict[str, Any], artifact: 
         "data": dict(data or {}),
         "recipe": dict(recipe or {}),
         "lineage": [s.to_dict() for s in artifact.lineage],
-        "checks": [c.to_dict() for c in artifact.checks],
+        "checks": [{**c.to_dict(), "step_name": artifact.lineage[c.step - 1].name if c.step else "load"}
+                   for c in artifact.checks],
         "baseline": baseline,
         "result": result,
         "variants": [baseline, *extra_variants, result],
