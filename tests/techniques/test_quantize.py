@@ -56,13 +56,14 @@ def test_calibration_memory_does_not_grow_with_samples(digits, tmp_path):
 
 
 @pytest.mark.parametrize("method, runtime, suffix", [
-    ("dynamic", "torch", ".pt"), ("bf16", "torch", ".pt"), ("dynamic", "onnxruntime", ".onnx"),
+    ("dynamic", "torch", ".pt"), ("bf16", "torch", ".pt"), ("static", "torch_compile", ".pt"),
+    ("qat", "torch_compile", ".pt"), ("dynamic", "onnxruntime", ".onnx"),
     ("static", "onnxruntime", ".onnx"), ("fp16", "onnxruntime", ".onnx"), ("int4", "onnxruntime", ".onnx"),
     ("int8-weight", "onnxruntime", ".onnx"), ("static", "openvino", ".xml"), ("bf16", "openvino", ".xml"),
     ("int8-weight", "openvino", ".xml"), ("int4", "openvino", ".xml"),
 ])
 def test_every_quantized_format_saves_and_reloads_identically(digits, method, runtime, suffix, tmp_path):
-    src = digits["torch"] if runtime == "torch" else digits["onnx"]
+    src = digits["torch"] if runtime.startswith("torch") else digits["onnx"]
     q = slimforge.quantize(src, method, runtime=runtime, data=digits["calib"], workdir=tmp_path, check_speed=False,
                            min_cosine=0.9)
     saved = slimforge.save(q, tmp_path / f"saved{suffix}")

@@ -162,10 +162,12 @@ def optimize(model: ModelArg = None,
 
 @app.command()
 def quantize(model: ModelArg = None,
-             method: Annotated[str, typer.Option(help="dynamic | static | fp16 | bf16 | int4 | int8-weight")] = "dynamic",
+             method: Annotated[str, typer.Option(
+                 help="dynamic | static | fp16 | bf16 | int4 | int8-weight | fp8 (GPU) | qat (PyTorch)")] = "dynamic",
              calibration: Annotated[str, typer.Option(help="minmax | entropy | percentile (static)")] = "minmax",
              per_channel: Annotated[bool, typer.Option(help="Per-channel weight scales.")] = True,
-             runtime: Annotated[Optional[str], typer.Option(help="torch | onnxruntime | openvino")] = None,
+             runtime: Annotated[Optional[str], typer.Option(
+                 help="torch | torch_compile | onnxruntime | openvino")] = None,
              data: Annotated[Optional[Path], typer.Option(help="Calibration data (static needs it).")] = None,
              output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file.")] = None,
              num_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 128,
@@ -198,7 +200,7 @@ def quantize(model: ModelArg = None,
     from slimforge.cli.progress import progress_bars
 
     out_path = output or Path("slimforge-out") / f"{art.name}-{chosen.value}{'.xml' if rt == 'openvino' else '.onnx'}"
-    if rt == "torch":
+    if rt in ("torch", "torch_compile"):
         out_path = None
     with progress_bars(err_console) as progress:
         q = api_quantize(art, chosen.value, calibration=calibration, per_channel=per_channel, data=data, runtime=rt,
