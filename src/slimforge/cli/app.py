@@ -199,14 +199,15 @@ def quantize(model: ModelArg = None,
     from slimforge.api import quantize as api_quantize
     from slimforge.cli.progress import progress_bars
 
-    out_path = output or Path("slimforge-out") / f"{art.name}-{chosen.value}{'.xml' if rt == 'openvino' else '.onnx'}"
-    if rt in ("torch", "torch_compile"):
-        out_path = None
+    torch_rt = rt in ("torch", "torch_compile")
+    suffix = ".pt" if torch_rt else ".xml" if rt == "openvino" else ".onnx"
+    final_path = output or Path("slimforge-out") / f"{art.name}-{chosen.value}{suffix}"
+    out_path = None if torch_rt else final_path  # PyTorch results live in memory until saved below
     with progress_bars(err_console) as progress:
         q = api_quantize(art, chosen.value, calibration=calibration, per_channel=per_channel, data=data, runtime=rt,
                          output=out_path, num_samples=num_samples, exclude=tuple(exclude or ()),
                          min_cosine=min_cosine, max_drop=_drop(max_drop),
-                         batch_sizes=_batches(batch), workdir=out_path.parent if out_path else "slimforge-out",
+                         batch_sizes=_batches(batch), workdir=final_path.parent,
                          progress=progress)
     _print_checks(q)
     if q.meta.get("float_layers") is not None:
@@ -218,8 +219,11 @@ def quantize(model: ModelArg = None,
                       soft_wrap=True)
     elif speed is not None:
         console.print(speed.detail, soft_wrap=True)
-    if q.path:
-        console.print(f"[green]wrote[/] {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
+    if torch_rt:
+        from slimforge.io.save import save
+
+        q = save(q, final_path)  # TorchScript, reloads with identical outputs
+    console.print(f"[green]wrote[/] {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
 
 
 def _drop(text: str | None) -> float | None:
