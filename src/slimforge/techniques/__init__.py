@@ -14,3 +14,5 @@ from slimforge.techniques.quantize import torch_fp8 as _q_torch_fp8  # noqa: F40
 from slimforge.techniques.quantize import torch_pt2e as _q_torch_pt2e  # noqa: F401
 from slimforge.techniques.quantize import weight_only as _q_weight_only  # noqa: F401
 from slimforge.train import trainer as _trainer  # noqa: F401  (registers TrainConfig)
+from slimforge.techniques import fuse as _fuse  # noqa: F401
+from slimforge.techniques import lowrank as _lowrank  # noqa: F401
