@@ -16,3 +16,4 @@ from slimforge.techniques.quantize import weight_only as _q_weight_only  # noqa:
 from slimforge.train import trainer as _trainer  # noqa: F401  (registers TrainConfig)
 from slimforge.techniques import fuse as _fuse  # noqa: F401
 from slimforge.techniques import lowrank as _lowrank  # noqa: F401
+from slimforge.techniques.prune import torch_prune as _prune  # noqa: F401

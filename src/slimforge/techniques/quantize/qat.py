@@ -11,7 +11,6 @@ import copy
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
@@ -19,12 +18,13 @@ from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
-from slimforge.errors import ConfigError, DataError, TechniqueFailed
+from slimforge.errors import ConfigError, TechniqueFailed
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.runtimes.torch_eager import run_module, set_training
 from slimforge.techniques.quantize.calibration import Calibration
 from slimforge.techniques.quantize.torch_pt2e import export_for_quantization, x86_config
 from slimforge.train import TrainConfig, train
+from slimforge.train.data import tensor_dataset
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,26 +55,9 @@ class QatConfig(Config):
 
 
 def _training_set(art: Artifact, ctx: RunContext, limit: int) -> tuple[TensorDataset, bool]:
-    if ctx.calibration_data is None:
-        raise DataError("QAT needs training data: pass data=... (an image folder, .npz with labels, CSV, ...)")
-    inputs: list[list[np.ndarray]] = [[] for _ in art.io.inputs]
-    labels: list[np.ndarray] = []
-    for batch in ctx.calibration_data.batches(64, limit=limit):
-        for i, name in enumerate(art.io.input_names):
-            inputs[i].append(batch.feeds[name])
-        if batch.labels is not None:
-            labels.append(batch.labels)
-    try:
-        tensors = [torch.from_numpy(np.concatenate(parts)) for parts in inputs]
-    except ValueError as exc:
-        raise TechniqueFailed(f"QAT needs examples of one shape (pad text to a fixed length): {exc}") from exc
-    has_labels = len(labels) == len(inputs[0]) and bool(labels)
-    if has_labels:
-        return TensorDataset(*tensors, torch.from_numpy(np.concatenate(labels))), True
-    teacher = torch.from_numpy(np.concatenate([run_module(art.handle, {n: t[i:i + 64].numpy() for n, t in
-                                                                       zip(art.io.input_names, tensors)})[0]
-                                               for i in range(0, len(tensors[0]), 64)]))
-    return TensorDataset(*tensors, teacher), False
+    """Labels when the data has them, else the FP32 model's outputs as targets."""
+    return tensor_dataset(art, ctx.calibration_data, limit=limit,
+                          teacher=lambda feeds: run_module(art.handle, feeds)[0])
 
 
 @implements(QatConfig, fmt=Format.TORCH, needs_data=True)

@@ -1,0 +1,1 @@
+"""Pruning: unstructured (magnitude masks made permanent) and structured (Torch-Pruning's dependency graph)."""

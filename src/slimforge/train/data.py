@@ -1,0 +1,53 @@
+"""Turning a slimforge dataset into tensors for the trainer: inputs, and labels or teacher targets."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from slimforge.core.artifact import Artifact
+from slimforge.errors import DataError
+from slimforge.io.data import Dataset
+
+
+def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate batches; token batches padded to different lengths are right-padded with zeros (PAD, mask 0)."""
+    if len({a.shape[1:] for a in arrays}) > 1 and all(a.ndim == 2 and a.dtype.kind in "iub" for a in arrays):
+        width = max(a.shape[1] for a in arrays)
+        arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
+    try:
+        return np.concatenate(arrays)
+    except ValueError as exc:
+        raise DataError(f"training examples must share one shape (or be token batches): {exc}") from exc
+
+
+def tensor_dataset(art: Artifact, data: Dataset | None, *, limit: int | None,
+                   teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+                   require_labels: bool = False) -> tuple[TensorDataset, bool]:
+    """``(*inputs, target)`` tensors: the labels when every batch has them, else ``teacher(feeds)`` outputs.
+
+    Returns the dataset and whether the targets are labels.
+    """
+    if data is None:
+        raise DataError("this step trains: pass data=... (an image folder, .npz with labels, a text file, ...)")
+    inputs: list[list[np.ndarray]] = [[] for _ in art.io.inputs]
+    labels: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    for batch in data.batches(64, limit=limit):
+        for i, name in enumerate(art.io.input_names):
+            inputs[i].append(batch.feeds[name])
+        if batch.labels is not None:
+            labels.append(batch.labels)
+        if teacher is not None:
+            targets.append(teacher(batch.feeds))
+    if not inputs[0]:
+        raise DataError(f"{data.name}: no training examples")
+    tensors = [torch.from_numpy(_pad_to(parts)) for parts in inputs]
+    if labels and len(labels) == len(inputs[0]):
+        return TensorDataset(*tensors, torch.from_numpy(np.concatenate(labels))), True
+    if require_labels or teacher is None:
+        raise DataError(f"{data.name}: has no labels (sub-folders of images, or 'labels' in .npz/CSV)")
+    return TensorDataset(*tensors, torch.from_numpy(_pad_to(targets))), False
