@@ -7,7 +7,7 @@ PINNED = [
     "InputError", "MissingDependencyError", "ModelLoadError", "OptimizeResult", "Recipe", "RunContext",
     "SlimforgeError", "Step", "TechniqueFailed", "TensorSpec", "Timing", "UnsupportedModelError",
     "VerificationError", "__version__", "benchmark", "evaluate", "export", "info", "load", "load_data",
-    "open_session", "optimize", "quantize", "save",
+    "open_session", "optimize", "quantize", "save", "prune", "distill", "lowrank", "fuse",
 ]
 
 

@@ -13,6 +13,7 @@ import logging
 
 from slimforge.api import OptimizeResult, benchmark, evaluate, export, info, optimize, quantize
 from slimforge.bench.timing import BenchResult, BenchSpec, Timing
+from slimforge.compress import distill, fuse, lowrank, prune
 from slimforge.core.artifact import Artifact, Check, Format, IOSpec, Step, TensorSpec
 from slimforge.core.config import Config
 from slimforge.core.context import RunContext
@@ -62,13 +63,17 @@ __all__ = [
     "VerificationError",
     "__version__",
     "benchmark",
+    "distill",
     "evaluate",
     "export",
+    "fuse",
     "info",
     "load",
     "load_data",
+    "lowrank",
     "open_session",
     "optimize",
+    "prune",
     "quantize",
     "save",
 ]

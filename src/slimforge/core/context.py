@@ -38,6 +38,7 @@ class RunContext:
     threads: int | None = None
     calibration_data: Any = None  # a slimforge.io.data.Dataset
     output: Path | None = None  # where the run's final artifact goes (set by the engine for the last step only)
+    baseline: Any = None  # the artifact the run started from (the teacher for distillation)
 
     def output_for(self, art: Any, suffix: str) -> Path:
         """The file a step writes ``art`` to: ``output`` for the final step, else a file named by its id."""

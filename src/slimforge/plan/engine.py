@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 def run_steps(art: Artifact, recipe: Recipe, ctx: RunContext, *, output: Path | None = None) -> Artifact:
     """Apply every step in order; the last one writes to ``output`` when given. Each step checks itself."""
     current = art
+    if ctx.baseline is None:
+        ctx.baseline = art
     for i, step in enumerate(recipe.steps):
         step_ctx = dataclasses.replace(ctx, output=output if i == len(recipe.steps) - 1 else None)
         ctx.report_progress("recipe", i, len(recipe.steps))

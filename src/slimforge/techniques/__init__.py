@@ -17,3 +17,4 @@ from slimforge.train import trainer as _trainer  # noqa: F401  (registers TrainC
 from slimforge.techniques import fuse as _fuse  # noqa: F401
 from slimforge.techniques import lowrank as _lowrank  # noqa: F401
 from slimforge.techniques.prune import torch_prune as _prune  # noqa: F401
+from slimforge.techniques.distill import torch_distill as _distill  # noqa: F401

@@ -24,13 +24,10 @@ def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
         raise DataError(f"training examples must share one shape (or be token batches): {exc}") from exc
 
 
-def tensor_dataset(art: Artifact, data: Dataset | None, *, limit: int | None,
-                   teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
-                   require_labels: bool = False) -> tuple[TensorDataset, bool]:
-    """``(*inputs, target)`` tensors: the labels when every batch has them, else ``teacher(feeds)`` outputs.
-
-    Returns the dataset and whether the targets are labels.
-    """
+def collect(art: Artifact, data: Dataset | None, *, limit: int | None,
+            teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
+            ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    """Input tensors, the teacher's outputs (when a teacher is given) and the labels (when every batch has them)."""
     if data is None:
         raise DataError("this step trains: pass data=... (an image folder, .npz with labels, a text file, ...)")
     inputs: list[list[np.ndarray]] = [[] for _ in art.io.inputs]
@@ -46,8 +43,21 @@ def tensor_dataset(art: Artifact, data: Dataset | None, *, limit: int | None,
     if not inputs[0]:
         raise DataError(f"{data.name}: no training examples")
     tensors = [torch.from_numpy(_pad_to(parts)) for parts in inputs]
-    if labels and len(labels) == len(inputs[0]):
-        return TensorDataset(*tensors, torch.from_numpy(np.concatenate(labels))), True
-    if require_labels or teacher is None:
+    target = torch.from_numpy(_pad_to(targets)) if targets else None
+    label = torch.from_numpy(np.concatenate(labels)) if labels and len(labels) == len(inputs[0]) else None
+    return tensors, target, label
+
+
+def tensor_dataset(art: Artifact, data: Dataset | None, *, limit: int | None,
+                   teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+                   require_labels: bool = False) -> tuple[TensorDataset, bool]:
+    """``(*inputs, target)`` tensors: the labels when every batch has them, else ``teacher(feeds)`` outputs.
+
+    Returns the dataset and whether the targets are labels.
+    """
+    tensors, target, label = collect(art, data, limit=limit, teacher=None if require_labels else teacher)
+    if label is not None:
+        return TensorDataset(*tensors, label), True
+    if target is None:
         raise DataError(f"{data.name}: has no labels (sub-folders of images, or 'labels' in .npz/CSV)")
-    return TensorDataset(*tensors, torch.from_numpy(_pad_to(targets))), False
+    return TensorDataset(*tensors, target), False

@@ -1,0 +1,159 @@
+"""Knowledge distillation from a teacher into a student, with the shared trainer.
+
+Logits: ``alpha * T^2 * KL(softmax(s/T) || softmax(t/T)) + (1 - alpha) * CE(s, labels)`` (the task term needs
+labels). Embeddings (encoders, no labels needed): MSE or ``1 - cosine`` between student and teacher outputs (the
+pooled, normalised sentence embeddings for sentence-transformers models). A held-out share of the data is scored
+after every epoch (accuracy, or cosine to the teacher), which gives the curve and drives early stopping.
+
+The artifact being transformed is the student; the teacher is the run's baseline (``RunContext.baseline``), e.g. the
+unpruned FP32 model when distilling after pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from slimforge.core.artifact import Artifact, Check, Format, Step
+from slimforge.core.config import Config, coerce_fields
+from slimforge.core.context import RunContext
+from slimforge.core.registry import implements
+from slimforge.errors import ConfigError, UnsupportedModelError
+from slimforge.runtimes.torch_eager import run_module, set_training
+from slimforge.train import TrainConfig, train
+from slimforge.train.data import collect
+
+
+class DistillMode(str, enum.Enum):
+    AUTO = "auto"  # embedding for embedders, logits otherwise
+    LOGITS = "logits"
+    EMBEDDING_MSE = "embedding-mse"
+    EMBEDDING_COSINE = "embedding-cosine"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DistillConfig(Config):
+    """Distillation settings.
+
+    Example:
+        >>> DistillConfig(temperature=4, alpha=0.7, epochs=10).mode.value
+        'auto'
+    """
+
+    kind = "distill"
+    mode: DistillMode = DistillMode.AUTO
+    temperature: float = 4.0
+    alpha: float = 0.7
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    num_samples: int = 4096
+    heldout: float = 0.2  # share of the data scored after each epoch
+    patience: int | None = None
+    checkpoint_dir: str | None = None
+    seed: int = 0
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 < self.heldout < 1.0:
+            raise ConfigError(f"heldout must be in (0, 1), got {self.heldout}")
+        if self.epochs < 1 or self.lr <= 0:
+            raise ConfigError("epochs must be >= 1 and lr > 0")
+
+
+def _mode(cfg: DistillConfig, teacher: Artifact) -> DistillMode:
+    if cfg.mode is not DistillMode.AUTO:
+        return cfg.mode
+    return DistillMode.EMBEDDING_COSINE if teacher.meta.get("task") == "embedding" else DistillMode.LOGITS
+
+
+def distill_loss(mode: DistillMode, temperature: float, alpha: float, has_labels: bool):
+    """``loss(student, batch)`` for batches of ``(*inputs, teacher_output[, labels])``."""
+
+    def loss(model: nn.Module, batch):
+        labels = batch[-1] if has_labels else None
+        target = batch[-2] if has_labels else batch[-1]
+        inputs = batch[:-2] if has_labels else batch[:-1]
+        out = model(*inputs)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if mode is DistillMode.LOGITS:
+            t = temperature
+            kd = nn.functional.kl_div(nn.functional.log_softmax(out / t, -1), nn.functional.softmax(target / t, -1),
+                                      reduction="batchmean") * t * t
+            if labels is None or alpha >= 1.0:
+                return kd
+            return alpha * kd + (1 - alpha) * nn.functional.cross_entropy(out, labels)
+        if mode is DistillMode.EMBEDDING_MSE:
+            return nn.functional.mse_loss(out, target)
+        return (1 - nn.functional.cosine_similarity(out.flatten(1), target.flatten(1), dim=1)).mean()
+
+    return loss
+
+
+def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: DistillConfig):
+    """(train, heldout, has_labels): batches of ``(*inputs, teacher_output[, label])``, split at the end."""
+    tensors, target, label = collect(student, ctx.calibration_data, limit=cfg.num_samples,
+                                     teacher=lambda feeds: run_module(teacher.handle, feeds)[0])
+    full = TensorDataset(*tensors, target, *([label] if label is not None else []))
+    n = len(full)
+    n_eval = max(1, int(round(n * cfg.heldout)))
+    return Subset(full, range(n - n_eval)), Subset(full, range(n - n_eval, n)), label is not None
+
+
+def heldout_score(model: nn.Module, heldout: Subset, mode: DistillMode, has_labels: bool) -> float:
+    """Accuracy (%) on labelled held-out data, else mean cosine of the outputs to the teacher's."""
+    loader = torch.utils.data.DataLoader(heldout, batch_size=128)
+    scores, n = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            inputs = batch[:-2] if has_labels else batch[:-1]
+            out = model(*inputs)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if has_labels:
+                scores += float((out.argmax(-1) == batch[-1]).float().sum()) * 100.0
+            else:
+                target = batch[-1]
+                scores += float(nn.functional.cosine_similarity(out.flatten(1), target.flatten(1), dim=1).sum())
+            n += len(out)
+    return scores / max(n, 1)
+
+
+@implements(DistillConfig, fmt=Format.TORCH, needs_data=True)
+def _distill_torch(art: Artifact, cfg: DistillConfig, ctx: RunContext) -> Artifact:
+    teacher = ctx.baseline if ctx.baseline is not None else art
+    if teacher.format is not Format.TORCH:
+        raise UnsupportedModelError(f"the teacher must be a PyTorch model; {teacher.name} is {teacher.format.value}")
+    mode = _mode(cfg, teacher)
+    train_set, heldout, has_labels = training_data(art, teacher, ctx, cfg)
+    student = copy.deepcopy(art.handle)
+    set_training(student, False)
+    metric = "accuracy" if has_labels else "cosine_to_teacher"
+    before = heldout_score(student, heldout, mode, has_labels)
+    result = train(student, distill_loss(mode, cfg.temperature, cfg.alpha, has_labels), train_set,
+                   TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
+                               weight_decay=cfg.weight_decay, patience=cfg.patience, device="cpu",
+                               checkpoint_dir=cfg.checkpoint_dir),
+                   eval_fn=lambda m: heldout_score(m, heldout, mode, has_labels), progress=ctx.progress,
+                   task="distill")
+    curve = [{"epoch": 0, metric: before}] + [{"epoch": r["epoch"], metric: r["metric"], "loss": r["loss"]}
+                                              for r in result.history]
+    child = art.derive(Step("distill", cfg.to_dict()), handle=student, path=None,
+                       meta={"distill": {"mode": mode.value, "metric": metric, "curve": curve,
+                                         "best_epoch": (result.best_epoch or 0) + 1,
+                                         "teacher": teacher.name, "heldout_examples": len(heldout)}})
+    return child.with_check(Check("distill_heldout", True,
+                                  {f"{metric}_before": before, f"{metric}_after": float(result.best_metric),
+                                   "epochs": float(result.epochs_run)},
+                                  f"held-out {metric}: {before:.4f} -> {result.best_metric:.4f} "
+                                  f"over {result.epochs_run} epochs ({mode.value})"))
