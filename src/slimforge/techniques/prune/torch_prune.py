@@ -167,6 +167,12 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
     ignored = _output_layers(module, art) + [m for n, m in module.named_modules()
                                              if n and any(fnmatch.fnmatch(n, g) for g in cfg.ignore)]
     blocks = _attention_blocks(module) if cfg.heads else []
+    if blocks:  # transformers: prune heads and FFN neurons, keep the hidden size (the residual stream)
+        hidden = blocks[0].query.in_features
+        qkv = {id(lin) for att in blocks for lin in (att.query, att.key, att.value)}
+        ignored += [m for m in module.modules()
+                    if (isinstance(m, nn.Linear) and m.out_features == hidden and id(m) not in qkv)
+                    or isinstance(m, nn.Embedding)]
     num_heads = {}
     for att in blocks:
         for lin in (att.query, att.key, att.value):

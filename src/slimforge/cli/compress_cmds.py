@@ -1,0 +1,117 @@
+"""CLI commands for prune, distill, lowrank and fuse (registered on the main app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from slimforge.cli.app import InputShape, ModelArg, _batches, _load, _print_checks, app, console, err_console
+
+Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to save the result (TorchScript .pt).")]
+Batch = Annotated[str, typer.Option(help="Batch sizes for the speed check.")]
+
+
+def _report(before: Any, after: Any, out: Path) -> None:
+    from slimforge.io.save import save
+
+    _print_checks(after)
+    table = Table(title=f"{before.name}: before vs after")
+    for col in ("", "before", "after"):
+        table.add_column(col, justify="left" if not col else "right")
+    m = after.meta
+    if "parameters_before" in m:
+        table.add_row("parameters", f"{m['parameters_before']:,}", f"{m['parameters_after']:,}")
+    if m.get("flops_before"):
+        table.add_row("FLOPs (example batch)", f"{m['flops_before']:,}", f"{m['flops_after']:,}")
+    speed = next((c for c in after.step_checks if c.name == "no_slowdown"), None)
+    if speed is not None:
+        for key, value in speed.metrics.items():
+            if key.startswith("p50_ms_b"):
+                b = key.removeprefix("p50_ms_b")
+                table.add_row(f"p50 ms, batch {b}", f"{speed.metrics[f'reference_p50_ms_b{b}']:.3f}", f"{value:.3f}")
+    console.print(table)
+    if speed is not None and not speed.passed:
+        console.print(f"[bold yellow]warning:[/] {speed.detail}", soft_wrap=True)
+    saved = save(after, out)
+    console.print(f"[green]wrote[/] {saved.path}")
+
+
+@app.command()
+def prune(model: ModelArg = None,
+          ratio: Annotated[float, typer.Option(help="Share of channels/heads/neurons (or weights) to remove.")] = 0.5,
+          structured: Annotated[bool, typer.Option(help="Remove whole channels (physically smaller).")] = True,
+          criterion: Annotated[str, typer.Option(help="l1 | l2 | taylor | random")] = "l1",
+          global_pruning: Annotated[bool, typer.Option("--global", help="One ranking across layers.")] = False,
+          round_to: Annotated[int, typer.Option(help="Keep channel counts a multiple of this.")] = 8,
+          iterative: Annotated[int, typer.Option(help="Prune in this many steps, fine-tuning after each.")] = 1,
+          finetune_data: Annotated[Optional[Path], typer.Option(help="Data for fine-tuning / Taylor.")] = None,
+          finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per step.")] = 0,
+          output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None) -> None:
+    """Prune a PyTorch model (structured: fewer channels, heads and FFN neurons; or unstructured sparsity)."""
+    from slimforge.cli.progress import progress_bars
+    from slimforge.compress import prune as api_prune
+
+    art = _load(model, input_shape)
+    with progress_bars(err_console) as progress:
+        out = api_prune(art, ratio=ratio, structured=structured, criterion=criterion, global_pruning=global_pruning,
+                        round_to=round_to, iterative_steps=iterative, finetune_data=finetune_data,
+                        finetune_epochs=finetune_epochs, batch_sizes=_batches(batch), progress=progress)
+    _report(art, out, output or Path("slimforge-out") / f"{art.name}-pruned.pt")
+
+
+@app.command()
+def distill(teacher: Annotated[Optional[str], typer.Option(help="Teacher model (default: bundled MiniLM).")] = None,
+            student: Annotated[Optional[str], typer.Option(
+                help="Student: a model path, or layers:N to keep N of the teacher's blocks.")] = None,
+            data: Annotated[Path, typer.Option(help="Training data.")] = ...,
+            temperature: Annotated[float, typer.Option(help="Softmax temperature (logits).")] = 4.0,
+            alpha: Annotated[float, typer.Option(help="Weight of the distillation term vs the task loss.")] = 0.7,
+            epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+            lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+            mode: Annotated[str, typer.Option(help="auto | logits | embedding-mse | embedding-cosine")] = "auto",
+            output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None) -> None:
+    """Distil a teacher into a smaller student; prints the held-out curve per epoch."""
+    from slimforge.cli.progress import progress_bars
+    from slimforge.compress import distill as api_distill
+
+    t = _load(teacher, input_shape)
+    s: Any = None
+    if student and student.startswith("layers:"):
+        s = int(student.split(":", 1)[1])
+    elif student:
+        s = _load(student, input_shape)
+    with progress_bars(err_console) as progress:
+        out = api_distill(t, s, data=data, mode=mode, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
+                          batch_sizes=_batches(batch), progress=progress)
+    info = out.meta["distill"]
+    console.print("held-out " + info["metric"] + " by epoch: " +
+                  ", ".join(f"{row['epoch']}: {row[info['metric']]:.4f}" for row in info["curve"]), soft_wrap=True)
+    _report(t, out, output or Path("slimforge-out") / f"{t.name}-distilled.pt")
+
+
+@app.command()
+def lowrank(model: ModelArg = None,
+            ratio: Annotated[Optional[float], typer.Option(help="Rank as a share of full rank.")] = None,
+            energy: Annotated[Optional[float], typer.Option(help="Or: spectral energy to keep, e.g. 0.9.")] = None,
+            layers: Annotated[Optional[list[str]], typer.Option(help="Module-name globs (repeatable).")] = None,
+            output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None) -> None:
+    """Factorize Linear/Conv layers by truncated SVD."""
+    from slimforge.compress import lowrank as api_lowrank
+
+    art = _load(model, input_shape)
+    out = api_lowrank(art, ratio=ratio if ratio is not None or energy is not None else 0.5, energy=energy,
+                      layers=tuple(layers or ("*",)), batch_sizes=_batches(batch))
+    _report(art, out, output or Path("slimforge-out") / f"{art.name}-lowrank.pt")
+
+
+@app.command()
+def fuse(model: ModelArg = None, output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None) -> None:
+    """Fold BatchNorm into Conv/Linear (outputs verified to 1e-5)."""
+    from slimforge.compress import fuse as api_fuse
+
+    art = _load(model, input_shape)
+    out = api_fuse(art, batch_sizes=_batches(batch))
+    _report(art, out, output or Path("slimforge-out") / f"{art.name}-fused.pt")
