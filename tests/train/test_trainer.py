@@ -128,3 +128,30 @@ def test_distributed_data_parallel_under_torchrun(tmp_path):
     assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
     line = lines[0].split()
     assert line[1] == "2" and float(line[4]) < float(line[3]) / 2
+
+
+def test_killed_mid_epoch_resumes_and_takes_the_same_number_of_steps(tmp_path):
+    """A run killed in the middle of epoch 3 resumes from its last step checkpoint and ends identical."""
+    straight = _model()
+    ref = train(straight, _mse, _problem(), TrainConfig(epochs=4, lr=1e-2, batch_size=16))
+
+    cfg = TrainConfig(epochs=4, lr=1e-2, batch_size=16, checkpoint_dir=str(tmp_path / "ck"), checkpoint_every=5)
+    calls = {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def dying_loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2 * 16 + 8:  # epoch 3 (16 steps an epoch), step 8: after the step-5 checkpoint
+            raise Killed
+        return _mse(model, batch)
+
+    with pytest.raises(Killed):
+        train(_model(), dying_loss, _problem(), cfg)
+    resumed = _model()
+    r = train(resumed, _mse, _problem(), cfg)
+    assert r.resumed_from_epoch == 2 and r.resumed_from_step == 2 * 16 + 5
+    assert r.steps == ref.steps == 4 * 16
+    assert [round(x["loss"], 8) for x in r.history] == [round(x["loss"], 8) for x in ref.history]
+    assert all(torch.allclose(p, q) for p, q in zip(resumed.parameters(), straight.parameters()))

@@ -59,6 +59,7 @@ class TrainConfig(Config):
     patience: int | None = None  # epochs without improvement of the eval metric before stopping
     min_delta: float = 0.0
     checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None  # also checkpoint every N steps inside an epoch
     resume: bool = True
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -70,6 +71,8 @@ class TrainConfig(Config):
             raise ConfigError("epochs and batch_size must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.patience is not None and self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -82,8 +85,10 @@ class TrainResult:
     best_metric: float | None = None
     best_epoch: int | None = None
     epochs_run: int = 0
+    steps: int = 0  # optimizer steps taken
     stopped_early: bool = False
     resumed_from_epoch: int | None = None
+    resumed_from_step: int | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -166,20 +171,23 @@ def train(model: nn.Module, loss_fn: LossFn, data: Dataset, cfg: TrainConfig = T
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
     result = TrainResult()
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    start_epoch = 0
+    start_epoch, skip = 0, 0
     best_state: dict[str, torch.Tensor] | None = None
+    epoch_rng = generator.get_state()  # the shuffling state at the start of the epoch in progress
+    partial = (0.0, 0)  # loss sum and count of the epoch in progress (for mid-epoch checkpoints)
     if ckpt_dir is not None and cfg.resume and (ckpt_dir / "last.pt").is_file():
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         result = state["result"]
         best_state = state.get("best_model")
-        start_epoch = result.epochs_run
-        result.resumed_from_epoch = start_epoch
-        log.info("resumed training from epoch %d", start_epoch)
+        start_epoch, skip = result.epochs_run, state.get("step_in_epoch", 0)
+        generator.set_state(state["epoch_rng"] if skip else state["generator"])
+        partial = state.get("partial", (0.0, 0))
+        result.resumed_from_epoch, result.resumed_from_step = start_epoch, result.steps
+        log.info("resumed training at epoch %d, step %d", start_epoch + 1, skip)
     stale = 0
     if result.best_epoch is not None:
         stale = result.epochs_run - result.best_epoch - 1
@@ -187,8 +195,12 @@ def train(model: nn.Module, loss_fn: LossFn, data: Dataset, cfg: TrainConfig = T
         if sampler is not None:
             sampler.set_epoch(epoch)
         mode(net, True)
-        total_loss, n = 0.0, 0
+        if not skip:
+            epoch_rng = generator.get_state()
+        total_loss, n = partial if skip else (0.0, 0)
         for step, batch in enumerate(loader):
+            if step < skip:  # resumed mid-epoch: these batches were trained on before the interruption
+                continue
             batch = [t.to(device) for t in (batch if isinstance(batch, (list, tuple)) else [batch])]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(net, batch)
@@ -202,8 +214,14 @@ def train(model: nn.Module, loss_fn: LossFn, data: Dataset, cfg: TrainConfig = T
             sched.step()
             total_loss += float(loss.detach()) * len(batch[0])
             n += len(batch[0])
+            result.steps += 1
             if progress is not None and rank == 0:
                 progress(ProgressEvent(task, epoch * len(loader) + step + 1, total))
+            if (ckpt_dir is not None and rank == 0 and cfg.checkpoint_every and step + 1 < len(loader)
+                    and (step + 1) % cfg.checkpoint_every == 0):
+                _checkpoint(ckpt_dir, model, opt, sched, generator, result, best_state,
+                            step_in_epoch=step + 1, epoch_rng=epoch_rng, partial=(total_loss, n))
+        skip = 0
         row = {"epoch": epoch + 1, "loss": total_loss / max(n, 1), "lr": sched.get_last_lr()[0]}
         if eval_fn is not None:
             mode(net, False)
@@ -229,9 +247,11 @@ def train(model: nn.Module, loss_fn: LossFn, data: Dataset, cfg: TrainConfig = T
 
 
 def _checkpoint(ckpt_dir: Path, model: nn.Module, opt: Any, sched: Any, generator: torch.Generator,
-                result: TrainResult, best_state: dict | None) -> None:
+                result: TrainResult, best_state: dict | None, *, step_in_epoch: int = 0,
+                epoch_rng: torch.Tensor | None = None, partial: tuple[float, int] = (0.0, 0)) -> None:
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
              "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-             "result": dataclasses.replace(result, history=list(result.history)), "best_model": best_state}
+             "result": dataclasses.replace(result, history=list(result.history)), "best_model": best_state,
+             "step_in_epoch": step_in_epoch, "epoch_rng": epoch_rng, "partial": partial}
     with atomic_path(ckpt_dir / "last.pt") as tmp:
         torch.save(state, tmp)
