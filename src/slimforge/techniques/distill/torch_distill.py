@@ -55,6 +55,8 @@ class DistillConfig(Config):
     weight_decay: float = 0.0
     num_samples: int = 4096
     heldout: float = 0.2  # share of the data scored after each epoch
+    hidden_layers: tuple[str, ...] = ()  # module-name globs whose outputs (hidden states) the student also matches
+    hidden_weight: float = 1.0
     patience: int | None = None
     checkpoint_dir: str | None = None
     seed: int = 0
@@ -78,10 +80,18 @@ def _mode(cfg: DistillConfig, teacher: Artifact) -> DistillMode:
     return DistillMode.EMBEDDING_COSINE if teacher.meta.get("task") == "embedding" else DistillMode.LOGITS
 
 
-def distill_loss(mode: DistillMode, temperature: float, alpha: float, has_labels: bool):
+def distill_loss(mode: DistillMode, temperature: float, alpha: float, has_labels: bool,
+                 hidden: HiddenStates | None = None, hidden_weight: float = 1.0):
     """``loss(student, batch)`` for batches of ``(*inputs, teacher_output[, labels])``."""
 
     def loss(model: nn.Module, batch):
+        base = _output_loss(model, batch)
+        if hidden is None:
+            return base
+        inputs = batch[:-2] if has_labels else batch[:-1]
+        return base + hidden_weight * hidden.loss(list(inputs))
+
+    def _output_loss(model: nn.Module, batch):
         labels = batch[-1] if has_labels else None
         target = batch[-2] if has_labels else batch[-1]
         inputs = batch[:-2] if has_labels else batch[:-1]
@@ -99,6 +109,50 @@ def distill_loss(mode: DistillMode, temperature: float, alpha: float, has_labels
         return (1 - nn.functional.cosine_similarity(out.flatten(1), target.flatten(1), dim=1)).mean()
 
     return loss
+
+
+class HiddenStates:
+    """Captures the outputs of matched modules of teacher and student with forward hooks, paired in order (a student
+    with fewer layers is paired with evenly spaced teacher layers), and scores their mean squared distance."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, patterns: tuple[str, ...],
+                 mask_index: int | None) -> None:
+        import fnmatch
+
+        def match(m: nn.Module) -> list[nn.Module]:
+            return [mod for name, mod in m.named_modules() if name and any(fnmatch.fnmatch(name, p) for p in patterns)]
+
+        t_mods, s_mods = match(teacher), match(student)
+        if not t_mods or not s_mods or len(s_mods) > len(t_mods):
+            raise ConfigError(f"hidden_layers {list(patterns)} match {len(t_mods)} teacher and {len(s_mods)} student "
+                              "modules; they must match at least one, and no more in the student")
+        idx = [round(i * (len(t_mods) - 1) / max(len(s_mods) - 1, 1)) for i in range(len(s_mods))]
+        self.pairs = list(zip([t_mods[i] for i in idx], s_mods))
+        self.teacher, self.mask_index = teacher, mask_index
+        self.store: dict[int, torch.Tensor] = {}
+        self.handles = [mod.register_forward_hook(self._hook)
+                        for mod in {id(m): m for pair in self.pairs for m in pair}.values()]
+
+    def close(self) -> None:
+        """Remove the hooks: the distilled student must not keep capturing its activations."""
+        for h in self.handles:
+            h.remove()
+        self.store.clear()
+
+    def _hook(self, module: nn.Module, _inputs, output) -> None:
+        self.store[id(module)] = output[0] if isinstance(output, (tuple, list)) else output
+
+    def loss(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            self.teacher(*inputs)
+        total = 0.0
+        mask = inputs[self.mask_index].unsqueeze(-1).float() if self.mask_index is not None else None
+        for t_mod, s_mod in self.pairs:
+            t, st = self.store[id(t_mod)].detach(), self.store[id(s_mod)]
+            sq = (st - t) ** 2
+            total = total + ((sq * mask).sum() / (mask.sum() * sq.shape[-1]) if mask is not None and sq.ndim == 3
+                             else sq.mean())
+        return total / len(self.pairs)
 
 
 def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: DistillConfig):
@@ -140,12 +194,21 @@ def _distill_torch(art: Artifact, cfg: DistillConfig, ctx: RunContext) -> Artifa
     set_training(student, False)
     metric = "accuracy" if has_labels else "cosine_to_teacher"
     before = heldout_score(student, heldout, mode, has_labels)
-    result = train(student, distill_loss(mode, cfg.temperature, cfg.alpha, has_labels), train_set,
+    hidden = None
+    if cfg.hidden_layers:
+        teacher_module = copy.deepcopy(teacher.handle)
+        set_training(teacher_module, False)
+        mask = art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
+        hidden = HiddenStates(teacher_module, student, cfg.hidden_layers, mask)
+    result = train(student, distill_loss(mode, cfg.temperature, cfg.alpha, has_labels, hidden, cfg.hidden_weight),
+                   train_set,
                    TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                                weight_decay=cfg.weight_decay, patience=cfg.patience, device="cpu",
                                checkpoint_dir=cfg.checkpoint_dir),
                    eval_fn=lambda m: heldout_score(m, heldout, mode, has_labels), progress=ctx.progress,
                    task="distill")
+    if hidden is not None:
+        hidden.close()
     curve = [{"epoch": 0, metric: before}] + [{"epoch": r["epoch"], metric: r["metric"], "loss": r["loss"]}
                                               for r in result.history]
     child = art.derive(Step("distill", cfg.to_dict()), handle=student, path=None,
