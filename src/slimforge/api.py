@@ -237,7 +237,7 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
     With no model, uses the bundled all-MiniLM-L6-v2 and the bundled sentences.
 
     Example:
-        >>> # res = slimforge.optimize()  # the demo: MiniLM, 1,000 bundled sentences
+        >>> # res = slimforge.optimize()  # the demo: MiniLM, 2,884 bundled sentences
         >>> # res.report["comparison"]["speedup_p50"]
     """
     from slimforge.evaluation.run import collect_outputs, quality_metrics

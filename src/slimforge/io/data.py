@@ -39,7 +39,7 @@ class Dataset(Protocol):
 
 
 def bundled_sentences_path() -> Path:
-    """The bundled file of 1,000 real English sentences (from Python standard library docstrings)."""
+    """The bundled file of 2,884 real English sentences (from Python standard library docstrings)."""
     return Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
 
 
