@@ -99,3 +99,21 @@ def test_lowrank_shrinks_and_reports(digits, tmp_path):
                                workdir=tmp_path)
     rank = energy.meta["factorized_layers"]["head.1"]
     assert rank % 8 == 0 and 8 <= rank < 64
+
+
+def test_hidden_state_distillation_pairs_layers_and_removes_its_hooks(digits, train_npz, tmp_path):
+    import copy
+
+    noisy = copy.deepcopy(digits["module"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = slimforge.distill(digits["torch"], noisy, data=train_npz, epochs=2, lr=1e-3, check_speed=False,
+                            hidden_layers=("features.2", "features.5"), workdir=tmp_path)
+    assert all(not m._forward_hooks for m in out.handle.modules()), "hooks left on the distilled model"
+    check = out.step_checks[0]
+    assert check.metrics["accuracy_after"] >= check.metrics["accuracy_before"] - 0.5
+    with pytest.raises(slimforge.ConfigError, match="hidden_layers"):
+        slimforge.distill(digits["torch"], noisy, data=train_npz, epochs=1, check_speed=False,
+                          hidden_layers=("no.such.layer",), workdir=tmp_path)
