@@ -58,3 +58,23 @@ def test_bad_batch_is_a_clear_error(mlp_onnx):
     res = runner.invoke(app, ["benchmark", str(mlp_onnx), "--batch", "1,x"])
     assert res.exit_code != 0
     assert "--batch must be a comma-separated list" in str(res.exception)
+
+
+def test_cli_prune_and_fuse_save_torchscript(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+                              torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(32, 4)).eval()
+    src = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.trace(net, torch.randn(1, 3, 16, 16)), src)
+    # TorchScript modules cannot be traced by torch.fx or pruned in place: a clear error, exit 2
+    res = runner.invoke(app, ["fuse", str(src), "--input-shape", "input:1x3x16x16", "-o", str(tmp_path / "f.pt")])
+    assert res.exit_code != 0 and "fuse works on PyTorch models; net is torchscript" in str(res.exception)
+
+
+def test_cli_help_lists_compression_commands():
+    res = runner.invoke(app, ["--help"])
+    for cmd in ("prune", "distill", "lowrank", "fuse", "quantize"):
+        assert cmd in res.output
