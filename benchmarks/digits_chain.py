@@ -34,7 +34,7 @@ from tests.digits import train_digits_cnn  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--ratio", type=float, default=0.6)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--out", type=Path, default=Path("slimforge-out/digits_chain.json"))
     args = ap.parse_args()
@@ -52,7 +52,7 @@ def main() -> int:
     pruned = slimforge.prune(fp32, ratio=args.ratio, iterative_steps=2, finetune_epochs=3,
                              finetune_data=work / "train.npz", check_speed=False, workdir=work)
     stages["pruned (PyTorch eager)"] = (pruned, "torch")
-    distilled = slimforge.distill(fp32, pruned, data=work / "train.npz", epochs=15, lr=2e-3, alpha=0.7,
+    distilled = slimforge.distill(fp32, pruned, data=work / "train.npz", epochs=20, lr=5e-4, alpha=0.7,
                                   check_speed=False, workdir=work)
     stages["pruned+distilled (PyTorch eager)"] = (distilled, "torch")
     onnx_art = slimforge.export(distilled, work / "distilled.onnx", workdir=work)
