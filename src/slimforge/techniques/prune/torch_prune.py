@@ -159,7 +159,7 @@ def _prune_torch(art: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
 
 
 def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunContext, data, has_labels) -> dict:
-    tp = require("torch_pruning", extra="all", package="torch-pruning")
+    tp = require("torch_pruning", extra="torch", package="torch-pruning")
     importance = {Criterion.L1: lambda: tp.importance.MagnitudeImportance(p=1),
                   Criterion.L2: lambda: tp.importance.MagnitudeImportance(p=2),
                   Criterion.TAYLOR: lambda: tp.importance.TaylorImportance(),

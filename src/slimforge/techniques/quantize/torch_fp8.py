@@ -93,7 +93,7 @@ def _fp8_torch(art: Artifact, cfg: Fp8Config, ctx: RunContext) -> Artifact:
     if not fp8_supported():
         raise UnsupportedModelError("FP8 needs an NVIDIA GPU of compute capability >= 8.9 (Ada, Hopper); none "
                                     "is present here")
-    require("torchao", extra="gpu")
+    require("torchao", extra="torch")
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
     from slimforge.runtimes.torch_eager import set_training

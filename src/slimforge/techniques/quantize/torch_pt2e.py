@@ -24,7 +24,7 @@ from slimforge.techniques.quantize.onnx_static import StaticQuantConfig
 
 def x86_config(calibration: Calibration, *, is_qat: bool = False):
     """The X86 Inductor quantization config, with min/max activation observers for ``minmax``."""
-    require("torchao", extra="gpu", package="torchao")
+    require("torchao", extra="torch", package="torchao")
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
 
     config = xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat)
