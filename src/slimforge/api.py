@@ -14,7 +14,7 @@ from slimforge.bench.timing import BenchResult, BenchSpec, measure
 from slimforge.core.artifact import Artifact, Check
 from slimforge.core.context import ProgressFn, RunContext
 from slimforge.core.registry import apply
-from slimforge.errors import ConfigError, DataError
+from slimforge.errors import DataError
 from slimforge.evaluation.metrics import Metric
 from slimforge.io.data import Dataset, bundled_sentences_path, load_data
 from slimforge.io.models import default_model_path, load
@@ -170,10 +170,7 @@ def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "m
     from slimforge.techniques.quantize.methods import Method, default_runtime_for, quantize_steps
 
     art = _as_artifact(model)
-    try:
-        chosen = Method(method)
-    except ValueError:
-        raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from None
+    chosen = Method.parse(method)
     rt = runtime or default_runtime_for(art, chosen)
     steps = quantize_steps(art, chosen, runtime=rt, calibration=calibration, per_channel=per_channel,
                            num_samples=num_samples, exclude=tuple(exclude), min_cosine=min_cosine,

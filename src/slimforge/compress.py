@@ -5,6 +5,7 @@ its checks and, unless ``check_speed`` is off, a ``no_slowdown`` check measured 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -98,16 +99,15 @@ def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data:
     from slimforge.techniques.distill.torch_distill import DistillConfig
 
     t = _as_artifact(teacher)
-    if isinstance(student, int) and not isinstance(student, bool):
-        s = _as_artifact(derive_student(t, student), example_inputs=dict(t.examples), name=f"{t.name}-student")
-        s = s.__class__(**{**s.__dict__, "meta": {**t.meta, "name": f"{t.name}-student"}})
-    elif student is None:
+    if student is None:
         s = t
-    else:
-        s = _as_artifact(student, example_inputs=dict(t.examples)) if isinstance(student, nn.Module) else \
-            _as_artifact(student)
-    if isinstance(student, nn.Module):
-        s = s.__class__(**{**s.__dict__, "meta": {**t.meta, **{"name": s.name}}})
+    elif not isinstance(student, (nn.Module, int)):  # an artifact or a path: it brings its own metadata
+        s = _as_artifact(student)
+    else:  # a module, or a number of the teacher's layers: it takes the teacher's inputs, task and preprocessing
+        module = derive_student(t, student) if isinstance(student, int) else student
+        s = _as_artifact(module, example_inputs=dict(t.examples))
+        name = f"{t.name}-student" if isinstance(student, int) else s.name
+        s = dataclasses.replace(s, meta={**t.meta, "name": name})
     cfg = DistillConfig(mode=mode, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
                         batch_size=batch_size, num_samples=num_samples, heldout=heldout, patience=patience,
                         checkpoint_dir=checkpoint_dir, hidden_layers=tuple(hidden_layers),

@@ -185,10 +185,7 @@ def quantize(model: ModelArg = None,
     from slimforge.techniques.quantize.methods import Method, default_runtime_for, quantize_steps
 
     art = _load(model, input_shape)
-    try:
-        chosen = Method(method)
-    except ValueError:
-        raise ConfigError(f"--method must be one of {[m.value for m in Method]}, got {method!r}") from None
+    chosen = Method.parse(method)
     rt = runtime or default_runtime_for(art, chosen)
     steps = quantize_steps(art, chosen, runtime=rt, calibration=calibration, per_channel=per_channel,
                            num_samples=num_samples, exclude=tuple(exclude or ()), min_cosine=min_cosine,

@@ -13,6 +13,20 @@ from slimforge.errors import DataError
 from slimforge.io.data import Dataset
 
 
+def supervised_loss(has_labels: bool):
+    """``loss(model, batch)`` for batches of ``(*inputs, target)``: cross-entropy on labels, else MSE to the
+    target outputs (a teacher's, e.g. the FP32 model's)."""
+
+    def loss(model: torch.nn.Module, batch):
+        out = model(*batch[:-1])
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if has_labels:
+            return torch.nn.functional.cross_entropy(out, batch[-1])
+        return torch.nn.functional.mse_loss(out, batch[-1])
+
+    return loss
+
+
 def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
     """Concatenate batches; token batches padded to different lengths are right-padded with zeros (PAD, mask 0)."""
     if len({a.shape[1:] for a in arrays}) > 1 and all(a.ndim == 2 and a.dtype.kind in "iub" for a in arrays):

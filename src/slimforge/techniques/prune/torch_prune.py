@@ -30,7 +30,7 @@ from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.runtimes.torch_eager import run_module, set_training
 from slimforge.train import TrainConfig, train
-from slimforge.train.data import tensor_dataset
+from slimforge.train.data import supervised_loss, tensor_dataset
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +112,6 @@ def _output_layers(module: nn.Module, art: Artifact) -> list[nn.Module]:
     """Layers whose outputs are the model's outputs (never pruned): the last Linear, the last Conv."""
     last = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
     return last[-1:] if last else []
-
-
-def _loss_fn(has_labels: bool):
-    def loss(model: nn.Module, batch):
-        out = model(*batch[:-1])
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        if has_labels:
-            return nn.functional.cross_entropy(out, batch[-1])
-        return nn.functional.mse_loss(out, batch[-1])
-
-    return loss
 
 
 @implements(PruneConfig, fmt=Format.TORCH)
@@ -212,7 +201,7 @@ def _taylor_gradients(module: nn.Module, data, has_labels: bool) -> None:
     set_training(module, False)  # gradients of the eval-mode function
     module.zero_grad(set_to_none=True)
     loader = torch.utils.data.DataLoader(data, batch_size=64)
-    loss_fn = _loss_fn(has_labels)
+    loss_fn = supervised_loss(has_labels)
     for i, batch in enumerate(loader):
         loss_fn(module, batch).backward()
         if i >= 3:
@@ -220,7 +209,7 @@ def _taylor_gradients(module: nn.Module, data, has_labels: bool) -> None:
 
 
 def _finetune(module: nn.Module, cfg: PruneConfig, ctx: RunContext, data, has_labels: bool, step: int) -> dict:
-    result = train(module, _loss_fn(has_labels), data,
+    result = train(module, supervised_loss(has_labels), data,
                    TrainConfig(epochs=cfg.finetune_epochs, lr=cfg.lr, seed=cfg.seed + step, device="cpu"),
                    progress=ctx.progress, task=f"fine-tune (step {step})")
     return {"epochs": result.epochs_run, "loss": result.history[-1]["loss"]}

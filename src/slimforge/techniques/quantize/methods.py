@@ -10,6 +10,13 @@ from slimforge.errors import ConfigError, UnsupportedModelError
 
 
 class Method(str, enum.Enum):
+    """A user-facing quantization method.
+
+    Example:
+        >>> Method.parse("int4").value
+        'int4'
+    """
+
     DYNAMIC = "dynamic"
     STATIC = "static"
     FP16 = "fp16"
@@ -18,6 +25,13 @@ class Method(str, enum.Enum):
     INT8_WEIGHT = "int8-weight"
     FP8 = "fp8"
     QAT = "qat"
+
+    @classmethod
+    def parse(cls, value: Method | str) -> Method:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"unknown method {value!r}; choose one of {[m.value for m in cls]}") from None
 
 
 NEEDS_DATA = {Method.STATIC}
@@ -51,10 +65,7 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
     from slimforge.techniques.quantize.onnx_static import StaticQuantConfig
     from slimforge.techniques.quantize.weight_only import WeightOnlyConfig
 
-    try:
-        method = Method(method)
-    except ValueError:
-        raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from None
+    method = Method.parse(method)
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     torch_formats = (Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT)

@@ -24,7 +24,7 @@ from slimforge.runtimes.torch_eager import run_module, set_training
 from slimforge.techniques.quantize.calibration import Calibration
 from slimforge.techniques.quantize.torch_pt2e import export_for_quantization, x86_config
 from slimforge.train import TrainConfig, train
-from slimforge.train.data import tensor_dataset
+from slimforge.train.data import supervised_loss, tensor_dataset
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,17 +77,10 @@ def _qat_torch(art: Artifact, cfg: QatConfig, ctx: RunContext) -> Artifact:
             raise TechniqueFailed(f"QAT preparation failed on {art.name} (the model must be torch.export-able): "
                                   f"{str(exc).splitlines()[0][:300]}") from exc
 
-        def loss_fn(model: torch.nn.Module, batch):
-            out = model(*batch[:-1])
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            if has_labels:
-                return torch.nn.functional.cross_entropy(out, batch[-1])
-            return torch.nn.functional.mse_loss(out, batch[-1])
-
         def set_mode(model: torch.nn.Module, training: bool) -> None:
             (move_exported_model_to_train if training else move_exported_model_to_eval)(model)
 
-        result = train(prepared, loss_fn, data,
+        result = train(prepared, supervised_loss(has_labels), data,
                        TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                                    checkpoint_dir=cfg.checkpoint_dir, device="cpu", grad_clip=1.0),
                        progress=ctx.progress, task="quantization-aware training", set_mode=set_mode)
