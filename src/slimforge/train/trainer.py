@@ -107,15 +107,19 @@ def _distributed() -> tuple[int, int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():  # each rank on its own GPU, before NCCL binds a communicator to a device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+def resolve_device(device: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` -> the device this process trains on (its local rank's GPU under torchrun)."""
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("device 'cuda' asked for, but no CUDA device is available")
-        return torch.device("cuda", local_rank)
+        rank = int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank
+        return torch.device("cuda", rank)
     return torch.device("cpu")
 
 
@@ -155,7 +159,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Dataset, cfg: TrainConfig = T
     seed_everything(cfg.seed)
     mode = set_mode or (lambda m, training: m.train(training))
     rank, local_rank, world = _distributed()
-    device = _device(cfg, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     model.to(device)
     net: nn.Module = model
     if world > 1:
@@ -176,7 +180,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Dataset, cfg: TrainConfig = T
     epoch_rng = generator.get_state()  # the shuffling state at the start of the epoch in progress
     partial = (0.0, 0)  # loss sum and count of the epoch in progress (for mid-epoch checkpoints)
     if ckpt_dir is not None and cfg.resume and (ckpt_dir / "last.pt").is_file():
-        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
+        state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=False)  # RNG states stay on the CPU; load_state_dict moves the rest
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -15,9 +15,10 @@ import copy
 import enum
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Subset, TensorDataset
 
 from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
@@ -26,6 +27,7 @@ from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, UnsupportedModelError
 from slimforge.runtimes.torch_eager import run_module, set_training
 from slimforge.train import TrainConfig, train
+from slimforge.train.trainer import resolve_device
 from slimforge.train.data import collect
 
 
@@ -57,6 +59,8 @@ class DistillConfig(Config):
     heldout: float = 0.2  # share of the data scored after each epoch
     hidden_layers: tuple[str, ...] = ()  # module-name globs whose outputs (hidden states) the student also matches
     hidden_weight: float = 1.0
+    augment: int = 0  # extra token-level variants of each training sentence (span crop, join, word-piece dropout)
+    device: str = "auto"  # auto | cpu | cuda
     patience: int | None = None
     checkpoint_dir: str | None = None
     seed: int = 0
@@ -72,6 +76,8 @@ class DistillConfig(Config):
             raise ConfigError(f"heldout must be in (0, 1), got {self.heldout}")
         if self.epochs < 1 or self.lr <= 0:
             raise ConfigError("epochs must be >= 1 and lr > 0")
+        if self.augment < 0:
+            raise ConfigError(f"augment must be >= 0, got {self.augment}")
 
 
 def _mode(cfg: DistillConfig, teacher: Artifact) -> DistillMode:
@@ -155,22 +161,81 @@ class HiddenStates:
         return total / len(self.pairs)
 
 
+def augment_tokens(feeds: dict[str, np.ndarray], copies: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """``copies`` new examples per row of a right-padded token batch, made from the token ids alone, so that a
+    distillation set of a few thousand sentences gives the student many more teacher-labelled inputs. Each new
+    example keeps the first and last real token (``[CLS]``/``[SEP]``) and takes one of: a random contiguous span of
+    the sentence, the sentence joined with another one, or the sentence with 15% of its word pieces dropped.
+
+    Example:
+        >>> ids = np.array([[101, 7, 8, 9, 102, 0], [101, 5, 6, 102, 0, 0]])
+        >>> out = augment_tokens({"input_ids": ids, "attention_mask": (ids > 0).astype(int)}, 2)
+        >>> out["input_ids"].shape[0], bool((out["input_ids"][:, 0] == 101).all())
+        (4, True)
+    """
+    if "input_ids" not in feeds or "attention_mask" not in feeds:
+        raise ConfigError(f"augment works on token inputs (input_ids and attention_mask); this model takes "
+                          f"{list(feeds)}. Set augment=0")
+    ids, mask = feeds["input_ids"], feeds["attention_mask"]
+    rng = np.random.default_rng(seed)
+    lengths = mask.sum(1).astype(int)
+    width = ids.shape[1]
+    rows: list[np.ndarray] = []
+    new_lengths: list[int] = []
+    for _ in range(copies):
+        for i in range(len(ids)):
+            n = lengths[i]
+            body = ids[i, 1:n - 1]
+            op = rng.integers(3)
+            if op == 0 and len(body) > 3:  # a span of at least a third of the sentence
+                k = int(rng.integers(max(2, len(body) // 3), len(body) + 1))
+                start = int(rng.integers(0, len(body) - k + 1))
+                body = body[start:start + k]
+            elif op == 1:  # joined with another sentence
+                j = int(rng.integers(len(ids)))
+                body = np.concatenate([body, ids[j, 1:lengths[j] - 1]])[:width - 2]
+            else:  # word-piece dropout
+                keep = rng.random(len(body)) > 0.15
+                body = body[keep] if keep.any() else body
+            row = np.zeros(width, dtype=ids.dtype)
+            row[0], row[1:len(body) + 1], row[len(body) + 1] = ids[i, 0], body, ids[i, n - 1]
+            rows.append(row)
+            new_lengths.append(len(body) + 2)
+    new_ids = np.stack(rows)
+    out = {name: np.zeros_like(np.repeat(v[:1], len(new_ids), 0)) for name, v in feeds.items()}
+    out["input_ids"] = new_ids
+    out["attention_mask"] = (np.arange(width)[None, :] < np.array(new_lengths)[:, None]).astype(mask.dtype)
+    return out
+
+
 def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: DistillConfig):
-    """(train, heldout, has_labels): batches of ``(*inputs, teacher_output[, label])``, split at the end."""
+    """(train, heldout, has_labels): batches of ``(*inputs, teacher_output[, label])``, split at the end; with
+    ``cfg.augment`` the training part (never the held-out one) gains augmented, teacher-labelled examples."""
     tensors, target, label = collect(student, ctx.calibration_data, limit=cfg.num_samples,
                                      teacher=lambda feeds: run_module(teacher.handle, feeds)[0])
     full = TensorDataset(*tensors, target, *([label] if label is not None else []))
     n = len(full)
     n_eval = max(1, int(round(n * cfg.heldout)))
-    return Subset(full, range(n - n_eval)), Subset(full, range(n - n_eval, n)), label is not None
+    train_set = Subset(full, range(n - n_eval))
+    if cfg.augment and label is None:
+        names = student.io.input_names
+        feeds = {name: t[:n - n_eval].numpy() for name, t in zip(names, tensors)}
+        extra = augment_tokens(feeds, cfg.augment, cfg.seed)
+        outs = [run_module(teacher.handle, {k: v[i:i + 64] for k, v in extra.items()})[0]
+                for i in range(0, len(extra["input_ids"]), 64)]
+        aug = TensorDataset(*[torch.from_numpy(extra[k]) for k in names], torch.from_numpy(np.concatenate(outs)))
+        train_set = ConcatDataset([train_set, aug])
+    return train_set, Subset(full, range(n - n_eval, n)), label is not None
 
 
 def heldout_score(model: nn.Module, heldout: Subset, mode: DistillMode, has_labels: bool) -> float:
     """Accuracy (%) on labelled held-out data, else mean cosine of the outputs to the teacher's."""
     loader = torch.utils.data.DataLoader(heldout, batch_size=128)
     scores, n = 0.0, 0
+    device = next(model.parameters()).device
     with torch.no_grad():
         for batch in loader:
+            batch = [t.to(device) for t in batch]
             inputs = batch[:-2] if has_labels else batch[:-1]
             out = model(*inputs)
             out = out[0] if isinstance(out, (tuple, list)) else out
@@ -196,19 +261,20 @@ def _distill_torch(art: Artifact, cfg: DistillConfig, ctx: RunContext) -> Artifa
     before = heldout_score(student, heldout, mode, has_labels)
     hidden = None
     if cfg.hidden_layers:
-        teacher_module = copy.deepcopy(teacher.handle)
+        teacher_module = copy.deepcopy(teacher.handle).to(resolve_device(cfg.device))
         set_training(teacher_module, False)
         mask = art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
         hidden = HiddenStates(teacher_module, student, cfg.hidden_layers, mask)
     result = train(student, distill_loss(mode, cfg.temperature, cfg.alpha, has_labels, hidden, cfg.hidden_weight),
                    train_set,
                    TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                               weight_decay=cfg.weight_decay, patience=cfg.patience, device="cpu",
+                               weight_decay=cfg.weight_decay, patience=cfg.patience, device=cfg.device,
                                checkpoint_dir=cfg.checkpoint_dir),
                    eval_fn=lambda m: heldout_score(m, heldout, mode, has_labels), progress=ctx.progress,
                    task="distill")
     if hidden is not None:
         hidden.close()
+    student.to("cpu")
     curve = [{"epoch": 0, metric: before}] + [{"epoch": r["epoch"], metric: r["metric"], "loss": r["loss"]}
                                               for r in result.history]
     child = art.derive(Step("distill", cfg.to_dict()), handle=student, path=None,
