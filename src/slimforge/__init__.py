@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from slimforge.api import OptimizeResult, benchmark, evaluate, export, info, optimize, quantize
+from slimforge.auto import AutoResult, Goals, Target, auto_optimize_for_deployment, load_optimized
 from slimforge.bench.timing import BenchResult, BenchSpec, Timing
 from slimforge.compress import distill, fuse, lowrank, prune
 from slimforge.core.artifact import Artifact, Check, Format, IOSpec, Step, TensorSpec
@@ -40,6 +41,11 @@ logging.getLogger("slimforge").addHandler(logging.NullHandler())
 
 __all__ = [
     "Artifact",
+    "AutoResult",
+    "Goals",
+    "Target",
+    "auto_optimize_for_deployment",
+    "load_optimized",
     "BenchResult",
     "BenchSpec",
     "Check",

@@ -227,16 +227,26 @@ class OptimizeResult:
 def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | None = None,
              output_dir: str | Path = "slimforge-out", recipe: Recipe | None = None,
              batch_sizes: Sequence[int] = (1, 32), threads: int | None = None, eval_limit: int = 512,
-             spec: BenchSpec = BenchSpec(), progress: ProgressFn | None = None) -> OptimizeResult:
-    """Run a recipe (default: export -> verify -> graph-optimise -> dynamic INT8 -> verify), then benchmark the
-    baseline against the result, evaluate both on the data, and write the report.
+             spec: BenchSpec = BenchSpec(), progress: ProgressFn | None = None, target: Any = None,
+             goals: Any = None, time_budget_s: float = 900.0, use_cache: bool = True) -> Any:
+    """With ``target`` (``cpu``, ``server``, ``edge``, ``mobile``, ``gpu``, a preset YAML) or ``goals``: search
+    for the best artifact under the goals (``slimforge.auto``) and return an ``AutoResult``.
 
+    Otherwise run a recipe (default: export -> verify -> graph-optimise -> dynamic INT8 -> verify), benchmark the
+    baseline against the result, evaluate both on the data, write the report and return an ``OptimizeResult``.
     With no model, uses the bundled all-MiniLM-L6-v2 and the bundled sentences.
 
     Example:
         >>> # res = slimforge.optimize()  # the demo: MiniLM, 2,884 bundled sentences
-        >>> # res.report["comparison"]["speedup_p50"]
+        >>> # res = slimforge.optimize("m.onnx", target="cpu", goals={"min_cosine": 0.995}, data="sentences.txt")
+        >>> # res.goals_met, res.missed
     """
+    if target is not None or goals is not None:
+        from slimforge.auto import auto_optimize
+
+        return auto_optimize(model, target=target or "cpu", goals=goals, data=data, output_dir=output_dir,
+                             time_budget_s=time_budget_s, progress=progress, use_cache=use_cache,
+                             eval_limit=min(eval_limit, 256))
     from slimforge.evaluation.run import collect_outputs, quality_metrics
     from slimforge.plan.engine import run_steps
     from slimforge.report import build_report, variant_entry, write_report
@@ -246,8 +256,8 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
     ds = _as_data(data, base, default_text=True)
     recipe = recipe or default_recipe(base, batch_sizes=tuple(batch_sizes), threads=threads)
     ctx = RunContext(workdir=out_dir, progress=progress, threads=recipe.threads, calibration_data=ds)
-    suffix = ".onnx"
-    result = run_steps(base, recipe, ctx, output=out_dir / f"{base.name}-optimized{suffix}")
+    suffix = {"onnxruntime": ".onnx", "openvino": ".xml"}.get(recipe.runtime)
+    result = run_steps(base, recipe, ctx, output=out_dir / f"{base.name}-optimized{suffix}" if suffix else None)
 
     quality_base: dict[str, Metric] = {}
     quality_result: dict[str, Metric] = {}

@@ -135,17 +135,43 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
 def optimize(model: ModelArg = None,
              output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Output folder.")] = Path(
                  "slimforge-out"),
-             data: Annotated[Optional[Path], typer.Option(help="Calibration/evaluation data.")] = None,
-             batch: Annotated[str, typer.Option(help="Batch sizes to measure.")] = "1,32",
+             data: Annotated[Optional[Path], typer.Option(help="Calibration/evaluation (and training) data.")] = None,
+             target: Annotated[Optional[str], typer.Option(
+                 help="Search for the best artifact on cpu | server | edge | mobile | gpu | PRESET.yaml. Without "
+                      "it (and without goals) the fixed recipe runs: export, graph passes, dynamic INT8.")] = None,
+             max_latency_ms: Annotated[Optional[str], typer.Option(
+                 help="Latency goal at the first --batch: ms, or N% of the baseline.")] = None,
+             latency_stat: Annotated[str, typer.Option(help="p50 | p95 | p99 for the latency goal.")] = "p50",
+             max_memory_mb: Annotated[Optional[str], typer.Option(help="Peak memory goal: MB or N%.")] = None,
+             max_size_mb: Annotated[Optional[str], typer.Option(help="Size on disk goal: MB or N%.")] = None,
+             min_accuracy: Annotated[Optional[float], typer.Option(help="Accuracy goal, % (labelled data).")] = None,
+             max_accuracy_drop: Annotated[Optional[str], typer.Option(
+                 help="Quality budget: points (or cosine units without labels), or N% of the baseline.")] = None,
+             min_cosine: Annotated[Optional[float], typer.Option(help="Output cosine to the baseline.")] = None,
+             min_speedup: Annotated[Optional[float], typer.Option(help="Speedup over the baseline.")] = None,
+             time_budget: Annotated[str, typer.Option(help="Search time budget: 900, 90s, 15m, 1h.")] = "15m",
+             cache: Annotated[bool, typer.Option(help="Reuse cached steps, measurements and results.")] = True,
+             batch: Annotated[Optional[str], typer.Option(
+                 help="Batch sizes to measure (the first is the latency goal's). Default: the target's.")] = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
              recipe: Annotated[Optional[Path], typer.Option(help="A recipe YAML to run instead of the default.")] = None,
              input_shape: InputShape = None,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
-    """Export, verify, graph-optimise, quantize (dynamic INT8), verify, then benchmark baseline vs result."""
+    """Optimize a model. With --target or any goal: search every technique and runtime for the best artifact that
+    meets the goals (exit code 0 when all are met, 3 when not; the best effort is saved either way)."""
     from slimforge.plan.recipe import Recipe, default_recipe
 
+    goal_args = {"max_latency_ms": max_latency_ms, "max_memory_mb": max_memory_mb, "max_size_mb": max_size_mb,
+                 "min_accuracy": min_accuracy, "max_accuracy_drop": max_accuracy_drop, "min_cosine": min_cosine,
+                 "min_speedup": min_speedup}
+    goal_args = {k: v for k, v in goal_args.items() if v is not None}
     art = _load(model, input_shape)
-    the_recipe = Recipe.load(recipe) if recipe else default_recipe(art, batch_sizes=_batches(batch), threads=threads)
+    if target is not None or goal_args:
+        _auto(art, model is None, target or "cpu", goal_args, latency_stat, batch, threads, data, output_dir,
+              _duration(time_budget), cache, dry_run)
+        return
+    the_recipe = Recipe.load(recipe) if recipe else default_recipe(art, batch_sizes=_batches(batch or "1,32"),
+                                                                    threads=threads)
     if dry_run:
         console.print(the_recipe.to_yaml())
         return
@@ -158,6 +184,100 @@ def optimize(model: ModelArg = None,
     print_comparison(res.report)
     console.print(f"artifact: {res.paths['artifact']}")
     console.print(f"report:   {res.paths['html']}  (also report.json, report.csv, *.png)")
+
+
+def _duration(text: str) -> float:
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", text)
+    if not m:
+        raise ConfigError(f"--time-budget: cannot read {text!r}; write e.g. 90s, 15m or 1h")
+    return float(m.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+
+
+def _auto(art: Any, default_model: bool, target: str, goal_args: dict[str, Any], latency_stat: str,
+          batch: str | None, threads: int | None, data: Path | None, output_dir: Path, budget_s: float,
+          cache: bool, dry_run: bool) -> None:
+    import dataclasses
+
+    from slimforge.auto import Goals, auto_optimize, get_target
+    from slimforge.cli.progress import progress_bars
+
+    tgt = get_target(target)
+    if batch is not None:
+        batches = _batches(batch)
+        tgt = dataclasses.replace(tgt, batch_sizes=batches)
+        goal_args["batch"] = batches[0]
+    if threads is not None:
+        tgt = dataclasses.replace(tgt, threads=threads)
+    goals = Goals.from_mapping({**goal_args, "latency_stat": latency_stat})
+    if dry_run:
+        console.print_json(json.dumps({"target": tgt.to_dict(), "goals": goals.merged(tgt.goals).to_dict(),
+                                       "time_budget_s": budget_s}))
+        return
+    with progress_bars(err_console) as progress:
+        res = auto_optimize(art, target=tgt, goals=goals, data=data, output_dir=output_dir, time_budget_s=budget_s,
+                            progress=progress, use_cache=cache)
+    print_search(res.report, from_cache=res.from_cache)
+    if "artifact" in res.paths:
+        console.print(f"artifact: {res.paths['artifact']}")
+    console.print(f"recipe:   {res.paths.get('recipe')}  (re-run: slimforge run {res.paths.get('recipe')})")
+    console.print(f"report:   {res.paths.get('html')}  (also search.json, search.csv, pareto.png)")
+    if not res.goals_met:
+        err_console.print("[bold red]goals not met[/]: " + "; ".join(res.missed))
+        raise typer.Exit(3)
+
+
+def print_search(report: dict[str, Any], *, from_cache: bool = False) -> None:
+    b = str(report["goal_batch"])
+    qk = "accuracy" if "accuracy" in (report["baseline"].get("quality") or {}) else "cosine"
+    table = Table(title=f"target {report['target']['name']}: candidates (p50 ms at batch {b})"
+                        + (" [from cache]" if from_cache else ""))
+    for col in ("candidate", "runtime", "status", f"p50 b{b}", "MB", qk, "why"):
+        table.add_column(col, overflow="fold")
+    base = report["baseline"]
+    table.add_row(f"baseline {base['name']}", base["runtime"], "baseline",
+                  f"{base['latency_ms'].get(b, {}).get('p50', float('nan')):.2f}", f"{base['size_mb']:.1f}",
+                  f"{(base.get('quality') or {}).get(qk, float('nan')):.4f}", "")
+    style = {"chosen": "bold green", "accepted": "green", "rejected": "", "failed": "red", "skipped": "dim"}
+    for c in report["candidates"]:
+        lat = c["latency_ms"].get(b, {}).get("p50")
+        q = c["quality"].get(qk)
+        table.add_row(c["name"], c["runtime"], c["status"] + (" *" if c["pareto"] else ""),
+                      "" if lat is None else f"{lat:.2f}", "" if c["size_mb"] is None else f"{c['size_mb']:.1f}",
+                      "" if q is None else f"{q:.4f}", c["reason"], style=style.get(c["status"], ""))
+    console.print(table)
+    for g in report["goal_results"]:
+        console.print(("[green]met[/]    " if g["met"] else "[red]missed[/] ") + g["text"], highlight=False)
+    if report.get("verification"):
+        console.print(f"verified against the original: {report['verification']['detail']}", highlight=False)
+    for n in report.get("notes", []):
+        console.print(f"note: {n}", highlight=False)
+
+
+@app.command()
+def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the recipe.yaml that optimize wrote).")],
+        model: Annotated[Optional[str], typer.Argument(help="Model (default: the recipe's source).")] = None,
+        output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Output folder.")] = Path(
+            "slimforge-out/run"),
+        data: Annotated[Optional[Path], typer.Option(help="Calibration/evaluation data.")] = None) -> None:
+    """Re-run a recipe: its steps, then the benchmark and report of baseline vs result."""
+    from slimforge.api import optimize as api_optimize
+    from slimforge.cli.progress import progress_bars
+    from slimforge.plan.recipe import Recipe
+
+    the_recipe = Recipe.load(recipe)
+    source = model or the_recipe.source
+    if source is None:
+        raise ConfigError(f"{recipe}: the recipe names no source model; give one: slimforge run {recipe} MODEL")
+    if not the_recipe.steps:
+        raise ConfigError(f"{recipe}: the recipe has no steps (its search found no gain on its target)")
+    art = _load(source, None)
+    with progress_bars(err_console) as progress:
+        res = api_optimize(art, data=data, output_dir=output_dir, recipe=the_recipe, progress=progress)
+    _print_checks(res.artifact)
+    print_comparison(res.report)
+    console.print(f"artifact: {res.paths['artifact']}")
 
 
 @app.command()
@@ -304,7 +424,9 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except SlimforgeError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -30,6 +30,7 @@ class Recipe:
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int | None = None
     name: str = "default"
+    source: str | None = None  # the model it was made for (a path); ``slimforge run`` uses it when given no model
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
@@ -40,7 +41,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return {"version": RECIPE_VERSION, "name": self.name, "runtime": self.runtime,
                 "baseline_runtime": self.baseline_runtime, "batch_sizes": list(self.batch_sizes),
-                "threads": self.threads, "steps": [s.to_dict() for s in self.steps]}
+                "threads": self.threads, **({"source": self.source} if self.source else {}),
+                "steps": [s.to_dict() for s in self.steps]}
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Recipe:
@@ -53,7 +55,8 @@ class Recipe:
                       runtime=str(data.get("runtime", "onnxruntime")),
                       baseline_runtime=str(data.get("baseline_runtime", "torch")),
                       batch_sizes=tuple(int(b) for b in data.get("batch_sizes", (1, 32))),
-                      threads=data.get("threads"), name=str(data.get("name", "default")))
+                      threads=data.get("threads"), name=str(data.get("name", "default")),
+                      source=data.get("source"))
 
     def to_yaml(self) -> str:
         import yaml

@@ -1,0 +1,201 @@
+"""Auto-optimization for a deployment target under latency, memory, size and accuracy goals.
+
+``auto_optimize`` searches (see ``search``), saves the best artifact, the recipe that re-makes it
+(``slimforge run recipe.yaml``) and a report of every candidate with the Pareto plot, and keeps the result in a
+registry of optimized models keyed by everything that went into it, so that asking again with unchanged inputs
+(``load_optimized``, or the same ``optimize``) returns at once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from slimforge.auto.goals import GoalResult, Goals
+from slimforge.auto.search import FAST_SPEC, SEARCH_VERSION, _sha, cache_root, data_fingerprint, fingerprint, search
+from slimforge.auto.targets import PRESETS, Target, get_target
+from slimforge.bench.timing import BenchSpec
+from slimforge.core.artifact import Artifact, Format
+from slimforge.core.context import ProgressFn
+from slimforge.errors import ConfigError, SlimforgeError
+
+__all__ = ["AutoResult", "Goals", "PRESETS", "Target", "auto_optimize", "auto_optimize_for_deployment",
+           "get_target", "load_optimized"]
+
+_SUFFIX = {Format.ONNX: ".onnx", Format.OPENVINO: ".xml", Format.TORCHSCRIPT: ".pt", Format.TORCH: ".pt"}
+
+
+@dataclass
+class AutoResult:
+    """The best artifact, whether every goal was met, the goals with their margins, the report and the files."""
+
+    artifact: Artifact
+    goals_met: bool
+    goal_results: list[dict[str, Any]]
+    report: dict[str, Any]
+    paths: dict[str, Path] = field(default_factory=dict)
+    from_cache: bool = False
+    seconds: float = 0.0
+
+    @property
+    def missed(self) -> list[str]:
+        return [g["text"] for g in self.goal_results if not g["met"]]
+
+
+def _request_key(model: Artifact, target: Target, goals: Goals, data: Any, eval_limit: int,
+                 time_budget_s: float) -> str:
+    import slimforge
+
+    return _sha(fingerprint(model), target.to_dict(), goals.to_dict(), data_fingerprint(data), eval_limit,
+                time_budget_s, SEARCH_VERSION, slimforge.__version__)
+
+
+def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
+                  goals: Goals | Mapping[str, Any] | None = None, data: Any = None,
+                  output_dir: str | Path = "slimforge-out", time_budget_s: float = 900.0, eval_limit: int = 256,
+                  spec: BenchSpec = FAST_SPEC, progress: ProgressFn | None = None,
+                  use_cache: bool = True) -> AutoResult:
+    """Search for the best artifact for ``target`` under ``goals``.
+
+    Example:
+        >>> # res = auto_optimize("model.onnx", target="cpu", goals={"max_latency_ms": 10, "min_cosine": 0.995})
+        >>> # res.goals_met, res.missed, res.paths["artifact"]
+    """
+    from slimforge.api import _as_artifact, _as_data
+
+    t0 = time.perf_counter()
+    base = _as_artifact(model)
+    ds = _as_data(data, base, default_text=model is None)
+    tgt = get_target(target)
+    g = goals if isinstance(goals, Goals) else Goals.from_mapping(dict(goals or {}))
+    if time_budget_s <= 0:
+        raise ConfigError(f"the time budget must be positive, got {time_budget_s} s")
+    out_dir = Path(output_dir)
+    key = _request_key(base, tgt, g, ds, eval_limit, time_budget_s)
+    registry = cache_root() / "optimized" / key
+    if use_cache and (registry / "complete").is_file():
+        return _from_registry(registry, out_dir, t0)
+    res = search(base, target=tgt, goals=g, data=ds, workdir=out_dir / "work", time_budget_s=time_budget_s,
+                 eval_limit=eval_limit, spec=spec, progress=progress, use_cache=use_cache)
+    from slimforge.auto import report as rep
+    from slimforge.plan.recipe import Recipe
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    art_path: Path | None = None
+    best = res.artifact
+    from slimforge.io.save import save
+
+    suffix = _SUFFIX.get(best.format, ".pt")
+    art_path = out_dir / f"{base.name}-{res.target.name}{suffix}"
+    try:  # the winner, or (no gain on this target) the original model as the best effort
+        best = save(best, art_path)
+    except SlimforgeError as exc:
+        if res.best is not None:
+            raise
+        res.notes.append(f"the original model could not be saved as a file ({exc}); nothing written")
+        art_path = None
+    recipe = Recipe(steps=res.best.candidate.steps if res.best else (),
+                    runtime=res.best.candidate.runtime if res.best else res.baseline_measurement["runtime"],
+                    baseline_runtime=res.baseline_measurement["runtime"],
+                    batch_sizes=tuple(sorted(res.best.latency)) if res.best else tuple(res.target.batch_sizes),
+                    threads=res.target.threads, name=f"auto-{res.target.name}",
+                    source=_source_of(base))
+    (out_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    report = rep.build(res, recipe=recipe.to_dict(), artifact_path=art_path,
+                       data_name=getattr(ds, "name", None))
+    paths = rep.write(report, out_dir)
+    paths["recipe"] = out_dir / "recipe.yaml"
+    if art_path is not None:
+        paths["artifact"] = art_path
+    result = AutoResult(best, res.goals_met, report["goal_results"], report, paths, False,
+                        time.perf_counter() - t0)
+    if use_cache:
+        _to_registry(registry, result)
+    return result
+
+
+def _source_of(art: Artifact) -> str | None:
+    if art.source_id.startswith(("file:", "hf:")):
+        from slimforge.io.models import default_model_path
+
+        path = art.meta.get("source_path") or (str(art.path) if art.path else None)
+        return path or str(default_model_path())
+    return None
+
+
+def _to_registry(folder: Path, res: AutoResult) -> None:
+    """Keep the result (artifact files, report, recipe) under the request's key; 'complete' is written last."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files = {}
+    for kind, p in res.paths.items():
+        if p is None or not Path(p).exists():
+            continue
+        for f in _companions(Path(p)):
+            shutil.copy2(f, tmp / f.name)
+        files[kind] = Path(p).name
+    (tmp / "result.json").write_text(json.dumps({"files": files, "goals_met": res.goals_met,
+                                                 "goal_results": res.goal_results}, default=str))
+    (tmp / "complete").write_text("1")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def _companions(p: Path) -> list[Path]:
+    """A model file and what travels with it (OpenVINO .bin, ONNX external data, the sidecar)."""
+    out = [p]
+    for extra in (p.with_suffix(".bin"), p.with_name(p.name + ".slimforge.json"), p.with_name(p.name + ".data"),
+                  p.with_name(p.stem + ".onnx.data")):
+        if extra.exists() and extra not in out:
+            out.append(extra)
+    return out
+
+
+def _from_registry(folder: Path, out_dir: Path, t0: float) -> AutoResult:
+    from slimforge.io.models import load
+
+    doc = json.loads((folder / "result.json").read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for f in folder.iterdir():
+        if f.name not in ("result.json", "complete"):
+            shutil.copy2(f, out_dir / f.name)
+    for kind, name in doc["files"].items():
+        paths[kind] = out_dir / name
+    report = json.loads((out_dir / doc["files"]["json"]).read_text()) if "json" in doc["files"] else {}
+    art = load(paths["artifact"]) if "artifact" in paths else None
+    if art is None:
+        raise ConfigError(f"{folder}: the cached result has no artifact; delete the folder to search again")
+    return AutoResult(art, doc["goals_met"], doc["goal_results"], report, paths, True, time.perf_counter() - t0)
+
+
+def load_optimized(name: str | Path | Artifact | None = None, optimization: str = "auto", *,
+                   target: str | Path | Target = "cpu", goals: Mapping[str, Any] | Goals | None = None,
+                   data: Any = None, output_dir: str | Path | None = None, time_budget_s: float = 900.0,
+                   **kw: Any) -> Artifact:
+    """The optimized artifact for a model: from the registry when nothing that went into it changed (the model
+    files, the target, the goals, the data), else optimized now and kept there.
+
+    Example:
+        >>> # art = slimforge.load_optimized("models/resnet.onnx", target="edge", data="images/")
+    """
+    if optimization != "auto":
+        raise ConfigError(f"optimization must be 'auto' (the searched result), got {optimization!r}")
+    out = Path(output_dir) if output_dir else cache_root() / "outputs" / _sha(str(name), str(target))
+    return auto_optimize(name, target=target, goals=goals, data=data, output_dir=out, time_budget_s=time_budget_s,
+                         **kw).artifact
+
+
+def auto_optimize_for_deployment(target_platform: str, model_name: Any,
+                                 performance_threshold: Mapping[str, Any] | None = None, **kw: Any) -> AutoResult:
+    """The seed's shape: ``performance_threshold={"inference_time": ms, "memory_usage": MB, "accuracy": 0..1}``.
+
+    Example:
+        >>> # auto_optimize_for_deployment("cpu", "model.onnx", {"inference_time": 10, "accuracy": 0.98})
+    """
+    return auto_optimize(model_name, target=target_platform, goals=Goals.from_mapping(performance_threshold), **kw)

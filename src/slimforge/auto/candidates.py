@@ -1,0 +1,169 @@
+"""Candidates of the search, and the proposers that offer them.
+
+A proposer is a function ``(SearchSpace) -> Iterable[Candidate]`` registered with ``@proposer``; a technique joins the
+search by registering one (in its own module or here). Each candidate is a recipe: steps, and the runtime that runs
+the result. ``cost`` orders the search (cheap first); ``after`` names a candidate whose quality failure makes this one
+pointless (a more aggressive version of the same thing), so the planner skips it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from slimforge.core.artifact import Artifact, Format
+from slimforge.core.config import Config
+
+_PROPOSERS: list[Callable[[SearchSpace], Iterable[Candidate]]] = []
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    steps: tuple[Config, ...]
+    runtime: str
+    precision: str = "fp32"
+    cost: int = 1  # relative expense: 1 conversion, 2 dynamic quantization, 3 calibration, 10+ training
+    needs_data: bool = False
+    trains: bool = False
+    after: str | None = None  # skip when this candidate already missed the quality goals
+    optional: tuple[int, ...] = ()  # indices of steps kept only if they make the result faster (graph passes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "runtime": self.runtime, "precision": self.precision, "cost": self.cost,
+                "steps": [s.to_dict() for s in self.steps], "trains": self.trains}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What proposers see: the model, the narrowed target, the machine, and what data there is."""
+
+    art: Artifact
+    target: Any  # targets.Target
+    machine: Any  # targets.Machine
+    has_data: bool
+    has_labels: bool
+    train_seconds: float | None  # estimated seconds of one training epoch on the data (None: no training data)
+    time_left_s: float
+    quality_budget: float | None = None  # allowed cosine drop (for mixed precision), when the goals give one
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_torch(self) -> bool:
+        return self.art.format is Format.TORCH
+
+    @property
+    def text(self) -> bool:
+        return (self.art.meta.get("preprocess") or {}).get("kind") == "text"
+
+
+def proposer(fn: Callable[[SearchSpace], Iterable[Candidate]]) -> Callable[[SearchSpace], Iterable[Candidate]]:
+    """Register a proposer of candidates."""
+    _PROPOSERS.append(fn)
+    return fn
+
+
+def propose(space: SearchSpace) -> list[Candidate]:
+    seen: dict[str, Candidate] = {}
+    for fn in _PROPOSERS:
+        for c in fn(space):
+            if c.runtime in space.target.runtimes and (c.precision in space.target.precisions):
+                seen.setdefault(c.name, c)
+    return sorted(seen.values(), key=lambda c: c.cost)
+
+
+def _to_onnx(space: SearchSpace) -> list[Config]:
+    from slimforge.convert.onnx import ExportConfig
+
+    return [ExportConfig()] if space.art.format in (Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT) else []
+
+
+def _to_openvino(space: SearchSpace) -> list[Config] | None:
+    from slimforge.convert.openvino import OpenVinoConvertConfig
+
+    if space.art.format is Format.OPENVINO:
+        return []
+    return [*_to_onnx(space), OpenVinoConvertConfig()]
+
+
+@proposer
+def runtimes_fp32(space: SearchSpace) -> Iterable[Candidate]:
+    """The same model in FP32 on each runtime: often the biggest, and cheapest, win."""
+    from slimforge.convert.optimize import GraphOptConfig
+
+    if space.art.format is not Format.OPENVINO:
+        onnx = _to_onnx(space)
+        yield Candidate("onnxruntime fp32", (*onnx, GraphOptConfig()), "onnxruntime", "fp32", cost=1,
+                        optional=(len(onnx),))
+    ov = _to_openvino(space)
+    if ov is not None and space.art.format is not Format.OPENVINO:
+        yield Candidate("openvino fp32", tuple(ov), "openvino", "fp32", cost=1)
+
+
+@proposer
+def quantization(space: SearchSpace) -> Iterable[Candidate]:
+    """Each quantization method on each runtime that runs it well."""
+    from slimforge.convert.optimize import GraphOptConfig
+    from slimforge.techniques.quantize.cast import CastConfig
+    from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
+    from slimforge.techniques.quantize.onnx_static import Calibration, StaticQuantConfig
+    from slimforge.techniques.quantize.weight_only import WeightOnlyConfig
+
+    onnx = [*_to_onnx(space), GraphOptConfig()]
+    g = len(onnx) - 1
+    ov = _to_openvino(space)
+    ops = ("MatMul",) if space.text else ()
+    if space.art.format is not Format.OPENVINO:
+        # convolutions stay float under dynamic INT8 (ConvInteger is slow on CPUs); static QDQ quantizes them
+        yield Candidate("onnxruntime int8 dynamic", (*onnx, DynamicQuantConfig(per_channel=True, min_cosine=0.0)),
+                        "onnxruntime", "int8", cost=2, optional=(g,))
+        if space.has_data:
+            yield Candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
+                calibration=Calibration.MINMAX, per_channel=True, op_types=ops, min_cosine=0.0)),
+                "onnxruntime", "int8", cost=4, needs_data=True, optional=(g,))
+        yield Candidate("onnxruntime int4 weights", (*onnx, WeightOnlyConfig(bits=4, min_cosine=0.0)),
+                        "onnxruntime", "int4", cost=3, optional=(g,), after="onnxruntime int8 dynamic")
+        if space.quality_budget is not None:
+            from slimforge.techniques.quantize.mixed import MixedPrecisionConfig
+
+            yield Candidate("onnxruntime int8 dynamic, mixed precision", (*onnx, MixedPrecisionConfig(
+                base="dynamic", max_drop=space.quality_budget, metric="cosine",
+                op_types=("MatMul",) if space.text else ())), "onnxruntime", "int8", cost=6,
+                needs_data=True, optional=(g,))
+    if ov is not None:
+        yield Candidate("openvino int8 weights", (*ov, WeightOnlyConfig(bits=8, min_cosine=0.0)), "openvino",
+                        "int8-weight", cost=2)
+        yield Candidate("openvino int4 weights", (*ov, WeightOnlyConfig(bits=4, min_cosine=0.0)), "openvino",
+                        "int4", cost=3, after="openvino int8 weights")
+        yield Candidate("openvino bf16", (*ov, CastConfig(dtype="bf16", min_cosine=0.0)), "openvino", "bf16",
+                        cost=2)
+        if space.has_data:
+            yield Candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
+                calibration=Calibration.MINMAX, per_channel=True, min_cosine=0.0)), "openvino", "int8", cost=5,
+                needs_data=True)
+    if space.is_torch:
+        yield Candidate("torch int8 dynamic", (DynamicQuantConfig(per_channel=True, min_cosine=0.0),), "torch",
+                        "int8", cost=2)
+
+
+@proposer
+def prune_and_distill(space: SearchSpace) -> Iterable[Candidate]:
+    """Structured pruning, recovered by distillation from the original, then the best INT8 path: only for PyTorch
+    models with training data, when an estimate of the training time fits in the time left."""
+    if not (space.is_torch and space.has_data and space.target.training and space.train_seconds is not None):
+        return
+    from slimforge.convert.optimize import GraphOptConfig
+    from slimforge.techniques.distill.torch_distill import DistillConfig
+    from slimforge.techniques.prune.torch_prune import PruneConfig
+    from slimforge.techniques.quantize.onnx_static import Calibration, StaticQuantConfig
+
+    epochs = 10  # the planner skips these (and says so) when the estimated training time does not fit the budget
+    hidden = ("*encoder.layer.?",) if space.text else ()
+    trained = (PruneConfig(ratio=0.5, round_to=8, min_cosine=0.0),
+               DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3))
+    onnx = [*_to_onnx(space), GraphOptConfig()]
+    yield Candidate("pruned 50% + distilled, onnxruntime fp32", (*trained, *onnx), "onnxruntime", "fp32", cost=20,
+                    needs_data=True, trains=True)
+    yield Candidate("pruned 50% + distilled, onnxruntime int8 static", (*trained, *onnx, StaticQuantConfig(
+        calibration=Calibration.MINMAX, per_channel=True, op_types=("MatMul",) if space.text else (),
+        min_cosine=0.0)), "onnxruntime", "int8", cost=21, needs_data=True, trains=True)
