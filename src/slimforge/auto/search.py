@@ -382,14 +382,15 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
             ev.status = "accepted"
     ctx.report_progress("search", len(candidates), len(candidates))
 
+    _runoff([e for e in evaluated if e.status == "accepted"], base_doc, feeds, batch_sizes, tgt.threads, ctx)
     _mark_pareto(evaluated, goal_batch, labels is not None)
-    best = _choose(evaluated, goal_batch, goals.latency_stat)
+    best = _choose(evaluated, goal_batch, goals.latency_stat, base_doc)
     if best is not None:
         best = _ablate(best, evaluated, model, base_key, cache, ctx, measured, judge, labels, ref_outs, task)
         best.status = "chosen"
         for ev in evaluated:
             if ev.status == "accepted":
-                ev.reason = _lost_to(ev, best, goal_batch, goals.latency_stat)
+                ev.reason = _lost_to(ev, best)
         for ev in evaluated:
             if ev.status == "rejected" and ev.pareto and not ev.reason:
                 ev.reason = "on the Pareto front but misses a goal"
@@ -423,9 +424,15 @@ def _mark_pareto(evaluated: list[Evaluated], batch: int, labelled: bool) -> None
             for o in pts if o is not e)
 
 
-def _choose(evaluated: list[Evaluated], batch: int, stat: str) -> Evaluated | None:
+def _speedup(e: Evaluated, base_doc: dict[str, Any]) -> float:
+    """Geometric mean over the measured batch sizes of the baseline's p50 over the candidate's."""
+    ratios = [base_doc["latency"][b]["p50"] / v["p50"] for b, v in e.latency.items() if b in base_doc["latency"]]
+    return float(np.exp(np.mean(np.log(ratios)))) if ratios else 0.0
+
+
+def _choose(evaluated: list[Evaluated], batch: int, stat: str, base_doc: dict[str, Any]) -> Evaluated | None:
     """Among candidates that meet the quality goals and never slow down: all goals met first, then the fewest and
-    smallest misses (relative), then the lowest latency at the goal batch."""
+    smallest misses (relative), then the highest speedup (geometric mean over the target's batch sizes), then size."""
     ok = [e for e in evaluated if e.status == "accepted"]
     if not ok:
         return None
@@ -433,9 +440,45 @@ def _choose(evaluated: list[Evaluated], batch: int, stat: str) -> Evaluated | No
     def rank(e: Evaluated) -> tuple:
         missed = [g for g in e.goals if not g.met]
         shortfall = sum(abs(g.margin or 0) / max(abs(g.target), 1e-9) for g in missed)
-        return (len(missed), shortfall, e.latency[batch][stat], e.size_mb or 0.0)
+        return (len(missed), round(shortfall, 6), -_speedup(e, base_doc), e.size_mb or 0.0)
 
     return min(ok, key=rank)
+
+
+def _runoff(accepted: list[Evaluated], base_doc: dict[str, Any], feeds: Any, batch_sizes: tuple[int, ...],
+            threads: int | None, ctx: RunContext, finalists: int = 4, rounds: int = 3) -> None:
+    """Re-time the leading candidates side by side (interleaved rounds) so that the choice between close ones is
+    not decided by noise from one measurement each; their latencies become the medians of the rounds."""
+    from slimforge.bench.timing import Timing, time_session
+    from slimforge.runtimes import open_session
+
+    lead = sorted(accepted, key=lambda e: -_speedup(e, base_doc))[:finalists]
+    if len(lead) < 2:
+        return
+    spec = BenchSpec(warmup=2, repeats=10, min_time_s=0.2, max_time_s=4.0)
+    sessions = []
+    try:
+        for e in lead:
+            sessions.append(open_session(e.artifact, e.candidate.runtime, threads=threads))
+        by_batch = {b: feeds(b) for b in batch_sizes}
+        samples: dict[tuple[int, int], list[float]] = {}
+        for r in range(rounds):
+            ctx.report_progress("runoff of the leading candidates", r, rounds)
+            for b, f in by_batch.items():
+                for i, s in enumerate(sessions):
+                    t = time_session(s, f, spec)
+                    samples.setdefault((i, b), []).append(t.p50 / 1000.0)
+        ctx.report_progress("runoff of the leading candidates", rounds, rounds)
+    except (SlimforgeError, RuntimeError, ValueError) as exc:
+        log.warning("runoff skipped: %s", exc)
+        return
+    finally:
+        for s in sessions:
+            s.close()
+    for i, e in enumerate(lead):
+        for b in batch_sizes:
+            med = Timing.from_samples(samples[(i, b)]).p50
+            e.latency[b] = {**e.latency[b], "p50": med, "runoff": True}
 
 
 def _ablate(best: Evaluated, evaluated: list[Evaluated], model: Artifact, base_key: str, cache: StepCache,
@@ -473,10 +516,10 @@ def _ablate(best: Evaluated, evaluated: list[Evaluated], model: Artifact, base_k
     return best
 
 
-def _lost_to(ev: Evaluated, best: Evaluated, batch: int, stat: str) -> str:
-    a, b = ev.latency[batch][stat], best.latency[batch][stat]
-    return f"meets the quality goals but is slower than the chosen '{best.candidate.name}' ({a:.2f} vs {b:.2f} ms " \
-           f"{stat} at batch {batch})"
+def _lost_to(ev: Evaluated, best: Evaluated) -> str:
+    parts = ", ".join(f"batch {b}: {v['p50']:.2f} vs {best.latency[b]['p50']:.2f} ms" for b, v in ev.latency.items()
+                      if b in best.latency)
+    return f"meets the quality goals; the chosen '{best.candidate.name}' is faster overall ({parts})"
 
 
 def _verify(model: Artifact, art: Artifact, base_rt: str, rt: str, ds: Any, limit: int, task: str, labels: Any,

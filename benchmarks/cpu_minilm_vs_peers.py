@@ -1,0 +1,212 @@
+"""MiniLM on this CPU: slimforge's ``optimize --target cpu`` against the tools people would use instead, in one run.
+
+Timed side by side (interleaved rounds, same inputs, same threads), at batch 1 and batch 32:
+
+- PyTorch FP32 eager (sentence-transformers, the baseline);
+- Optimum's ONNX Runtime INT8 (``AutoQuantizationConfig.avx512_vnni``, dynamic), made by Optimum in its own venv
+  (``.venv-peers``: Optimum needs transformers < 4.58, which slimforge does not pin), mean-pooled + normalised as
+  sentence-transformers does;
+- OpenVINO with NNCF INT8 (``nncf.quantize`` with ``ModelType.TRANSFORMER`` on 300 bundled sentences, the NNCF
+  recipe for BERT-class models);
+- the artifact that ``slimforge optimize --target cpu --min-cosine 0.995`` chooses.
+
+Fidelity is the embedding cosine to FP32 on 256 held-out bundled sentences. Prints latency ratios to FP32 and to the
+best peer, and writes JSON.
+
+    .venv/bin/python benchmarks/cpu_minilm_vs_peers.py [--rounds 5] [--out benchmarks/results/cpu_minilm_vs_peers.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore")
+
+import numpy as np  # noqa: E402
+
+import slimforge  # noqa: E402
+from slimforge.bench.timing import Timing  # noqa: E402
+from slimforge.env import environment  # noqa: E402
+from slimforge.evaluation.metrics import cosine_similarity  # noqa: E402
+from slimforge.io.data import TextLines, bundled_sentences_path  # noqa: E402
+from slimforge.io.models import default_model_path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_VENV = ROOT / ".venv-peers"
+PEER_SCRIPT = """
+import sys
+from pathlib import Path
+from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTQuantizer
+from optimum.onnxruntime.configuration import AutoQuantizationConfig
+src, out = sys.argv[1], Path(sys.argv[2])
+model = ORTModelForFeatureExtraction.from_pretrained(src, export=True)
+model.save_pretrained(out)
+q = ORTQuantizer.from_pretrained(out)
+q.quantize(save_dir=out, quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False))
+"""
+
+
+def ensure_peers_venv() -> Path:
+    py = PEERS_VENV / "bin" / "python"
+    if not py.exists():
+        print("creating .venv-peers (Optimum + ONNX Runtime, transformers < 4.58) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+        pip = [str(py), "-m", "pip", "install", "-q"]
+        subprocess.run(pip + ["torch==2.13.0"], check=True)  # the local CPU wheel, before anything pulls CUDA
+        subprocess.run(pip + ["optimum-onnx[onnxruntime]", "transformers<4.58"], check=True)
+    return py
+
+
+class Pooled:
+    """An ONNX Runtime session on Optimum's export (token states), mean-pooled and normalised like the ST model."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.sess.get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        tokens = self.sess.run(None, {k: feeds[k].astype(np.int64) for k in self.names})[0]
+        mask = feeds["attention_mask"][..., None].astype(np.float32)
+        emb = (tokens * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+        return [emb / np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)]
+
+
+class OvCompiled:
+    def __init__(self, compiled) -> None:
+        self.c = compiled
+        self.names = [i.get_any_name() for i in compiled.inputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = self.c({k: feeds[k] for k in self.names})
+        return [res[self.c.outputs[0]]]
+
+
+def nncf_int8(fp32_onnx: Path, calib: list[dict[str, np.ndarray]], threads: int) -> OvCompiled:
+    import nncf
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(fp32_onnx))
+    q = nncf.quantize(model, nncf.Dataset(calib), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib))
+    return OvCompiled(core.compile_model(q, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_minilm_vs_peers.json")
+    ap.add_argument("--work", type=Path, default=ROOT / "slimforge-out" / "peers")
+    args = ap.parse_args()
+    import torch
+
+    threads = torch.get_num_threads()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    src = default_model_path()
+    base = slimforge.load(src)
+    data = bundled_sentences_path()
+    sentences = data.read_text(encoding="utf-8").splitlines()
+    heldout = work / "heldout.txt"
+    heldout.write_text("\n".join(sentences[-256:]) + "\n", encoding="utf-8")  # what optimize holds out too
+    calib_txt = work / "calib.txt"
+    calib_txt.write_text("\n".join(sentences[:300]) + "\n", encoding="utf-8")
+
+    # 1. Optimum, in its own venv
+    t = time.perf_counter()
+    py = ensure_peers_venv()
+    (work / "peer_optimum.py").write_text(PEER_SCRIPT)
+    proc = subprocess.run([str(py), str(work / "peer_optimum.py"), str(src), str(work / "optimum")],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return 2
+    print(f"Optimum export + quantize: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+    # 2. slimforge optimize --target cpu (goal: cosine >= 0.995)
+    t = time.perf_counter()
+    res = slimforge.optimize(base, target="cpu", goals={"min_cosine": 0.995}, data=data, output_dir=work / "slimforge")
+    print(f"slimforge optimize: {time.perf_counter() - t:.0f} s ({'cached' if res.from_cache else 'searched'}), "
+          f"chose {res.report['chosen']['name'] if res.report['chosen'] else 'nothing'}", file=sys.stderr)
+    chosen = res.artifact
+    chosen_rt = res.report["chosen"]["runtime"] if res.report["chosen"] else "torch"
+
+    # 3. OpenVINO + NNCF INT8 on the FP32 ONNX export (the same graph slimforge exports)
+    fp32_onnx = slimforge.export(base, work / "minilm_fp32.onnx", workdir=work)
+    ds = TextLines(heldout, base)
+    calib = [b.feeds for b in TextLines(calib_txt, base).batches(1)]
+    t = time.perf_counter()
+    nncf_sess = nncf_int8(fp32_onnx.path, calib, threads)
+    print(f"NNCF INT8: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+    sessions = {
+        "PyTorch FP32 eager": slimforge.open_session(base, "torch"),
+        "Optimum ORT INT8 (avx512_vnni)": Pooled(work / "optimum" / "model_quantized.onnx", threads),
+        "OpenVINO + NNCF INT8": nncf_sess,
+        f"slimforge optimize --target cpu ({res.report['chosen']['name'] if res.report['chosen'] else '-'})":
+            slimforge.open_session(chosen, chosen_rt),
+    }
+    peers = ["Optimum ORT INT8 (avx512_vnni)", "OpenVINO + NNCF INT8"]
+    ours = list(sessions)[-1]
+    batches = [b.feeds for b in ds.batches(32)]
+    ref = np.concatenate([sessions["PyTorch FP32 eager"].run(f)[0] for f in batches])
+    fidelity = {k: float(cosine_similarity(ref, np.concatenate([s.run(f)[0] for f in batches])).mean())
+                for k, s in sessions.items()}
+    feeds = {1: next(ds.batches(1)).feeds, 32: batches[0]}
+    samples: dict[tuple[str, int], list[float]] = {(k, b): [] for k in sessions for b in feeds}
+    for s in sessions.values():
+        for f in feeds.values():
+            for _ in range(3):
+                s.run(f)
+    for _ in range(args.rounds):  # interleaved: every variant in every round, so drift hits all alike
+        for b, f in feeds.items():
+            for k, s in sessions.items():
+                n = 20 if b == 1 else 3
+                for _ in range(n):
+                    t = time.perf_counter()
+                    s.run(f)
+                    samples[(k, b)].append(time.perf_counter() - t)
+    p50 = {(k, b): Timing.from_samples(v).p50 for (k, b), v in samples.items()}
+    rows = []
+    print(f"\n{'variant':62s} {'b1 ms':>8s} {'x FP32':>7s} {'b32 ms':>8s} {'x FP32':>7s} {'cosine':>8s}")
+    for k in sessions:
+        r = {"variant": k, "cosine": fidelity[k]}
+        for b in feeds:
+            r[f"p50_ms_b{b}"] = p50[(k, b)]
+            r[f"speedup_b{b}"] = p50[("PyTorch FP32 eager", b)] / p50[(k, b)]
+        rows.append(r)
+        print(f"{k:62s} {r['p50_ms_b1']:8.2f} {r['speedup_b1']:6.2f}x {r['p50_ms_b32']:8.1f} {r['speedup_b32']:6.2f}x "
+              f"{r['cosine']:8.4f}")
+    verdict = {}
+    for b in feeds:
+        best_peer = min(peers, key=lambda k: p50[(k, b)])
+        verdict[b] = {"best_peer": best_peer, "ours_vs_best_peer": p50[(best_peer, b)] / p50[(ours, b)],
+                      "ours_vs_fp32": p50[("PyTorch FP32 eager", b)] / p50[(ours, b)]}
+        print(f"batch {b}: ours {verdict[b]['ours_vs_fp32']:.2f}x FP32; vs best peer ({best_peer}): "
+              f"{verdict[b]['ours_vs_best_peer']:.2f}x")
+    ok = (fidelity[ours] >= 0.995 and all(v["ours_vs_fp32"] >= 2.0 for v in verdict.values())
+          and all(v["ours_vs_best_peer"] >= 1.0 for v in verdict.values()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"environment": environment(threads), "rows": rows, "verdict": verdict,
+                                    "chosen": res.report["chosen"], "ok": ok,
+                                    "search_candidates": [{k: c[k] for k in ("name", "status", "reason",
+                                                                             "latency_ms", "quality")}
+                                                          for c in res.report["candidates"]]}, indent=2))
+    print(("PASS" if ok else "FAIL") + ": goal cosine >= 0.995, >= 2x FP32 at batch 1 and 32, not slower than the "
+          "best peer")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
