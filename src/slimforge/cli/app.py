@@ -256,6 +256,66 @@ def print_search(report: dict[str, Any], *, from_cache: bool = False) -> None:
 
 
 @app.command()
+def serve(model: Annotated[list[str], typer.Argument(
+              help="Artifact file or optimize output folder; several are versions 1, 2, ... (or VERSION=PATH).")],
+          host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port.")] = 8000,
+          max_batch: Annotated[int, typer.Option(help="Rows per dynamic batch (1: no batching).")] = 32,
+          max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 5.0,
+          workers: Annotated[int, typer.Option(help="Server processes (each loads the model).")] = 1,
+          name: Annotated[Optional[str], typer.Option(help="Model name in the API.")] = None,
+          fallback: Annotated[Optional[str], typer.Option(
+              help="A model that answers when the primary fails to load or raises (e.g. the original).")] = None,
+          runtime: Annotated[Optional[str], typer.Option(help="Runtime (default: the artifact's).")] = None,
+          threads: Annotated[Optional[int], typer.Option(help="Intra-op threads per model.")] = None,
+          queue_size: Annotated[int, typer.Option(help="Waiting requests before 503.")] = 256,
+          timeout_s: Annotated[float, typer.Option(help="Per-request timeout (504).")] = 30.0,
+          max_body_mb: Annotated[float, typer.Option(help="Request size limit (413).")] = 16.0,
+          max_image_pixels: Annotated[int, typer.Option(help="Decompression-bomb guard (413).")] = 40_000_000,
+          token: Annotated[Optional[str], typer.Option(envvar="SLIMFORGE_TOKEN",
+                                                       help="Require 'Authorization: Bearer TOKEN'.")] = None) -> None:
+    """Serve a model over REST (/api/predict), KServe v2 (/v2/...) and a web page (/), with dynamic batching."""
+    from slimforge.serve import ServeConfig, serve as run_server
+
+    if max_batch < 1 or queue_size < 1 or workers < 1:
+        raise ConfigError("--max-batch, --queue-size and --workers must be >= 1")
+    cfg = ServeConfig(paths=list(model), name=name, fallback=fallback, runtime=runtime, threads=threads,
+                      max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
+                      max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, token=token)
+    err_console.print(f"serving {', '.join(model)} on http://{host}:{port}  (page: /, API: /api/predict, "
+                      f"KServe v2: /v2/models/..., metrics: /metrics)")
+    run_server(cfg, host=host, port=port, workers=workers)
+
+
+@app.command()
+def loadtest(url: Annotated[str, typer.Argument(help="Server URL (http://127.0.0.1:8000) or an endpoint.")],
+             concurrency: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
+             duration: Annotated[str, typer.Option(help="How long: 30s, 2m.")] = "30s",
+             requests: Annotated[int, typer.Option(help="At most this many requests.")] = 1_000_000,
+             payload: Annotated[Optional[Path], typer.Option(help="A JSON request body (default: fits the model).")]
+             = None,
+             token: Annotated[Optional[str], typer.Option(envvar="SLIMFORGE_TOKEN", help="Bearer token.")] = None,
+             output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Where JSON and plot go.")] = Path(
+                 "slimforge-out/loadtest")) -> None:
+    """Load-test a server: throughput, p50/p95/p99 latency and errors, as JSON and a plot."""
+    from slimforge.serve.loadtest import loadtest as run_load
+
+    body = None
+    if payload is not None:
+        try:
+            body = json.loads(payload.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{payload}: not a readable JSON request body ({exc})") from None
+    s = run_load(url, concurrency=concurrency, duration_s=_duration(duration), max_requests=requests, payload=body,
+                 token=token, out_dir=output_dir)
+    lat = s["latency_ms"]
+    console.print(f"{s['requests']} requests in {s['duration_s']:.1f} s at concurrency {s['concurrency']}: "
+                  f"{s['throughput_rps']:.1f} req/s, p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
+                  f"p99 {lat['p99']:.1f} ms, errors {s['errors']} {s['status']}")
+    console.print(f"report: {output_dir / 'loadtest.json'}, {output_dir / 'loadtest.png'}")
+
+
+@app.command()
 def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the recipe.yaml that optimize wrote).")],
         model: Annotated[Optional[str], typer.Argument(help="Model (default: the recipe's source).")] = None,
         output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Output folder.")] = Path(

@@ -43,6 +43,29 @@ def bundled_sentences_path() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "sentences.txt"
 
 
+class TextEncoder:
+    """A text model's own tokenizer (from its metadata): texts -> padded feeds. Evaluation, calibration and serving
+    all encode through this, so served outputs equal offline ones.
+
+    Example:
+        >>> # TextEncoder(minilm_artifact)(["a sentence"])["input_ids"].shape  -> (1, 4)
+    """
+
+    def __init__(self, art: Artifact, *, what: str = "text data") -> None:
+        pre = art.meta.get("preprocess") or {}
+        if pre.get("kind") != "text":
+            raise DataError(f"{what}: text needs a text model (with a tokenizer); {art.name} takes "
+                            f"{art.io.input_names}")
+        tf = require("transformers", extra="hf")
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(pre["tokenizer"], local_files_only=True)
+        self.max_length = int(pre.get("max_length") or 256)
+        self.input_names = list(pre["input_names"])
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return {n: enc[n].astype(np.int64) for n in self.input_names}
+
+
 class TextLines:
     """One example per non-empty line, tokenized per batch with the model's tokenizer.
 
@@ -53,14 +76,7 @@ class TextLines:
     def __init__(self, path: Path, art: Artifact) -> None:
         self.path = Path(path)
         self.name = self.path.name
-        pre = art.meta.get("preprocess") or {}
-        if pre.get("kind") != "text":
-            raise DataError(f"{self.path}: text data needs a text model (with a tokenizer); {art.name} takes "
-                            f"{art.io.input_names}")
-        tf = require("transformers", extra="hf")
-        self.tokenizer = tf.AutoTokenizer.from_pretrained(pre["tokenizer"], local_files_only=True)
-        self.max_length = int(pre.get("max_length") or 256)
-        self.input_names = list(pre["input_names"])
+        self.encoder = TextEncoder(art, what=str(self.path))
         self._n = sum(1 for _ in self._lines())
         if self._n == 0:
             raise DataError(f"{self.path}: the file is empty (expected one sentence per line)")
@@ -79,8 +95,7 @@ class TextLines:
         return self._n
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-        return {n: enc[n].astype(np.int64) for n in self.input_names}
+        return self.encoder(texts)
 
     def batches(self, batch_size: int, *, limit: int | None = None) -> Iterator[Batch]:
         lines = itertools.islice(self._lines(), limit)

@@ -1,0 +1,146 @@
+"""A load test: N concurrent clients send requests for a fixed time (and at most a fixed count), then report
+throughput, latency percentiles and errors, as JSON and as a plot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from slimforge.errors import ConfigError
+
+
+@dataclass
+class LoadResult:
+    url: str
+    concurrency: int
+    duration_s: float
+    requests: int = 0
+    errors: int = 0
+    status: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    finished_at_s: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.asarray([np.nan])
+        ok = self.requests - self.errors
+        return {"url": self.url, "concurrency": self.concurrency, "duration_s": self.duration_s,
+                "requests": self.requests, "ok": ok, "errors": self.errors, "status": self.status,
+                "throughput_rps": ok / self.duration_s if self.duration_s else 0.0,
+                "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+                               "p99": float(np.percentile(lat, 99)), "mean": float(np.mean(lat)),
+                               "max": float(np.max(lat))}}
+
+
+async def _default_payload(client: Any, base: str, headers: dict[str, str]) -> dict[str, Any]:
+    """A request that fits the served model: a sentence for text models, an example image, else zeros."""
+    r = await client.get(f"{base}/api/examples", headers=headers)
+    r.raise_for_status()
+    ex = r.json()
+    if ex["kind"] == "text":
+        return {"text": ["slimforge makes trained models smaller and faster, verified on the hardware they run on."]}
+    if ex["kind"] == "image" and ex["examples"]:
+        return {"image": ex["examples"][0]["image"]}
+    r = await client.get(f"{base}/api/models", headers=headers)
+    m = r.json()["models"][0]
+    meta = (await client.get(f"{base}/v2/models/{m['name']}", headers=headers)).json()
+    return {"inputs": {i["name"]: np.zeros([1] + [d if d > 0 else 8 for d in i["shape"][1:]]).tolist()
+                       for i in meta["inputs"]}}
+
+
+async def _run(url: str, concurrency: int, duration_s: float, max_requests: int, payload: dict[str, Any] | None,
+               token: str | None, timeout_s: float) -> LoadResult:
+    import httpx
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"loadtest needs an http(s) URL of a slimforge server, got {url!r}")
+    base = f"{parsed.scheme}://{parsed.netloc}"
+    target = url if parsed.path not in ("", "/") else f"{base}/api/predict"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    res = LoadResult(target, concurrency, duration_s)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+        body = payload or await _default_payload(client, base, headers)
+        start = time.perf_counter()
+        deadline = start + duration_s
+        sent = 0
+
+        async def worker() -> None:
+            nonlocal sent
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post(target, json=body, headers=headers)
+                    code = str(r.status_code)
+                    failed = r.status_code >= 400
+                except httpx.HTTPError as exc:
+                    code, failed = type(exc).__name__, True
+                now = time.perf_counter()
+                res.requests += 1
+                res.status[code] = res.status.get(code, 0) + 1
+                if failed:
+                    res.errors += 1
+                else:
+                    res.latencies_ms.append((now - t) * 1000.0)
+                    res.finished_at_s.append(now - start)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        res.duration_s = time.perf_counter() - start
+    return res
+
+
+def loadtest(url: str, *, concurrency: int = 16, duration_s: float = 30.0, max_requests: int = 1_000_000,
+             payload: dict[str, Any] | None = None, token: str | None = None, timeout_s: float = 30.0,
+             out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run the load test; returns the summary (and writes ``loadtest.json`` / ``loadtest.png`` under ``out_dir``).
+
+    Example:
+        >>> # loadtest("http://127.0.0.1:8000", concurrency=16, duration_s=30)["latency_ms"]["p99"]
+    """
+    if concurrency < 1 or duration_s <= 0 or max_requests < 1:
+        raise ConfigError("concurrency and max requests must be >= 1 and the duration > 0")
+    res = asyncio.run(_run(url, concurrency, duration_s, max_requests, payload, token, timeout_s))
+    summary = res.summary()
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "loadtest.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        _plot(res, out / "loadtest.png")
+        summary["files"] = [str(out / "loadtest.json"), str(out / "loadtest.png")]
+    return summary
+
+
+def _plot(res: LoadResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if res.latencies_ms:
+        a.hist(res.latencies_ms, bins=50, color="#2563eb")
+        s = res.summary()["latency_ms"]
+        for k, c in (("p50", "green"), ("p95", "orange"), ("p99", "red")):
+            a.axvline(s[k], color=c, linestyle="--", label=f"{k} {s[k]:.1f} ms")
+        a.legend(fontsize=8)
+        t = np.asarray(res.finished_at_s)
+        edges = np.arange(0, max(res.duration_s, 1.0) + 1.0, 1.0)
+        counts, _ = np.histogram(t, bins=edges)
+        b.plot(edges[:-1], counts, marker=".", color="#16a34a")
+    a.set_xlabel("latency (ms)")
+    a.set_ylabel("requests")
+    b.set_xlabel("time (s)")
+    b.set_ylabel("successful requests per second")
+    fig.suptitle(f"{res.url}: concurrency {res.concurrency}, {res.requests} requests, {res.errors} errors",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,243 @@
+"""The models a server holds: versions of one model, a fallback, and the preprocessing each needs.
+
+Preprocessing comes from the model's own metadata, through the same code as evaluation (``TextEncoder`` for text,
+``load_image`` for images), so served outputs equal offline outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimforge.core.artifact import Artifact, Format
+from slimforge.errors import DataError, InputError, SlimforgeError
+from slimforge.serve.batcher import Batcher
+
+log = logging.getLogger(__name__)
+
+V2_TYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64": "INT64", "int32": "INT32",
+            "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}
+NP_TYPES = {v: k for k, v in V2_TYPES.items()}
+
+
+class ImageTooLarge(Exception):
+    """A decompression bomb (or just too many pixels): answered with 413."""
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    artifact: Artifact
+    runtime: str
+    session: Any
+    batcher: Batcher | None = None
+    report: dict[str, Any] | None = None
+    _text: Any = None
+    _image_pre: dict[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        pre = self.artifact.meta.get("preprocess") or {}
+        if pre.get("kind") == "text":
+            return "text"
+        spec = self.artifact.io.inputs[0]
+        if len(self.artifact.io.inputs) == 1 and len(spec.shape) == 4 and spec.dtype.startswith("float"):
+            return "image"
+        return "tensor"
+
+    @property
+    def task(self) -> str:
+        return str(self.artifact.meta.get("task") or "generic")
+
+    def encode_text(self, texts: list[str]) -> dict[str, np.ndarray]:
+        if self.kind != "text":
+            raise InputError(f"model {self.name} takes tensors {self.artifact.io.input_names}, not text")
+        if self._text is None:
+            from slimforge.io.data import TextEncoder
+
+            self._text = TextEncoder(self.artifact, what=f"model {self.name}")
+        return self._text(texts)
+
+    def decode_image(self, raw: bytes, max_pixels: int) -> np.ndarray:
+        """``[C, H, W]`` float32 through the model's own image preprocessing; refuses bombs before decoding."""
+        from PIL import Image, UnidentifiedImageError
+
+        from slimforge.io.data import image_preprocess_for, load_image
+
+        if self.kind != "image":
+            raise InputError(f"model {self.name} does not take images; its inputs are {self.artifact.io.input_names}")
+        try:
+            img = Image.open(io.BytesIO(raw))  # reads the header only
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageTooLarge(f"the image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
+        if self._image_pre is None:
+            self._image_pre = image_preprocess_for(self.artifact)
+        return load_image(img, self._image_pre)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(feeds)
+
+    def postprocess(self, outputs: list[np.ndarray]) -> list[Any]:
+        """Per-row predictions people read: top classes with probabilities for classifiers, else None."""
+        out = outputs[0]
+        if self.task == "classification" or (self.task == "generic" and out.ndim == 2 and 1 < out.shape[1] <= 1000
+                                             and self.kind == "image"):
+            z = out - out.max(axis=1, keepdims=True)
+            p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+            labels = self.artifact.meta.get("labels")
+            preds = []
+            for row in p:
+                top = np.argsort(-row)[:5]
+                preds.append({"label": (labels[int(top[0])] if labels else int(top[0])), "score": float(row[top[0]]),
+                              "top": [{"label": labels[int(i)] if labels else int(i), "score": float(row[i])}
+                                      for i in top]})
+            return preds
+        return [None] * len(out)
+
+    def metadata_v2(self) -> dict[str, Any]:
+        """KServe v2 model metadata."""
+
+        def spec(t: Any) -> dict[str, Any]:
+            return {"name": t.name, "datatype": V2_TYPES.get(t.dtype, t.dtype.upper()),
+                    "shape": [d if isinstance(d, int) and d > 0 else -1 for d in t.shape]}
+
+        platform = {Format.ONNX: "onnxruntime_onnx", Format.OPENVINO: "openvino"}.get(self.artifact.format,
+                                                                                       "pytorch_libtorch")
+        return {"name": self.name, "versions": [self.version], "platform": platform,
+                "inputs": [spec(t) for t in self.artifact.io.inputs],
+                "outputs": [spec(t) for t in self.artifact.io.outputs]}
+
+    def summary(self) -> dict[str, Any]:
+        rep = self.report or {}
+        chosen = rep.get("chosen") or {}
+        comparison = rep.get("comparison") or {}
+        return {"name": self.name, "version": self.version, "format": self.artifact.format.value,
+                "runtime": self.runtime, "kind": self.kind, "task": self.task,
+                "precision": self.artifact.meta.get("precision", "fp32"),
+                "inputs": [t.name for t in self.artifact.io.inputs],
+                "outputs": [t.name for t in self.artifact.io.outputs],
+                "lineage": [s.name for s in self.artifact.lineage],
+                "optimization": {k: v for k, v in {
+                    "chosen": chosen.get("name"), "speedup_p50": chosen.get("speedup_p50")
+                    or comparison.get("speedup_p50"), "goals_met": rep.get("goals_met"),
+                    "verification": (rep.get("verification") or {}).get("detail")}.items() if v is not None}}
+
+
+def _find_report(path: Path) -> dict[str, Any] | None:
+    for name in ("search.json", "report.json"):
+        p = path.parent / name
+        if p.is_file():
+            try:
+                return json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def resolve_artifact_path(path: Path) -> Path:
+    """A model file, or an output folder of ``optimize`` (its chosen artifact)."""
+    if path.is_dir():
+        rep = _find_report(path / "x")
+        chosen = ((rep or {}).get("chosen") or {}).get("path")
+        if chosen and Path(chosen).exists():
+            return Path(chosen)
+        if chosen and (path / Path(chosen).name).exists():
+            return path / Path(chosen).name
+        art = (rep or {}).get("artifact", {}).get("path") if rep else None
+        if art and Path(art).exists():
+            return Path(art)
+        models = sorted(p for p in path.iterdir() if p.suffix in (".onnx", ".xml") and not p.name.startswith("."))
+        if (path / "config.json").exists() or (path / "modules.json").exists():
+            return path  # a Hugging Face / sentence-transformers folder
+        if len(models) == 1:
+            return models[0]
+        raise DataError(f"{path}: a folder to serve must hold an optimize report (search.json / report.json), one "
+                        f"model file or a Hugging Face model; found {[m.name for m in models]}")
+    return path
+
+
+def open_model(path: str | Path, *, name: str | None, version: str, runtime: str | None,
+               threads: int | None) -> ServedModel:
+    from slimforge.io.models import load
+    from slimforge.runtimes import default_runtime, open_session
+
+    p = resolve_artifact_path(Path(path))
+    art = load(p)
+    rt = runtime or art.meta.get("runtime") or default_runtime(art)
+    if art.format is Format.OPENVINO:
+        rt = "openvino"
+    session = open_session(art, rt, threads=threads)
+    return ServedModel(name or art.name, version, art, rt, session, report=_find_report(p))
+
+
+@dataclass
+class ModelSet:
+    """Versions of the served model and an optional fallback; ``degraded`` says why the fallback is in use."""
+
+    name: str
+    versions: dict[str, ServedModel] = field(default_factory=dict)
+    default_version: str | None = None
+    fallback: ServedModel | None = None
+    load_errors: dict[str, str] = field(default_factory=dict)
+    last_error: str | None = None
+    fallback_uses: int = 0
+
+    def get(self, version: str | None) -> ServedModel:
+        if version is not None and str(version) not in self.versions:
+            if str(version) in self.load_errors and self.fallback is not None:
+                return self.fallback
+            raise KeyError(f"model {self.name} has no version {version!r}; versions: {sorted(self.versions)}")
+        v = str(version) if version is not None else self.default_version
+        if v is None or v not in self.versions:
+            if self.fallback is not None:
+                return self.fallback
+            raise KeyError(f"model {self.name} has no loaded version")
+        return self.versions[v]
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.load_errors) or self.last_error is not None
+
+    def all_models(self) -> list[ServedModel]:
+        return [*self.versions.values(), *([self.fallback] if self.fallback else [])]
+
+
+def load_model_set(paths: list[str], *, name: str | None = None, fallback: str | None = None,
+                   runtime: str | None = None, threads: int | None = None) -> ModelSet:
+    """``paths`` are the versions, in order (``PATH`` or ``VERSION=PATH``); a version that fails to load is recorded
+    and, with a fallback, the server starts degraded instead of not at all."""
+    ms = ModelSet(name or "model")
+    for i, spec in enumerate(paths, start=1):
+        version, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        version = version or str(i)
+        try:
+            m = open_model(path, name=name, version=version, runtime=runtime, threads=threads)
+        except (SlimforgeError, OSError) as exc:
+            if fallback is None:
+                raise
+            ms.load_errors[version] = f"{type(exc).__name__}: {exc}"
+            log.error("version %s (%s) failed to load: %s", version, path, exc)
+            continue
+        ms.versions[version] = m
+        ms.default_version = version
+        if name is None and ms.name == "model":
+            ms.name = m.name
+    if fallback is not None:
+        fb = open_model(fallback, name=None, version="fallback", runtime=None, threads=threads)
+        fb.name = ms.name if ms.name != "model" else fb.name
+        ms.fallback = fb
+        if ms.name == "model":
+            ms.name = fb.name
+    for m in ms.all_models():
+        m.name = ms.name
+    return ms
