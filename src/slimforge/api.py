@@ -65,7 +65,12 @@ def export(model: ModelLike, output: str | Path | None = None, *, opset: int = 1
                        atol=atol, rtol=rtol, external_data=external_data)
     art = _as_artifact(model, **load_kw)
     ctx = RunContext(workdir=Path(workdir), progress=progress, output=Path(output) if output else None)
-    return apply(art, cfg, ctx)
+    out = apply(art, cfg, ctx)
+    if output is not None and out.path is not None:
+        from slimforge.io.save import write_sidecar
+
+        write_sidecar(out, out.path)  # preprocessing (tokenizer, image transforms) and lineage travel with the file
+    return out
 
 
 def feeds_for(art: Artifact, data: Dataset | None, *, seq: int = 64) -> Callable[[int], dict[str, np.ndarray]]:

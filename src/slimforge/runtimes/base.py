@@ -127,6 +127,14 @@ def check_feeds(art: Artifact, feeds: Mapping[str, np.ndarray]) -> list[np.ndarr
         if arr.dtype.kind != want_kind and not (want_kind in "iu" and arr.dtype.kind in "iu"):
             raise InputError(f"{art.name}: input '{spec.name}' must be {spec.dtype}, got {arr.dtype}")
         out.append(arr.astype(spec.dtype, copy=False))
+    seen: dict[str, tuple[str, int, int]] = {}  # a named dynamic dimension must have one size across inputs
+    for spec, arr in zip(art.io.inputs, out):
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and dim and axis < arr.ndim:
+                first = seen.setdefault(dim, (spec.name, axis, arr.shape[axis]))
+                if first[2] != arr.shape[axis]:
+                    raise InputError(f"{art.name}: dimension '{dim}' is {first[2]} in input '{first[0]}' but "
+                                     f"{arr.shape[axis]} in input '{spec.name}'; inputs must agree on it")
     return out
 
 

@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Request  # module level: the routes' annotations must resolve (future annotations)
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slimforge.errors import DataError, InputError, SlimforgeError
 from slimforge.serve.batcher import Batcher, QueueFull
@@ -131,19 +135,11 @@ async def _send_json(send: Any, status: int, message: str) -> None:
 
 def create_app(cfg: ServeConfig | None = None) -> Any:
     """The FastAPI app; models load once, at start-up (also from ``$SLIMFORGE_SERVE_CONFIG`` for workers)."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     if cfg is None:
         raw = os.environ.get(CONFIG_ENV)
         if not raw:
             raise SlimforgeError(f"no serve configuration: pass one or set ${CONFIG_ENV}")
         cfg = ServeConfig.from_json(raw)
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = cfg.max_image_pixels  # PIL's own guard, beside the header check below
     metrics = _Metrics()
     state: dict[str, Any] = {"models": None, "started": None, "load_error": None}
 
@@ -156,6 +152,7 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
             state["load_error"] = str(exc)
             raise
         for m in ms.all_models():
+            await asyncio.get_running_loop().run_in_executor(None, _warm_up, m)
             m.batcher = Batcher(m.run, max_batch=cfg.max_batch, max_wait_ms=cfg.max_wait_ms,
                                 queue_size=cfg.queue_size, on_batch=_on_batch)
             m.batcher.start()
@@ -235,6 +232,9 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
             check_feeds(model.artifact, feeds)
         except InputError as exc:
             raise ApiError(400, str(exc)) from None
+        if model.kind == "text" and len({a.shape for a in feeds.values()}) > 1:
+            raise ApiError(400, "token inputs must share one shape; got " +
+                           ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items()))
         ms = models()
         try:
             outs, rows = await _submit(model, feeds)
@@ -351,6 +351,16 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
         return _v2_response(used, req, outs)
 
     return _BodyLimit(app, int(cfg.max_body_mb * 1024 * 1024))
+
+
+def _warm_up(m: ServedModel) -> None:
+    """One inference before the first request (runtimes compile or allocate on their first run)."""
+    from slimforge.io.synth import synthesize
+
+    try:
+        m.run(synthesize(m.artifact.io, batch=1, seq=16, examples=m.artifact.examples, meta=m.artifact.meta))
+    except Exception as exc:  # noqa: BLE001 - a warm-up failure is reported by the first real request
+        log.warning("warm-up of %s v%s failed: %s", m.name, m.version, exc)
 
 
 def _protected(path: str) -> bool:
@@ -525,8 +535,6 @@ def _v2_feeds(model: ServedModel, req: dict[str, Any], binary: bytes) -> dict[st
 
 
 def _v2_response(model: ServedModel, req: dict[str, Any], outs: list[np.ndarray]) -> Any:
-    from fastapi.responses import JSONResponse, Response
-
     names = [t.name for t in model.artifact.io.outputs]
     wanted = [o["name"] for o in req.get("outputs") or [] if isinstance(o, dict) and "name" in o] or names
     unknown = [w for w in wanted if w not in names]

@@ -75,6 +75,8 @@ class ServedModel:
             raise InputError(f"model {self.name} does not take images; its inputs are {self.artifact.io.input_names}")
         try:
             img = Image.open(io.BytesIO(raw))  # reads the header only
+        except Image.DecompressionBombError as exc:  # PIL's own guard (far above ours by default)
+            raise ImageTooLarge(str(exc)) from None
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
         w, h = img.size
