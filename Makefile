@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow install clean
+.PHONY: demo test test-slow install clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/slimforge optimize
 
-test: $(STAMP)
+# the web page's end-to-end test drives Debian's Chromium; installed here when missing and possible (else skipped)
+browser:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1) || \
+	  echo "note: no Chromium; the browser test will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -118,6 +118,12 @@ def test_impossible_goal_saves_best_effort_names_misses_and_exits_3(digits, tmp_
     assert "MISSED by" in res.output and "goals not met" in res.output
     assert (out / "digits-cpu.onnx").is_file()  # the best effort is saved (the winner, or the original)
     assert rep["chosen"] is not None or "no gain on this target" in " ".join(rep["notes"])
+    rerun = runner.invoke(app, ["run", str(out / "recipe.yaml"), "-o", str(tmp_path / "rerun")])
+    if rep["chosen"] is not None:  # the recipe re-makes the chosen artifact from the recorded source model
+        assert rerun.exit_code == 0, rerun.output
+        assert any((tmp_path / "rerun").glob("*-optimized.*"))
+    else:
+        assert "no steps" in str(rerun.exception or rerun.output)
 
 
 def test_onnx_without_data_skips_what_needs_data_and_a_new_proposer_joins(mlp_onnx, tmp_path):

@@ -19,7 +19,8 @@ def ts_model(tmp_path, mlp):
 
 
 def test_help_for_every_command():
-    for cmd in ("info", "export", "benchmark", "optimize"):
+    for cmd in ("info", "export", "benchmark", "optimize", "run", "serve", "loadtest", "prune", "distill", "lowrank",
+                "fuse", "quantize"):
         res = runner.invoke(app, [cmd, "--help"])
         assert res.exit_code == 0 and "Usage" in res.output, cmd
 

@@ -201,3 +201,5 @@ def test_loadtest_reports_throughput_and_percentiles(minilm_artifact, tmp_path):
     assert (tmp_path / "loadtest.png").stat().st_size > 5000
     with pytest.raises(slimforge.ConfigError):
         loadtest("ftp://example.com", duration_s=1)
+    with pytest.raises(slimforge.ConfigError):
+        loadtest("http://127.0.0.1:9", concurrency=0)

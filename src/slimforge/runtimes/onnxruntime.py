@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import importlib.util
 from typing import Mapping
 
@@ -52,6 +54,8 @@ class OrtRuntime:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+        if os.environ.get("SLIMFORGE_ORT_SPIN", "1") == "0":  # servers: idle workers must not spin-wait on cores
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
         try:
             sess = ort.InferenceSession(str(art.path), so, providers=providers)

@@ -54,46 +54,100 @@ async def _default_payload(client: Any, base: str, headers: dict[str, str]) -> d
                        for i in meta["inputs"]}}
 
 
+class _Conn:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams: a load generator must cost far less CPU than the
+    server it measures (on a small machine they share the cores), and httpx's async client costs about as much."""
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout_s
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
+                                                              self.timeout)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+        try:
+            self.writer.write(head.encode() + body)
+            return await asyncio.wait_for(self._response(), self.timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _response(self) -> int:
+        assert self.reader is not None
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("the server closed the connection")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            key, _, value = line.decode("latin-1").partition(":")
+            key = key.strip().lower()
+            if key == "content-length":
+                length = int(value.strip())
+            elif key == "connection" and value.strip().lower() == "close":
+                close = True
+        if length:
+            await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def _run(url: str, concurrency: int, duration_s: float, max_requests: int, payload: dict[str, Any] | None,
                token: str | None, timeout_s: float) -> LoadResult:
     import httpx
 
     parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"loadtest needs an http(s) URL of a slimforge server, got {url!r}")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ConfigError(f"loadtest needs an http:// URL of a slimforge server, got {url!r}")
     base = f"{parsed.scheme}://{parsed.netloc}"
-    target = url if parsed.path not in ("", "/") else f"{base}/api/predict"
+    path = parsed.path if parsed.path not in ("", "/") else "/api/predict"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    res = LoadResult(target, concurrency, duration_s)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        body = payload or await _default_payload(client, base, headers)
-        start = time.perf_counter()
-        deadline = start + duration_s
-        sent = 0
+    res = LoadResult(base + path, concurrency, duration_s)
+    if payload is None:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            payload = await _default_payload(client, base, headers)
+    body = json.dumps(payload).encode()
+    start = time.perf_counter()
+    deadline = start + duration_s
+    sent = 0
 
-        async def worker() -> None:
-            nonlocal sent
-            while time.perf_counter() < deadline and sent < max_requests:
-                sent += 1
-                t = time.perf_counter()
-                try:
-                    r = await client.post(target, json=body, headers=headers)
-                    code = str(r.status_code)
-                    failed = r.status_code >= 400
-                except httpx.HTTPError as exc:
-                    code, failed = type(exc).__name__, True
-                now = time.perf_counter()
-                res.requests += 1
-                res.status[code] = res.status.get(code, 0) + 1
-                if failed:
-                    res.errors += 1
-                else:
-                    res.latencies_ms.append((now - t) * 1000.0)
-                    res.finished_at_s.append(now - start)
+    async def worker() -> None:
+        nonlocal sent
+        conn = _Conn(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout_s)
+        while time.perf_counter() < deadline and sent < max_requests:
+            sent += 1
+            t = time.perf_counter()
+            try:
+                status = await conn.post(path, body, headers)
+                code, failed = str(status), status >= 400
+            except (OSError, asyncio.TimeoutError, ConnectionError, ValueError, IndexError,
+                    asyncio.IncompleteReadError) as exc:
+                code, failed = type(exc).__name__, True
+            now = time.perf_counter()
+            res.requests += 1
+            res.status[code] = res.status.get(code, 0) + 1
+            if failed:
+                res.errors += 1
+            else:
+                res.latencies_ms.append((now - t) * 1000.0)
+                res.finished_at_s.append(now - start)
+        conn.close()
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        res.duration_s = time.perf_counter() - start
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    res.duration_s = time.perf_counter() - start
     return res
 
 
