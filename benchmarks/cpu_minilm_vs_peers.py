@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -127,6 +128,7 @@ def main() -> int:
     t = time.perf_counter()
     py = ensure_peers_venv()
     (work / "peer_optimum.py").write_text(PEER_SCRIPT)
+    shutil.rmtree(work / "optimum", ignore_errors=True)  # ORTQuantizer refuses a folder that holds two models
     proc = subprocess.run([str(py), str(work / "peer_optimum.py"), str(src), str(work / "optimum")],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
