@@ -73,9 +73,13 @@ def propose(space: SearchSpace) -> list[Candidate]:
 
 
 def _to_onnx(space: SearchSpace) -> list[Config]:
+    """Export PyTorch models; normalise ONNX files (opset, constant weights -> initializers, shapes) first."""
+    from slimforge.convert.normalize import NormalizeConfig
     from slimforge.convert.onnx import ExportConfig
 
-    return [ExportConfig()] if space.art.format in (Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT) else []
+    if space.art.format in (Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT):
+        return [ExportConfig()]
+    return [NormalizeConfig()] if space.art.format is Format.ONNX else []
 
 
 def _to_openvino(space: SearchSpace) -> list[Config] | None:
@@ -117,9 +121,15 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
         # convolutions stay float under dynamic INT8 (ConvInteger is slow on CPUs); static QDQ quantizes them
         yield Candidate("onnxruntime int8 dynamic", (*onnx, DynamicQuantConfig(per_channel=True, min_cosine=0.0)),
                         "onnxruntime", "int8", cost=2, optional=(g,))
-        if space.has_data:
-            yield Candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
-                calibration=Calibration.MINMAX, per_channel=True, op_types=ops, min_cosine=0.0)),
+        yield Candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
+            calibration=Calibration.MINMAX, per_channel=True, op_types=ops, min_cosine=0.0)),
+            "onnxruntime", "int8", cost=4, needs_data=True, optional=(g,))
+        family = space.extra.get("family")
+        sensitive = tuple(space.extra.get("sensitive_nodes") or ())
+        if family in ("cnn", "detector") and sensitive:
+            # heads (the last layers, Sigmoid/Softmax regions) stay in float: where INT8 hurts detections most
+            yield Candidate("onnxruntime int8 static, head in float", (*onnx, StaticQuantConfig(
+                calibration=Calibration.MINMAX, per_channel=True, exclude=sensitive, min_cosine=0.0)),
                 "onnxruntime", "int8", cost=4, needs_data=True, optional=(g,))
         yield Candidate("onnxruntime int4 weights", (*onnx, WeightOnlyConfig(bits=4, min_cosine=0.0)),
                         "onnxruntime", "int4", cost=3, optional=(g,), after="onnxruntime int8 dynamic")
@@ -137,10 +147,9 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
                         "int4", cost=3, after="openvino int8 weights")
         yield Candidate("openvino bf16", (*ov, CastConfig(dtype="bf16", min_cosine=0.0)), "openvino", "bf16",
                         cost=2)
-        if space.has_data:
-            yield Candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
-                calibration=Calibration.MINMAX, per_channel=True, min_cosine=0.0)), "openvino", "int8", cost=5,
-                needs_data=True)
+        yield Candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
+            calibration=Calibration.MINMAX, per_channel=True, min_cosine=0.0)), "openvino", "int8", cost=5,
+            needs_data=True)
     if space.is_torch:
         yield Candidate("torch int8 dynamic", (DynamicQuantConfig(per_channel=True, min_cosine=0.0),), "torch",
                         "int8", cost=2)

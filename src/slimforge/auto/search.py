@@ -128,10 +128,10 @@ class StepCache:
 
 
 class _Synthetic:
-    """Synthesised inputs when the user gives no data (fidelity is then measured on them)."""
+    """Synthesised inputs when the user gives no data (calibration and fidelity then use them)."""
 
-    def __init__(self, art: Artifact, n: int = 64) -> None:
-        self.art, self.n, self.name = art, n, "synthesized inputs"
+    def __init__(self, art: Artifact, n: int = 64, seed: int = 0) -> None:
+        self.art, self.n, self.name, self.seed = art, n, "synthesized inputs", seed
 
     def __len__(self) -> int:
         return self.n
@@ -140,11 +140,13 @@ class _Synthetic:
         from slimforge.io.data import Batch
         from slimforge.io.synth import synthesize
 
-        left = min(self.n, limit or self.n)
+        left, i = min(self.n, limit or self.n), 0
         while left > 0:
             b = min(batch_size, left)
-            yield Batch(feeds=synthesize(self.art.io, batch=b, seq=64, examples=self.art.examples, meta=self.art.meta))
+            yield Batch(feeds=synthesize(self.art.io, batch=b, seq=64, examples=self.art.examples, meta=self.art.meta,
+                                         seed=self.seed * 1000 + i))
             left -= b
+            i += 1
 
 
 class _Slice:
@@ -240,9 +242,19 @@ class SearchResult:
 
 
 def _quality(ref: list[np.ndarray], cand: list[np.ndarray], labels: np.ndarray | None, task: str) -> dict[str, float]:
+    """The task's metrics, plus the relative output error (L2 of the difference over L2 of the reference, worst
+    output): cosine alone hides errors in outputs dominated by a few large values, such as box coordinates."""
     from slimforge.evaluation.run import quality_metrics
 
-    return {k: float(v.value) for k, v in quality_metrics(task, cand, ref, labels).items()}
+    out = {k: float(v.value) for k, v in quality_metrics(task, cand, ref, labels).items()}
+    rel = []
+    for r, c in zip(ref, cand):
+        r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
+        if r64.shape == c64.shape and r64.size and np.linalg.norm(r64) > 0:
+            rel.append(float(np.linalg.norm(r64 - c64) / np.linalg.norm(r64)))
+    if rel:
+        out["rel_error"] = max(rel)
+    return out
 
 
 def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals | None = None, data: Any = None,
@@ -265,8 +277,9 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
         notes.append(f"data split: {len(train_ds)} examples for calibration and training, the last {len(eval_ds)} "
                      "held out for evaluation")
     if data is None:
-        notes.append("no data given: fidelity is measured on synthesised inputs, and static quantization and "
-                     "training are not tried")
+        notes.append("no data given: calibration and fidelity use inputs synthesised from the input names, dtypes "
+                     "and shapes; training is not tried")
+        train_ds = _Synthetic(model, n=64, seed=1)  # calibration only: a different draw from the evaluation set
     root = cache_root() if use_cache else None
     cache = StepCache(root)
     base_key = _sha(fingerprint(model), SEARCH_VERSION)
@@ -323,9 +336,18 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
         budget_q = float(str(goals.max_accuracy_drop)[:-1]) / 100.0
     elif goals.min_cosine is not None:
         budget_q = 1.0 - goals.min_cosine
-    space = SearchSpace(art=model, target=tgt, machine=machine, has_data=data is not None,
-                        has_labels=labels is not None, train_seconds=train_s,
-                        time_left_s=deadline - time.perf_counter(), quality_budget=budget_q)
+    extra: dict[str, Any] = {}
+    if model.format is Format.ONNX and model.path is not None:
+        from slimforge.convert.info import onnx_info, sensitive_nodes
+
+        info = onnx_info(model.path)
+        extra = {"family": info["family"], "sensitive_nodes": sensitive_nodes(model.path)}
+        notes.append(f"model family (guessed from its ops): {info['family']}; opset {info['opset'].get('ai.onnx')}, "
+                     f"producer '{info['producer'] or '?'}', weights "
+                     f"{'in initializers' if info['weights_are_initializers'] else 'computed by nodes: normalised'}")
+    space = SearchSpace(art=model, target=tgt, machine=machine, has_data=True,
+                        has_labels=labels is not None, train_seconds=train_s if data is not None else None,
+                        time_left_s=deadline - time.perf_counter(), quality_budget=budget_q, extra=extra)
     candidates = propose(space)
     evaluated: list[Evaluated] = []
     by_name: dict[str, Evaluated] = {}
@@ -351,8 +373,8 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
                                                                       if g.name.startswith(("accuracy", "cosine"))):
             ev.status, ev.reason = "skipped", f"dominated: the milder '{parent.name}' already misses the quality goal"
             continue
-        if cand.needs_data and data is None:
-            ev.status, ev.reason = "skipped", "needs calibration/training data (--data)"
+        if cand.trains and data is None:
+            ev.status, ev.reason = "skipped", "trains: needs training data (--data)"
             continue
         if left <= 0 or (cand.trains and train_s is not None and train_s * 15 > left):
             ev.status, ev.reason = "skipped", f"time budget: {max(left, 0):.0f} s left"
@@ -374,6 +396,9 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
         slower = [b for b in batch_sizes if ev.latency[b]["p50"] > base_latency(b)]
         if missed_q:
             ev.status, ev.reason = "rejected", "; ".join(g.describe() for g in missed_q)
+            where = _divergence_hint(model, art, eval_ds)
+            if where:
+                ev.reason += f"; {where}"
         elif slower:
             ev.status = "rejected"
             ev.reason = "slower than the baseline at batch " + ", ".join(
@@ -399,10 +424,18 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
         verification = _verify(model, best.artifact, base_rt, best.candidate.runtime, eval_ds, eval_limit, task,
                                labels, goals)
     goal_results = best.goals if best is not None else assess(goals, base_doc, base_doc, goal_batch)
+    fallback = model
     if best is None:
         notes.append("no gain on this target: no candidate met the quality goals and beat the baseline; the "
-                     "original model is handed back")
-    return SearchResult(artifact=best.artifact if best is not None else model, baseline=model, target=tgt,
+                     "original model is handed back" + (", normalised" if model.format is Format.ONNX else ""))
+        if model.format is Format.ONNX:
+            from slimforge.convert.normalize import NormalizeConfig
+
+            try:
+                fallback, _ = cache.build(model, base_key, (NormalizeConfig(),), ctx)
+            except (SlimforgeError, RuntimeError, ValueError, OSError):
+                fallback = model
+    return SearchResult(artifact=best.artifact if best is not None else fallback, baseline=model, target=tgt,
                         goals=goals, goal_batch=goal_batch, baseline_measurement={**base_doc, "runtime": base_rt},
                         evaluated=evaluated, best=best, goal_results=goal_results, notes=notes,
                         verification=verification, seconds=time.perf_counter() - t0, machine=machine.to_dict(),
@@ -520,6 +553,22 @@ def _lost_to(ev: Evaluated, best: Evaluated) -> str:
     parts = ", ".join(f"batch {b}: {v['p50']:.2f} vs {best.latency[b]['p50']:.2f} ms" for b, v in ev.latency.items()
                       if b in best.latency)
     return f"meets the quality goals; the chosen '{best.candidate.name}' is faster overall ({parts})"
+
+
+def _divergence_hint(model: Artifact, art: Artifact, ds: Any) -> str:
+    """For an ONNX candidate that drifted: the first node whose output error jumps (what to keep in float)."""
+    if model.format is not Format.ONNX or art.format is not Format.ONNX or art.path is None or model.path is None:
+        return ""
+    from slimforge.convert.divergence import first_divergence
+
+    try:
+        feeds = next(ds.batches(4)).feeds
+        found = first_divergence(model.path, art.path, feeds)
+    except Exception as exc:  # noqa: BLE001 - a hint only
+        log.info("divergence analysis failed: %s", exc)
+        return ""
+    return f"first divergent node: {found['node']} ({found['op_type']}, relative error {found['rel_error']:.3g})" \
+        if found else ""
 
 
 def _verify(model: Artifact, art: Artifact, base_rt: str, rt: str, ds: Any, limit: int, task: str, labels: Any,

@@ -16,7 +16,7 @@ from slimforge.errors import ConfigError, SlimforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained models smaller and faster, verified and measured on your hardware.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get wide tables
 err_console = Console(stderr=True)
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model: ONNX file, HF folder, TorchScript .pt, .pt2, "

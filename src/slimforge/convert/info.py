@@ -51,9 +51,17 @@ def onnx_info(path: Path) -> dict[str, Any]:
     constant_weights = sum(1 for n in model.graph.node if n.op_type == "Constant")
     domains = sorted({n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     io = onnx_io(path)
+    from slimforge.convert.normalize import computed_weights
+
+    computed = computed_weights(model)
+    dynamic = sorted({d for t in (*io.inputs, *io.outputs) for d in t.shape if isinstance(d, str) and d})
     return {
         "format": "onnx",
         "path": str(path),
+        "family": guess_family(ops, io),
+        "weights_are_initializers": not computed,
+        "computed_weights": computed[:20],
+        "dynamic_dims": dynamic,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
         "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
         "inputs": [t.to_dict() for t in io.inputs],
@@ -66,6 +74,61 @@ def onnx_info(path: Path) -> dict[str, Any]:
         "nodes": sum(ops.values()),
         "op_histogram": dict(ops.most_common()),
     }
+
+
+def guess_family(ops: collections.Counter[str] | dict[str, int], io: IOSpec) -> str:
+    """A guess of the model family from its ops and IO names: ``rnn/stateful``, ``detector``, ``transformer``,
+    ``cnn``, ``mlp`` or ``unknown``.
+
+    Example:
+        >>> guess_family({"Conv": 20, "Relu": 20, "Gemm": 1}, IOSpec((), ()))
+        'cnn'
+    """
+    import re
+
+    n = collections.Counter(ops)
+    names = " ".join(t.name.lower() for t in (*io.inputs, *io.outputs))
+    state_io = re.search(r"state|hidden|\bh0\b|\bc0\b|cache|past", names)
+    if n["LSTM"] or n["GRU"] or n["RNN"] or state_io:
+        return "rnn/stateful"
+    conv = n["Conv"] + n["ConvTranspose"]
+    if conv and (n["NonMaxSuppression"] or re.search(r"box|detection|anchor", names)
+                 or (n["Sigmoid"] and n["Concat"] >= 2 and (n["Reshape"] + n["Transpose"]) >= 2 and len(io.outputs) >= 1
+                     and n["GlobalAveragePool"] == 0 and n["Gemm"] == 0)):
+        return "detector"
+    matmul = n["MatMul"] + n["Gemm"] + n["com.microsoft.Attention"] + n["Attention"]
+    if matmul >= 4 and (n["Softmax"] or n["com.microsoft.Attention"]) and (
+            n["LayerNormalization"] or n["ReduceMean"] or n["com.microsoft.SkipLayerNormalization"]):
+        return "transformer"
+    if conv:
+        return "cnn"
+    if matmul:
+        return "mlp"
+    return "unknown"
+
+
+def sensitive_nodes(path: Path, *, depth: int = 1) -> list[str]:
+    """Nodes a quantizer should keep in float: the last ``depth`` compute layers (Conv/Gemm/MatMul) on the way to
+    every graph output (classifier and detection heads), and the Sigmoid/Softmax between them and the outputs."""
+    onnx = require("onnx", extra="onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out: list[str] = []
+    seen: set[str] = set()
+    stack = [(o.name, 0) for o in model.graph.output]
+    while stack:
+        tensor, found = stack.pop()
+        node = producer.get(tensor)
+        if node is None or (node.name, found) in seen:
+            continue
+        seen.add((node.name, found))  # type: ignore[arg-type]
+        compute = node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+        if (compute or node.op_type in ("Sigmoid", "Softmax")) and node.name and node.name not in out:
+            out.append(node.name)
+        if compute and found + 1 >= depth:
+            continue
+        stack.extend((i, found + (1 if compute else 0)) for i in node.input if i)
+    return out
 
 
 def _count_ops(graph: Any, ops: collections.Counter[str]) -> None:

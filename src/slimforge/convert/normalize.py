@@ -114,6 +114,14 @@ def _constants_to_initializers(onnx: Any, src: Path, dst: Path) -> None:
             while name in rename:
                 name = rename[name]
             n.input[i] = name
+    used = {n.name for n in keep if n.name}
+    for i, n in enumerate(keep):  # unnamed nodes get names, so that a search can keep them in float by name
+        if not n.name:
+            name = f"{n.op_type}_{i}"
+            while name in used:
+                name += "_"
+            n.name = name
+            used.add(name)
     del g.node[:]
     g.node.extend(keep)
     onnx.save_model(model, str(dst))

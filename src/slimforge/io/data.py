@@ -142,7 +142,10 @@ def image_preprocess_for(art: Artifact) -> dict[str, Any]:
     if len(shape) != 4:
         raise DataError(f"{art.name}: image data needs a model with one [N, C, H, W] input, its input "
                         f"'{spec.name}' has shape {list(spec.shape)}")
-    c, h, w = (int(d) for d in shape[1:])
+    dims = [d if isinstance(d, (int, np.integer)) and d > 0 else None for d in shape[1:]]
+    c = int(dims[0]) if dims[0] else 3
+    h = int(dims[1]) if dims[1] else 224  # symbolic height/width: the common 224
+    w = int(dims[2]) if dims[2] else h
     return {"kind": "image", "resize": min(h, w), "crop": min(h, w), "size": (h, w), "channels": c,
             "mean": [0.0] * c, "std": [1.0] * c, "rescale": 1 / 255}
 

@@ -71,11 +71,32 @@ def synthesize(io: IOSpec, *, batch: int = 1, seq: int = 16, examples: Mapping[s
     return feeds
 
 
+_STATE = re.compile(r"state|hidden|^h0?$|^c0?$|^h_|^c_|cache|past|memory|carry", re.I)
+_RATE = re.compile(r"sample_?rate|^sr$|sampling", re.I)
+_AUDIO = re.compile(r"audio|wave|pcm|signal|speech|frames?$", re.I)
+_IMAGE = re.compile(r"image|img|pixel|input_1|^x$|^input$|^data$|images", re.I)
+
+
 def _values(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, vocab: int) -> np.ndarray:
+    """Values that look like what the input means, read from its name, dtype and shape: token ids (in the
+    vocabulary), masks of ones, segment ids of zeros, positions; RNN/KV state as zeros; a sample rate of 16 kHz;
+    audio as a few tones with noise; images in [0, 1]; other floats ~N(0, 1)."""
     name = spec.name.lower()
     dtype = np.dtype(spec.dtype)
     if dtype == np.bool_:
         return np.ones(shape, dtype=bool)
+    if _RATE.search(name):
+        return np.full(shape, 16000, dtype=dtype)
+    if _STATE.search(name) and not ("mask" in name):
+        return np.zeros(shape, dtype=dtype)
+    if len(shape) == 0:  # other scalars: a neutral 1
+        return np.ones(shape, dtype=dtype)
+    if np.issubdtype(dtype, np.floating) and _AUDIO.search(name):
+        t = np.arange(shape[-1], dtype=np.float64) / 16000.0
+        tones = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 440.0, 1000.0)) / 3.0
+        return (0.3 * np.broadcast_to(tones, shape) + 0.01 * rng.standard_normal(shape)).astype(dtype)
+    if np.issubdtype(dtype, np.floating) and len(shape) == 4 and shape[1] in (1, 3, 4) and _IMAGE.search(name):
+        return rng.random(shape).astype(dtype)
     if np.issubdtype(dtype, np.integer):
         if "mask" in name:
             return np.ones(shape, dtype=dtype)
