@@ -126,3 +126,17 @@ def test_divergence_names_the_node_with_a_corrupted_scale(files, tmp_path):
     found = first_divergence(files["cnn"], broken, feeds)
     assert found is not None and found["node"] == target.name, (found, target.name)
     assert first_divergence(files["cnn"], q.path, feeds) is None  # the healthy INT8 model has no jump
+
+
+def test_stateful_model_calibrates_on_consecutive_steps(files):
+    from slimforge.auto.search import _Synthetic
+    from slimforge.io.synth import state_pairs
+
+    art = slimforge.load(files["stateful"])
+    assert state_pairs(art.io) == {"state": 1}
+    batches = [b.feeds for b in _Synthetic(art, n=12, steps=3).batches(4)]
+    assert len(batches) == 3 and not batches[0]["state"].any()  # a sequence starts from a zero state
+    assert int(batches[0]["sample_rate"]) == 16000 and batches[0]["audio"].std() > 0.1
+    sess = slimforge.open_session(art)
+    for prev, cur in zip(batches, batches[1:]):  # each step gets the state the model returned at the step before
+        np.testing.assert_allclose(cur["state"], sess.run(prev)[1], rtol=1e-5, atol=1e-6)

@@ -128,10 +128,16 @@ class StepCache:
 
 
 class _Synthetic:
-    """Synthesised inputs when the user gives no data (calibration and fidelity then use them)."""
+    """Synthesised inputs when the user gives no data (calibration and fidelity then use them). For recurrent
+    models (state inputs with matching state outputs) the batches are consecutive steps: each step's state input is
+    the state the model returned at the step before, so calibration sees the states the model really reaches."""
 
-    def __init__(self, art: Artifact, n: int = 64, seed: int = 0) -> None:
-        self.art, self.n, self.name, self.seed = art, n, "synthesized inputs", seed
+    def __init__(self, art: Artifact, n: int = 64, seed: int = 0, steps: int = 8) -> None:
+        from slimforge.io.synth import state_pairs
+
+        self.art, self.n, self.name, self.seed, self.steps = art, n, "synthesized inputs", seed, steps
+        self.pairs = state_pairs(art.io)
+        self._session: Any = None
 
     def __len__(self) -> int:
         return self.n
@@ -141,10 +147,21 @@ class _Synthetic:
         from slimforge.io.synth import synthesize
 
         left, i = min(self.n, limit or self.n), 0
+        state: dict[str, np.ndarray] = {}
         while left > 0:
             b = min(batch_size, left)
-            yield Batch(feeds=synthesize(self.art.io, batch=b, seq=64, examples=self.art.examples, meta=self.art.meta,
-                                         seed=self.seed * 1000 + i))
+            feeds = synthesize(self.art.io, batch=b, seq=64, examples=self.art.examples, meta=self.art.meta,
+                               seed=self.seed * 1000 + i)
+            if self.pairs and i % self.steps:  # carry the state of the previous step (same batch size)
+                feeds.update({k: v for k, v in state.items() if v.shape[0] == b})
+            if self.pairs:
+                if self._session is None:
+                    from slimforge.runtimes import open_session
+
+                    self._session = open_session(self.art)
+                outs = self._session.run(feeds)
+                state = {name: outs[j] for name, j in self.pairs.items()}
+            yield Batch(feeds=feeds)
             left -= b
             i += 1
 

@@ -107,3 +107,27 @@ def _values(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, 
         low = min(100, vocab // 2)
         return rng.integers(low, max(low + 1, vocab), size=shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
+
+
+def state_pairs(io: IOSpec) -> dict[str, int]:
+    """Recurrent state: each input that looks like a state (by name) paired with the index of the output that
+    carries its next value (same rank and fixed dims; the output's name contains the input's, or is a state too).
+
+    Example:
+        >>> io = IOSpec(inputs=(TensorSpec("x", ("b", 8), "float32"), TensorSpec("state", ("b", 4), "float32")),
+        ...             outputs=(TensorSpec("y", ("b", 2), "float32"), TensorSpec("state_out", ("b", 4), "float32")))
+        >>> state_pairs(io)
+        {'state': 1}
+    """
+    pairs: dict[str, int] = {}
+    for spec in io.inputs:
+        if not _STATE.search(spec.name.lower()):
+            continue
+        fixed = [d for d in spec.shape[1:] if isinstance(d, int)]
+        for j, out in enumerate(io.outputs):
+            same = len(out.shape) == len(spec.shape) and [d for d in out.shape[1:] if isinstance(d, int)] == fixed
+            named = spec.name.lower() in out.name.lower() or _STATE.search(out.name.lower())
+            if same and named and j not in pairs.values():
+                pairs[spec.name] = j
+                break
+    return pairs
