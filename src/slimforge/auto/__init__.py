@@ -103,7 +103,9 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
                     baseline_runtime=res.baseline_measurement["runtime"],
                     batch_sizes=tuple(sorted(res.best.latency)) if res.best else tuple(res.target.batch_sizes),
                     threads=res.target.threads, name=f"auto-{res.target.name}",
-                    source=_source_of(base))
+                    source=_source_of(base),
+                    data=str(Path(data).resolve()) if isinstance(data, (str, Path)) else
+                    ("synthesized" if data is None and ds is None else None))
     (out_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     report = rep.build(res, recipe=recipe.to_dict(), artifact_path=art_path,
                        data_name=getattr(ds, "name", None))

@@ -333,8 +333,15 @@ def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the rec
     if not the_recipe.steps:
         raise ConfigError(f"{recipe}: the recipe has no steps (its search found no gain on its target)")
     art = _load(source, None)
+    dataset: Any = data
+    if dataset is None and the_recipe.data == "synthesized":  # the search calibrated on synthesised inputs
+        from slimforge.auto.search import _Synthetic
+
+        dataset = _Synthetic(art, n=64, seed=1)
+    elif dataset is None and the_recipe.data:
+        dataset = Path(the_recipe.data)
     with progress_bars(err_console) as progress:
-        res = api_optimize(art, data=data, output_dir=output_dir, recipe=the_recipe, progress=progress)
+        res = api_optimize(art, data=dataset, output_dir=output_dir, recipe=the_recipe, progress=progress)
     _print_checks(res.artifact)
     print_comparison(res.report)
     console.print(f"artifact: {res.paths['artifact']}")

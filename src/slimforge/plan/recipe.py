@@ -31,6 +31,7 @@ class Recipe:
     threads: int | None = None
     name: str = "default"
     source: str | None = None  # the model it was made for (a path); ``slimforge run`` uses it when given no model
+    data: str | None = None  # the calibration data it was made with: a path, or "synthesized"
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
@@ -42,6 +43,7 @@ class Recipe:
         return {"version": RECIPE_VERSION, "name": self.name, "runtime": self.runtime,
                 "baseline_runtime": self.baseline_runtime, "batch_sizes": list(self.batch_sizes),
                 "threads": self.threads, **({"source": self.source} if self.source else {}),
+                **({"data": self.data} if self.data else {}),
                 "steps": [s.to_dict() for s in self.steps]}
 
     @staticmethod
@@ -56,7 +58,7 @@ class Recipe:
                       baseline_runtime=str(data.get("baseline_runtime", "torch")),
                       batch_sizes=tuple(int(b) for b in data.get("batch_sizes", (1, 32))),
                       threads=data.get("threads"), name=str(data.get("name", "default")),
-                      source=data.get("source"))
+                      source=data.get("source"), data=data.get("data"))
 
     def to_yaml(self) -> str:
         import yaml
