@@ -27,6 +27,7 @@ class Candidate:
     needs_data: bool = False
     trains: bool = False
     after: str | None = None  # skip when this candidate already missed the quality goals
+    unless: str | None = None  # skip when this (cheaper) candidate already met them
     optional: tuple[int, ...] = ()  # indices of steps kept only if they make the result faster (graph passes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +140,7 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
             yield Candidate("onnxruntime int8 dynamic, mixed precision", (*onnx, MixedPrecisionConfig(
                 base="dynamic", max_drop=space.quality_budget, metric="cosine",
                 op_types=("MatMul",) if space.text else ())), "onnxruntime", "int8", cost=6,
-                needs_data=True, optional=(g,))
+                needs_data=True, optional=(g,), unless="onnxruntime int8 dynamic")
     if ov is not None:
         yield Candidate("openvino int8 weights", (*ov, WeightOnlyConfig(bits=8, min_cosine=0.0)), "openvino",
                         "int8-weight", cost=2)

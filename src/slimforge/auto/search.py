@@ -390,6 +390,10 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
                                                                       if g.name.startswith(("accuracy", "cosine"))):
             ev.status, ev.reason = "skipped", f"dominated: the milder '{parent.name}' already misses the quality goal"
             continue
+        cheaper = by_name.get(cand.unless or "")
+        if cheaper is not None and cheaper.status == "accepted":
+            ev.status, ev.reason = "skipped", f"not needed: '{cheaper.name}' already meets the quality goals"
+            continue
         if cand.trains and data is None:
             ev.status, ev.reason = "skipped", "trains: needs training data (--data)"
             continue

@@ -56,17 +56,21 @@ class Target:
 PRESETS: dict[str, Target] = {
     "cpu": Target(name="cpu", description="a CPU machine, latency at batch 1 and throughput at batch 32",
                   runtimes=("onnxruntime", "openvino", "torch"),
-                  precisions=("fp32", "int8", "int8-weight", "bf16"), batch_sizes=(1, 32)),
+                  precisions=("fp32", "int8", "int8-weight", "bf16"), batch_sizes=(1, 32),
+                  goals={"max_accuracy_drop": "1%"}),
     "server": Target(name="server", description="a many-core server CPU, batched throughput",
                      runtimes=("openvino", "onnxruntime", "torch"),
-                     precisions=("fp32", "int8", "int8-weight", "bf16"), batch_sizes=(8, 64)),
+                     precisions=("fp32", "int8", "int8-weight", "bf16"), batch_sizes=(8, 64),
+                     goals={"max_accuracy_drop": "1%"}),
     "edge": Target(name="edge", description="an edge box: few cores, batch 1, small memory",
                    runtimes=("onnxruntime", "openvino"), precisions=("fp32", "int8", "int8-weight", "int4"),
-                   batch_sizes=(1,), threads=2),
+                   batch_sizes=(1,), threads=2, goals={"max_accuracy_drop": "1%"}),
     "mobile": Target(name="mobile", description="a phone-class device: one thread, batch 1, small file",
-                     runtimes=("onnxruntime",), precisions=("fp32", "int8", "int4"), batch_sizes=(1,), threads=1),
+                     runtimes=("onnxruntime",), precisions=("fp32", "int8", "int4"), batch_sizes=(1,), threads=1,
+                     goals={"max_accuracy_drop": "2%"}),
     "gpu": Target(name="gpu", description="an NVIDIA GPU", device="cuda", runtimes=("torch",),
-                  precisions=("fp32", "fp16", "bf16", "fp8"), batch_sizes=(1, 32), training=True),
+                  precisions=("fp32", "fp16", "bf16", "fp8"), batch_sizes=(1, 32), training=True,
+                  goals={"max_accuracy_drop": "1%"}),
 }
 
 
