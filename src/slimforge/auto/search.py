@@ -255,7 +255,8 @@ class SearchResult:
 
     @property
     def goals_met(self) -> bool:
-        return self.best is not None and all(g.met for g in self.goal_results)
+        """Every goal met by what is handed back (the winner, or the original when nothing helps)."""
+        return all(g.met for g in self.goal_results)
 
 
 def _quality(ref: list[np.ndarray], cand: list[np.ndarray], labels: np.ndarray | None, task: str) -> dict[str, float]:
@@ -388,11 +389,13 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
         parent = by_name.get(cand.after or "")
         if parent is not None and parent.status == "rejected" and any(not g.met for g in parent.goals
                                                                       if g.name.startswith(("accuracy", "cosine"))):
-            ev.status, ev.reason = "skipped", f"dominated: the milder '{parent.name}' already misses the quality goal"
+            ev.status = "skipped"
+            ev.reason = f"dominated: the milder '{parent.candidate.name}' already misses the quality goal"
             continue
         cheaper = by_name.get(cand.unless or "")
         if cheaper is not None and cheaper.status == "accepted":
-            ev.status, ev.reason = "skipped", f"not needed: '{cheaper.name}' already meets the quality goals"
+            ev.status = "skipped"
+            ev.reason = f"not needed: '{cheaper.candidate.name}' already meets the quality goals"
             continue
         if cand.trains and data is None:
             ev.status, ev.reason = "skipped", "trains: needs training data (--data)"
@@ -428,7 +431,15 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
             ev.status = "accepted"
     ctx.report_progress("search", len(candidates), len(candidates))
 
-    _runoff([e for e in evaluated if e.status == "accepted"], base_doc, feeds, batch_sizes, tgt.threads, ctx)
+    _runoff([e for e in evaluated if e.status == "accepted"], base_doc, feeds, batch_sizes, tgt.threads, ctx,
+            baseline=(model, base_rt))
+    for ev in evaluated:  # the no-slowdown rule again, on the side-by-side timings
+        if ev.status == "accepted" and ev.latency.get(batch_sizes[0], {}).get("runoff"):
+            slower = [b for b in batch_sizes if ev.latency[b]["p50"] > base_latency(b)]
+            if slower:
+                ev.status = "rejected"
+                ev.reason = "slower than the baseline when timed side by side at batch " + ", ".join(
+                    f"{b} ({ev.latency[b]['p50']:.2f} vs {base_latency(b):.2f} ms)" for b in slower)
     _mark_pareto(evaluated, goal_batch, labels is not None)
     best = _choose(evaluated, goal_batch, goals.latency_stat, base_doc)
     if best is not None:
@@ -500,20 +511,24 @@ def _choose(evaluated: list[Evaluated], batch: int, stat: str, base_doc: dict[st
 
 
 def _runoff(accepted: list[Evaluated], base_doc: dict[str, Any], feeds: Any, batch_sizes: tuple[int, ...],
-            threads: int | None, ctx: RunContext, finalists: int = 4, rounds: int = 3) -> None:
-    """Re-time the leading candidates side by side (interleaved rounds) so that the choice between close ones is
-    not decided by noise from one measurement each; their latencies become the medians of the rounds."""
+            threads: int | None, ctx: RunContext, finalists: int = 6, rounds: int = 3,
+            baseline: tuple[Artifact, str] | None = None) -> None:
+    """Re-time the leading candidates and the baseline side by side (interleaved rounds), so that neither the
+    choice between close candidates nor the no-slowdown rule is decided by noise from one measurement each; their
+    latencies become the medians of the rounds."""
     from slimforge.bench.timing import Timing, time_session
     from slimforge.runtimes import open_session
 
     lead = sorted(accepted, key=lambda e: -_speedup(e, base_doc))[:finalists]
-    if len(lead) < 2:
+    if not lead:
         return
     spec = BenchSpec(warmup=2, repeats=10, min_time_s=0.2, max_time_s=4.0)
     sessions = []
     try:
         for e in lead:
             sessions.append(open_session(e.artifact, e.candidate.runtime, threads=threads))
+        if baseline is not None:
+            sessions.append(open_session(baseline[0], baseline[1], threads=threads))
         by_batch = {b: feeds(b) for b in batch_sizes}
         samples: dict[tuple[int, int], list[float]] = {}
         for r in range(rounds):
@@ -533,6 +548,10 @@ def _runoff(accepted: list[Evaluated], base_doc: dict[str, Any], feeds: Any, bat
         for b in batch_sizes:
             med = Timing.from_samples(samples[(i, b)]).p50
             e.latency[b] = {**e.latency[b], "p50": med, "runoff": True}
+    if baseline is not None:
+        for b in batch_sizes:
+            base_doc["latency"][b] = {**base_doc["latency"][b], "p50": Timing.from_samples(
+                samples[(len(lead), b)]).p50, "runoff": True}
 
 
 def _ablate(best: Evaluated, evaluated: list[Evaluated], model: Artifact, base_key: str, cache: StepCache,
