@@ -8,6 +8,7 @@ PINNED = [
     "SlimforgeError", "Step", "TechniqueFailed", "TensorSpec", "Timing", "UnsupportedModelError",
     "VerificationError", "__version__", "benchmark", "evaluate", "export", "info", "load", "load_data",
     "open_session", "optimize", "quantize", "save", "prune", "distill", "lowrank", "fuse",
+    "AutoResult", "Goals", "Target", "auto_optimize_for_deployment", "load_optimized",
 ]
 
 
