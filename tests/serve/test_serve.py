@@ -81,7 +81,8 @@ def test_predict_equals_offline_and_tritonclient_and_metrics(minilm_artifact):
 
 
 def test_dynamic_batching_groups_concurrent_requests(minilm_artifact):
-    _, out_dir = minilm_artifact
+    art, out_dir = minilm_artifact
+    own = _offline(art, SENTENCES)[0]
 
     def fire(url, n=24):
         with concurrent.futures.ThreadPoolExecutor(n) as pool:
@@ -94,8 +95,10 @@ def test_dynamic_batching_groups_concurrent_requests(minilm_artifact):
         assert all(r.status_code == 200 for r in res)
         rows = [r.json()["batch_rows"] for r in res]
         assert max(rows) > 1 and max(rows) <= 16
-        embs = {tuple(np.round(r.json()["outputs"]["embedding"][0][:4], 4)) for r in res}
-        assert len(embs) == 3  # split back correctly: three distinct sentences, three distinct embeddings
+        for i, r in enumerate(res):  # split back correctly: each answer is its own sentence's embedding (dynamic
+            emb = np.asarray(r.json()["outputs"]["embedding"], np.float32)  # INT8 scales depend on the batch: close,
+            sims = cosine_similarity(np.repeat(emb, 3, 0), own)             # not bit-equal)
+            assert sims.argmax() == i % 3 and sims[i % 3] > 0.99, (i, sims)
     with running_server(ServeConfig(paths=[str(out_dir)], max_batch=1)) as url:
         assert {r.json()["batch_rows"] for r in fire(url, 8)} == {1}
 
