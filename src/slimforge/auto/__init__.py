@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from slimforge.auto.goals import GoalResult, Goals
+from slimforge.auto.goals import Goals
 from slimforge.auto.search import FAST_SPEC, SEARCH_VERSION, _sha, cache_root, data_fingerprint, fingerprint, search
 from slimforge.auto.targets import PRESETS, Target, get_target
 from slimforge.bench.timing import BenchSpec
@@ -121,11 +121,8 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
 
 
 def _source_of(art: Artifact) -> str | None:
-    if art.source_id.startswith(("file:", "hf:")):
-        from slimforge.io.models import default_model_path
-
-        path = art.meta.get("source_path") or (str(art.path) if art.path else None)
-        return path or str(default_model_path())
+    if art.source_id.startswith(("file:", "hf:")) and art.path is not None:
+        return str(art.path)
     return None
 
 

@@ -24,7 +24,6 @@ class Candidate:
     runtime: str
     precision: str = "fp32"
     cost: int = 1  # relative expense: 1 conversion, 2 dynamic quantization, 3 calibration, 10+ training
-    needs_data: bool = False
     trains: bool = False
     after: str | None = None  # skip when this candidate already missed the quality goals
     unless: str | None = None  # skip when this (cheaper) candidate already met them
@@ -42,7 +41,6 @@ class SearchSpace:
     art: Artifact
     target: Any  # targets.Target
     machine: Any  # targets.Machine
-    has_data: bool
     has_labels: bool
     train_seconds: float | None  # estimated seconds of one training epoch on the data (None: no training data)
     time_left_s: float
@@ -124,14 +122,14 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
                         "onnxruntime", "int8", cost=2, optional=(g,))
         yield Candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
             calibration=Calibration.MINMAX, per_channel=True, op_types=ops, min_cosine=0.0)),
-            "onnxruntime", "int8", cost=4, needs_data=True, optional=(g,))
+            "onnxruntime", "int8", cost=4, optional=(g,))
         family = space.extra.get("family")
         sensitive = tuple(space.extra.get("sensitive_nodes") or ())
         if family in ("cnn", "detector") and sensitive:
             # heads (the last layers, Sigmoid/Softmax regions) stay in float: where INT8 hurts detections most
             yield Candidate("onnxruntime int8 static, head in float", (*onnx, StaticQuantConfig(
                 calibration=Calibration.MINMAX, per_channel=True, exclude=sensitive, min_cosine=0.0)),
-                "onnxruntime", "int8", cost=4, needs_data=True, optional=(g,))
+                "onnxruntime", "int8", cost=4, optional=(g,))
         yield Candidate("onnxruntime int4 weights", (*onnx, WeightOnlyConfig(bits=4, min_cosine=0.0)),
                         "onnxruntime", "int4", cost=3, optional=(g,), after="onnxruntime int8 dynamic")
         if space.quality_budget is not None:
@@ -140,7 +138,7 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
             yield Candidate("onnxruntime int8 dynamic, mixed precision", (*onnx, MixedPrecisionConfig(
                 base="dynamic", max_drop=space.quality_budget, metric="cosine",
                 op_types=("MatMul",) if space.text else ())), "onnxruntime", "int8", cost=6,
-                needs_data=True, optional=(g,), unless="onnxruntime int8 dynamic")
+                optional=(g,), unless="onnxruntime int8 dynamic")
     if ov is not None:
         yield Candidate("openvino int8 weights", (*ov, WeightOnlyConfig(bits=8, min_cosine=0.0)), "openvino",
                         "int8-weight", cost=2)
@@ -149,8 +147,7 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
         yield Candidate("openvino bf16", (*ov, CastConfig(dtype="bf16", min_cosine=0.0)), "openvino", "bf16",
                         cost=2)
         yield Candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
-            calibration=Calibration.MINMAX, per_channel=True, min_cosine=0.0)), "openvino", "int8", cost=5,
-            needs_data=True)
+            calibration=Calibration.MINMAX, per_channel=True, min_cosine=0.0)), "openvino", "int8", cost=5)
     if space.is_torch:
         yield Candidate("torch int8 dynamic", (DynamicQuantConfig(per_channel=True, min_cosine=0.0),), "torch",
                         "int8", cost=2)
@@ -160,7 +157,7 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
 def prune_and_distill(space: SearchSpace) -> Iterable[Candidate]:
     """Structured pruning, recovered by distillation from the original, then the best INT8 path: only for PyTorch
     models with training data, when an estimate of the training time fits in the time left."""
-    if not (space.is_torch and space.has_data and space.target.training and space.train_seconds is not None):
+    if not (space.is_torch and space.target.training and space.train_seconds is not None):
         return
     from slimforge.convert.optimize import GraphOptConfig
     from slimforge.techniques.distill.torch_distill import DistillConfig
@@ -173,7 +170,7 @@ def prune_and_distill(space: SearchSpace) -> Iterable[Candidate]:
                DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3))
     onnx = [*_to_onnx(space), GraphOptConfig()]
     yield Candidate("pruned 50% + distilled, onnxruntime fp32", (*trained, *onnx), "onnxruntime", "fp32", cost=20,
-                    needs_data=True, trains=True)
+                    trains=True)
     yield Candidate("pruned 50% + distilled, onnxruntime int8 static", (*trained, *onnx, StaticQuantConfig(
         calibration=Calibration.MINMAX, per_channel=True, op_types=("MatMul",) if space.text else (),
-        min_cosine=0.0)), "onnxruntime", "int8", cost=21, needs_data=True, trains=True)
+        min_cosine=0.0)), "onnxruntime", "int8", cost=21, trains=True)

@@ -336,9 +336,7 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     base_rt = "torch" if model.format is Format.TORCH else default_runtime(model)
     ctx.report_progress("baseline", 0, 1)
     base_doc, ref_outs, _ = measured(model, base_rt, base_key)
-    labels = None
-    if data is not None:
-        labels = collect_outputs(model, eval_ds, runtime=base_rt, limit=eval_limit)[1] if task != "embedding" else None
+    labels = _labels(eval_ds, eval_limit) if data is not None and task != "embedding" else None
     base_doc["quality"] = _quality(ref_outs, ref_outs, labels, task)
     ctx.report_progress("baseline", 1, 1)
 
@@ -363,8 +361,8 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
         notes.append(f"model family (guessed from its ops): {info['family']}; opset {info['opset'].get('ai.onnx')}, "
                      f"producer '{info['producer'] or '?'}', weights "
                      f"{'in initializers' if info['weights_are_initializers'] else 'computed by nodes: normalised'}")
-    space = SearchSpace(art=model, target=tgt, machine=machine, has_data=True,
-                        has_labels=labels is not None, train_seconds=train_s if data is not None else None,
+    space = SearchSpace(art=model, target=tgt, machine=machine, has_labels=labels is not None,
+                        train_seconds=train_s if data is not None else None,
                         time_left_s=deadline - time.perf_counter(), quality_budget=budget_q, extra=extra)
     candidates = propose(space)
     evaluated: list[Evaluated] = []
@@ -376,6 +374,15 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
         """Assess every goal; return the quality goals it misses."""
         ev.goals = assess(goals, ev.measurement(), base_doc, goal_batch)
         return [g for g in assess(quality_goals, ev.measurement(), base_doc, goal_batch) if not g.met]
+
+    def run_candidate(ev: Evaluated) -> list[GoalResult]:
+        """Build, measure and assess ``ev``; returns the quality goals it misses. Build errors propagate."""
+        art, key = cache.build(model, base_key, ev.candidate.steps, ctx)
+        doc, outs, ev.cached = measured(art, ev.candidate.runtime, key)
+        ev.artifact, ev.key = art, key
+        ev.latency, ev.size_mb, ev.peak_memory_mb = doc["latency"], doc["size_mb"], doc.get("peak_memory_mb")
+        ev.quality = _quality(ref_outs, outs, labels, task)
+        return judge(ev)
 
     def base_latency(b: int) -> float:
         return base_doc["latency"][b]["p50"]
@@ -405,18 +412,13 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
             continue
         t = time.perf_counter()
         try:
-            art, key = cache.build(model, base_key, cand.steps, dataclasses.replace(ctx, workdir=ctx.workdir))
-            doc, outs, ev.cached = measured(art, cand.runtime, key)
-        except (SlimforgeError, RuntimeError, ValueError, OSError, ImportError) as exc:
-            ev.status = "failed"
-            ev.reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            missed_q = run_candidate(ev)
+        except _BUILD_ERRORS as exc:
+            ev.status, ev.reason = "failed", _failure(exc)
             ev.seconds = time.perf_counter() - t
             continue
-        ev.artifact, ev.key = art, key
-        ev.latency, ev.size_mb, ev.peak_memory_mb = doc["latency"], doc["size_mb"], doc.get("peak_memory_mb")
-        ev.quality = _quality(ref_outs, outs, labels, task)
-        missed_q = judge(ev)
         ev.seconds = time.perf_counter() - t
+        art = ev.artifact
         slower = [b for b in batch_sizes if ev.latency[b]["p50"] > base_latency(b)]
         if missed_q:
             ev.status, ev.reason = "rejected", "; ".join(g.describe() for g in missed_q)
@@ -443,7 +445,7 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     _mark_pareto(evaluated, goal_batch, labels is not None)
     best = _choose(evaluated, goal_batch, goals.latency_stat, base_doc)
     if best is not None:
-        best = _ablate(best, evaluated, model, base_key, cache, ctx, measured, judge, labels, ref_outs, task)
+        best = _ablate(best, evaluated, run_candidate)
         best.status = "chosen"
         for ev in evaluated:
             if ev.status == "accepted":
@@ -453,8 +455,7 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
                 ev.reason = "on the Pareto front but misses a goal"
     verification = None
     if best is not None and best.artifact is not None:
-        verification = _verify(model, best.artifact, base_rt, best.candidate.runtime, eval_ds, eval_limit, task,
-                               labels, goals)
+        verification = _verify(ref_outs, best.artifact, best.candidate.runtime, eval_ds, eval_limit, goals)
     goal_results = best.goals if best is not None else assess(goals, base_doc, base_doc, goal_batch)
     fallback = model
     if best is None:
@@ -554,39 +555,46 @@ def _runoff(accepted: list[Evaluated], base_doc: dict[str, Any], feeds: Any, bat
                 samples[(len(lead), b)]).p50, "runoff": True}
 
 
-def _ablate(best: Evaluated, evaluated: list[Evaluated], model: Artifact, base_key: str, cache: StepCache,
-            ctx: RunContext, measured: Any, judge: Any, labels: Any, ref_outs: Any, task: str) -> Evaluated:
+def _ablate(best: Evaluated, evaluated: list[Evaluated], run_candidate: Any) -> Evaluated:
     """Keep an optional step of the winner only if the winner is faster with it than without it."""
     for idx in sorted(best.candidate.optional, reverse=True):
         if idx >= len(best.candidate.steps):
             continue
-        steps = best.candidate.steps[:idx] + best.candidate.steps[idx + 1:]
-        variant = dataclasses.replace(best.candidate, name=f"{best.candidate.name} without {best.candidate.steps[idx].kind}",
-                                      steps=steps, optional=())
+        step = best.candidate.steps[idx].kind
+        variant = dataclasses.replace(best.candidate, name=f"{best.candidate.name} without {step}",
+                                      steps=best.candidate.steps[:idx] + best.candidate.steps[idx + 1:], optional=())
         ev = Evaluated(variant)
-        try:
-            art, key = cache.build(model, base_key, steps, ctx)
-            doc, outs, ev.cached = measured(art, variant.runtime, key)
-        except (SlimforgeError, RuntimeError, ValueError, OSError) as exc:
-            ev.status, ev.reason = "failed", str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            evaluated.append(ev)
-            continue
-        ev.artifact, ev.key = art, key
-        ev.latency, ev.size_mb, ev.peak_memory_mb = doc["latency"], doc["size_mb"], doc.get("peak_memory_mb")
-        ev.quality = _quality(ref_outs, outs, labels, task)
-        missed_quality = judge(ev)
         evaluated.append(ev)
+        try:
+            missed_quality = run_candidate(ev)
+        except _BUILD_ERRORS as exc:
+            ev.status, ev.reason = "failed", _failure(exc)
+            continue
         with_step = sum(v["p50"] for v in best.latency.values())
         without = sum(v["p50"] for v in ev.latency.values())
         if without <= with_step and not missed_quality:
             ev.status = "accepted"
-            best.status, best.reason = "rejected", (f"its step '{best.candidate.steps[idx].kind}' did not help: "
+            best.status, best.reason = "rejected", (f"its step '{step}' did not help: "
                                                      f"{with_step:.2f} ms with it vs {without:.2f} ms without")
             best = ev
         else:
-            ev.status, ev.reason = "rejected", (f"ablation: without '{best.candidate.steps[idx].kind}' it is slower "
+            ev.status, ev.reason = "rejected", (f"ablation: without '{step}' it is slower "
                                                 f"({without:.2f} vs {with_step:.2f} ms summed over batch sizes)")
     return best
+
+
+_BUILD_ERRORS = (SlimforgeError, RuntimeError, ValueError, OSError, ImportError)
+
+
+def _failure(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _labels(ds: Any, limit: int) -> np.ndarray | None:
+    """The labels of the first ``limit`` examples, when every batch has them (read from the data, no model run)."""
+    parts = [b.labels for b in ds.batches(32, limit=limit)]
+    return np.concatenate(parts) if parts and all(p is not None for p in parts) else None
 
 
 def _lost_to(ev: Evaluated, best: Evaluated) -> str:
@@ -611,13 +619,11 @@ def _divergence_hint(model: Artifact, art: Artifact, ds: Any) -> str:
         if found else ""
 
 
-def _verify(model: Artifact, art: Artifact, base_rt: str, rt: str, ds: Any, limit: int, task: str, labels: Any,
-            goals: Goals) -> Check:
-    """The final artifact against the original model, every output, on the evaluation data."""
+def _verify(ref: list[np.ndarray], art: Artifact, rt: str, ds: Any, limit: int, goals: Goals) -> Check:
+    """The final artifact, run afresh, against the original model's outputs (every output) on the evaluation data."""
     from slimforge.evaluation.metrics import fidelity_metrics
     from slimforge.evaluation.run import collect_outputs
 
-    ref, _ = collect_outputs(model, ds, runtime=base_rt, limit=limit)
     out, _ = collect_outputs(art, ds, runtime=rt, limit=limit)
     if len(ref) != len(out):
         return Check("verify_against_original", False, {}, f"{len(out)} outputs, the original has {len(ref)}")

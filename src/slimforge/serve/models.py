@@ -135,9 +135,10 @@ class ServedModel:
                     "verification": (rep.get("verification") or {}).get("detail")}.items() if v is not None}}
 
 
-def _find_report(path: Path) -> dict[str, Any] | None:
+def _find_report(folder: Path) -> dict[str, Any] | None:
+    """The optimize report (search or fixed recipe) in ``folder``, if any."""
     for name in ("search.json", "report.json"):
-        p = path.parent / name
+        p = folder / name
         if p.is_file():
             try:
                 return json.loads(p.read_text(encoding="utf-8"))
@@ -149,7 +150,7 @@ def _find_report(path: Path) -> dict[str, Any] | None:
 def resolve_artifact_path(path: Path) -> Path:
     """A model file, or an output folder of ``optimize`` (its chosen artifact)."""
     if path.is_dir():
-        rep = _find_report(path / "x")
+        rep = _find_report(path)
         chosen = ((rep or {}).get("chosen") or {}).get("path")
         if chosen and Path(chosen).exists():
             return Path(chosen)
@@ -179,7 +180,7 @@ def open_model(path: str | Path, *, name: str | None, version: str, runtime: str
     if art.format is Format.OPENVINO:
         rt = "openvino"
     session = open_session(art, rt, threads=threads)
-    return ServedModel(name or art.name, version, art, rt, session, report=_find_report(p))
+    return ServedModel(name or art.name, version, art, rt, session, report=_find_report(p.parent))
 
 
 @dataclass
