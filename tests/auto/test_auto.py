@@ -164,3 +164,22 @@ def test_seed_shape_is_expressible(mlp_onnx, tmp_path):
     assert {"latency p50 at batch 1", "peak memory"} <= names and any(n.startswith("accuracy") for n in names)
     assert res.report["target"]["threads"] == 1
     assert np.isfinite(res.report["baseline"]["latency_ms"]["1"]["p50"])
+
+
+def test_no_slowdown_rule_is_applied_again_to_every_accepted_candidate_after_the_runoff():
+    from slimforge.auto.search import Evaluated, _recheck_no_slowdown
+
+    def ev(name, p50s, runoff):
+        e = Evaluated(Candidate(name=name, runtime="onnxruntime", precision="fp32", steps=()))
+        e.status = "accepted"
+        e.latency = {b: {"p50": v, **({"runoff": True} if runoff else {})} for b, v in zip((1, 32), p50s)}
+        return e
+
+    base = {1: 1.0, 32: 10.0}  # the baseline as the runoff re-timed it
+    finalist_ok, finalist_slow = ev("a", (0.5, 5.0), True), ev("b", (0.9, 10.5), True)
+    straggler_ok, straggler_slow = ev("c", (0.8, 9.0), False), ev("d", (1.2, 8.0), False)
+    _recheck_no_slowdown([finalist_ok, finalist_slow, straggler_ok, straggler_slow], (1, 32), base.__getitem__)
+    assert [e.status for e in (finalist_ok, finalist_slow, straggler_ok, straggler_slow)] == \
+        ["accepted", "rejected", "accepted", "rejected"]
+    assert finalist_slow.reason == "slower than the baseline when timed side by side at batch 32 (10.50 vs 10.00 ms)"
+    assert "not a finalist" in straggler_slow.reason and "1 (1.20 vs 1.00 ms)" in straggler_slow.reason

@@ -435,17 +435,11 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
 
     _runoff([e for e in evaluated if e.status == "accepted"], base_doc, feeds, batch_sizes, tgt.threads, ctx,
             baseline=(model, base_rt))
-    for ev in evaluated:  # the no-slowdown rule again, on the side-by-side timings
-        if ev.status == "accepted" and ev.latency.get(batch_sizes[0], {}).get("runoff"):
-            slower = [b for b in batch_sizes if ev.latency[b]["p50"] > base_latency(b)]
-            if slower:
-                ev.status = "rejected"
-                ev.reason = "slower than the baseline when timed side by side at batch " + ", ".join(
-                    f"{b} ({ev.latency[b]['p50']:.2f} vs {base_latency(b):.2f} ms)" for b in slower)
+    _recheck_no_slowdown(evaluated, batch_sizes, base_latency)
     _mark_pareto(evaluated, goal_batch, labels is not None)
     best = _choose(evaluated, goal_batch, goals.latency_stat, base_doc)
     if best is not None:
-        best = _ablate(best, evaluated, run_candidate)
+        best = _ablate(best, evaluated, run_candidate, base_latency)
         best.status = "chosen"
         for ev in evaluated:
             if ev.status == "accepted":
@@ -511,6 +505,21 @@ def _choose(evaluated: list[Evaluated], batch: int, stat: str, base_doc: dict[st
     return min(ok, key=rank)
 
 
+def _recheck_no_slowdown(evaluated: list[Evaluated], batch_sizes: tuple[int, ...], base_latency: Any) -> None:
+    """The no-slowdown rule again after the runoff re-timed the baseline: every accepted candidate, finalist or
+    not, must be at least as fast as the baseline at every batch size, or it is rejected with the timings."""
+    for ev in evaluated:
+        if ev.status != "accepted":
+            continue
+        slower = [b for b in batch_sizes if ev.latency[b]["p50"] > base_latency(b)]
+        if slower:
+            how = ("when timed side by side" if ev.latency[batch_sizes[0]].get("runoff")
+                   else "re-timed in the runoff (it was not a finalist)")
+            ev.status = "rejected"
+            ev.reason = f"slower than the baseline {how} at batch " + ", ".join(
+                f"{b} ({ev.latency[b]['p50']:.2f} vs {base_latency(b):.2f} ms)" for b in slower)
+
+
 def _runoff(accepted: list[Evaluated], base_doc: dict[str, Any], feeds: Any, batch_sizes: tuple[int, ...],
             threads: int | None, ctx: RunContext, finalists: int = 6, rounds: int = 3,
             baseline: tuple[Artifact, str] | None = None) -> None:
@@ -555,8 +564,9 @@ def _runoff(accepted: list[Evaluated], base_doc: dict[str, Any], feeds: Any, bat
                 samples[(len(lead), b)]).p50, "runoff": True}
 
 
-def _ablate(best: Evaluated, evaluated: list[Evaluated], run_candidate: Any) -> Evaluated:
-    """Keep an optional step of the winner only if the winner is faster with it than without it."""
+def _ablate(best: Evaluated, evaluated: list[Evaluated], run_candidate: Any, base_latency: Any) -> Evaluated:
+    """Keep an optional step of the winner only if the winner is faster with it than without it; the variant
+    without it must itself meet the quality goals and never be slower than the baseline."""
     for idx in sorted(best.candidate.optional, reverse=True):
         if idx >= len(best.candidate.steps):
             continue
@@ -572,7 +582,12 @@ def _ablate(best: Evaluated, evaluated: list[Evaluated], run_candidate: Any) -> 
             continue
         with_step = sum(v["p50"] for v in best.latency.values())
         without = sum(v["p50"] for v in ev.latency.values())
-        if without <= with_step and not missed_quality:
+        slower = [b for b, v in ev.latency.items() if v["p50"] > base_latency(b)]
+        if slower and not missed_quality:
+            ev.status, ev.reason = "rejected", ("ablation: without '" + step + "' it is slower than the baseline at "
+                                                "batch " + ", ".join(f"{b} ({ev.latency[b]['p50']:.2f} vs "
+                                                                     f"{base_latency(b):.2f} ms)" for b in slower))
+        elif without <= with_step and not missed_quality:
             ev.status = "accepted"
             best.status, best.reason = "rejected", (f"its step '{step}' did not help: "
                                                      f"{with_step:.2f} ms with it vs {without:.2f} ms without")
