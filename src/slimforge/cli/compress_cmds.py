@@ -47,8 +47,11 @@ def prune(model: ModelArg = None,
           global_pruning: Annotated[bool, typer.Option("--global", help="One ranking across layers.")] = False,
           round_to: Annotated[int, typer.Option(help="Keep channel counts a multiple of this.")] = 8,
           iterative: Annotated[int, typer.Option(help="Prune in this many steps, fine-tuning after each.")] = 1,
-          finetune_data: Annotated[Optional[Path], typer.Option(help="Data for fine-tuning / Taylor.")] = None,
+          finetune_data: Annotated[Optional[Path], typer.Option(
+              help="Data for least-squares reconstruction, fine-tuning and Taylor.")] = None,
           finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs per step.")] = 0,
+          reconstruct: Annotated[bool, typer.Option(
+              help="With data: refit the layers that read pruned features by least squares.")] = True,
           output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None) -> None:
     """Prune a PyTorch model (structured: fewer channels, heads and FFN neurons; or unstructured sparsity)."""
     from slimforge.cli.progress import progress_bars
@@ -58,7 +61,8 @@ def prune(model: ModelArg = None,
     with progress_bars(err_console) as progress:
         out = api_prune(art, ratio=ratio, structured=structured, criterion=criterion, global_pruning=global_pruning,
                         round_to=round_to, iterative_steps=iterative, finetune_data=finetune_data,
-                        finetune_epochs=finetune_epochs, batch_sizes=_batches(batch), progress=progress)
+                        finetune_epochs=finetune_epochs, reconstruct=reconstruct, batch_sizes=_batches(batch),
+                        progress=progress)
     _report(art, out, output or Path("slimforge-out") / f"{art.name}-pruned.pt")
 
 

@@ -211,8 +211,21 @@ def augment_tokens(feeds: dict[str, np.ndarray], copies: int, seed: int = 0) -> 
 def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: DistillConfig):
     """(train, heldout, has_labels): batches of ``(*inputs, teacher_output[, label])``, split at the end; with
     ``cfg.augment`` the training part (never the held-out one) gains augmented, teacher-labelled examples."""
-    tensors, target, label = collect(student, ctx.calibration_data, limit=cfg.num_samples,
-                                     teacher=lambda feeds: run_module(teacher.handle, feeds)[0])
+    device = resolve_device(cfg.device)
+    labeller = teacher.handle
+    if device.type != "cpu":  # label on the training device: with augmentation that is most of the teacher's work
+        labeller = copy.deepcopy(teacher.handle).to(device)
+        set_training(labeller, False)
+
+    def label_with_teacher(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if device.type == "cpu":
+            return run_module(labeller, feeds)[0]
+        with torch.inference_mode():
+            out = labeller(*[torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in feeds.values()])
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.float().cpu().numpy()
+
+    tensors, target, label = collect(student, ctx.calibration_data, limit=cfg.num_samples, teacher=label_with_teacher)
     full = TensorDataset(*tensors, target, *([label] if label is not None else []))
     n = len(full)
     n_eval = max(1, int(round(n * cfg.heldout)))
@@ -221,8 +234,8 @@ def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: Di
         names = student.io.input_names
         feeds = {name: t[:n - n_eval].numpy() for name, t in zip(names, tensors)}
         extra = augment_tokens(feeds, cfg.augment, cfg.seed)
-        outs = [run_module(teacher.handle, {k: v[i:i + 64] for k, v in extra.items()})[0]
-                for i in range(0, len(extra["input_ids"]), 64)]
+        outs = [label_with_teacher({k: v[i:i + 256] for k, v in extra.items()})
+                for i in range(0, len(extra["input_ids"]), 256)]
         aug = TensorDataset(*[torch.from_numpy(extra[k]) for k in names], torch.from_numpy(np.concatenate(outs)))
         train_set = ConcatDataset([train_set, aug])
     return train_set, Subset(full, range(n - n_eval, n)), label is not None

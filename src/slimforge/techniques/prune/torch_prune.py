@@ -64,6 +64,8 @@ class PruneConfig(Config):
     heads: bool = True  # transformers: prune whole attention heads (and FFN neurons)
     num_samples: int = 2048
     min_cosine: float = 0.0  # pruning without fine-tuning changes outputs a lot: the check records it
+    reconstruct: bool = True  # with data: refit the layers that read pruned features by least squares (no training)
+    reconstruct_samples: int = 1024
     seed: int = 0
     version: int = 1
 
@@ -121,7 +123,7 @@ def _prune_torch(art: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
     params_before, flops_before = _params(module), count_flops(module, art.examples)
     needs_data = cfg.finetune_epochs > 0 or cfg.criterion is Criterion.TAYLOR
     data = has_labels = None
-    if needs_data:
+    if needs_data or (cfg.reconstruct and cfg.structured and ctx.calibration_data is not None):
         data, has_labels = tensor_dataset(art, ctx.calibration_data, limit=cfg.num_samples,
                                           teacher=lambda feeds: run_module(art.handle, feeds)[0])
     if cfg.structured:
@@ -178,6 +180,9 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
     except Exception as exc:
         raise TechniqueFailed(f"Torch-Pruning cannot build a dependency graph for {art.name}: "
                               f"{str(exc).splitlines()[0][:300]}") from exc
+    if blocks and cfg.iterative_steps > 1 and not cfg.global_pruning:
+        pruner.per_step_head_pruning_ratio = _head_ratios(blocks[0].num_attention_heads, cfg.ratio,
+                                                          cfg.iterative_steps)
     history = []
     for step in range(cfg.iterative_steps):
         if cfg.criterion is Criterion.TAYLOR:
@@ -186,6 +191,8 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
         module.zero_grad(set_to_none=True)
         _fix_attention_heads(blocks)
         row = {"step": step + 1, "parameters": _params(module)}
+        if data is not None and cfg.reconstruct:
+            row["reconstruction"] = _reconstruct(art, module, cfg, data, has_labels)
         if data is not None and cfg.finetune_epochs:
             row["finetune"] = _finetune(module, cfg, ctx, data, has_labels, step + 1)
         history.append(row)
@@ -195,6 +202,49 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
     if blocks:
         out["attention_heads"] = [att.num_attention_heads for att in blocks]
     return out
+
+
+def _head_ratios(heads: int, ratio: float, steps: int) -> list[float]:
+    """Per-step head ratios for Torch-Pruning's local head pruning, which removes ``ceil(r * current heads)`` at each
+    step while its linear schedule gives cumulative ratios (so 3 steps to 50% of 12 heads would leave 3, not 6).
+    These remove ``ceil(ratio * heads * k / steps)`` heads in total by step ``k``, as one step would.
+
+    Example:
+        >>> import math
+        >>> h = 12
+        >>> for r in _head_ratios(12, 0.5, 3)[1:]:
+        ...     h -= math.ceil(r * h)
+        >>> h
+        6
+    """
+    import math
+
+    removed = [math.ceil(ratio * heads * k / steps - 1e-9) for k in range(steps + 1)]
+    out = [0.0]
+    for k in range(1, steps + 1):
+        left = heads - removed[k - 1]
+        out.append(max(0.0, (removed[k] - removed[k - 1] - 1e-6) / left))
+    return out
+
+
+def _reconstruct(art: Artifact, module: nn.Module, cfg: PruneConfig, data, has_labels: bool) -> list[dict]:
+    """Least-squares refit of the layers that read pruned features, against the original model (see
+    :mod:`slimforge.techniques.prune.reconstruct`)."""
+    from slimforge.techniques.prune.reconstruct import reconstruct
+
+    n_inputs = len(art.io.input_names)
+    subset = torch.utils.data.Subset(data, range(min(len(data), cfg.reconstruct_samples)))
+    batches = [tuple(b[:n_inputs]) for b in torch.utils.data.DataLoader(subset, batch_size=64)]
+    mask = art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
+    original = copy.deepcopy(art.handle)
+    set_training(original, False)
+    set_training(module, False)
+    try:
+        fits = reconstruct(original, module, batches, mask_index=mask, ignore=cfg.ignore)
+    except (RuntimeError, ValueError) as exc:
+        raise TechniqueFailed(f"least-squares reconstruction after pruning failed: {str(exc).splitlines()[0][:300]}; "
+                              "pass reconstruct=False to skip it") from exc
+    return [f.to_dict() for f in fits]
 
 
 def _taylor_gradients(module: nn.Module, data, has_labels: bool) -> None:
