@@ -43,6 +43,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--augment", type=int, default=0, help="token-level variants per training sentence (12 on a GPU)")
+    ap.add_argument("--criterion", default="lsq", help="pruning importance: lsq (data-driven) | l1 | l2 | taylor")
+    ap.add_argument("--freeze", default="*embeddings*", help="student modules kept fixed while distilling ('' none)")
     ap.add_argument("--no-reconstruct", action="store_true", help="prune without the least-squares refit")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (training only; timing is on the CPU)")
     ap.add_argument("--out-dir", type=Path, default=Path("slimforge-out/minilm-pd"))
@@ -60,11 +62,12 @@ def main() -> int:
     t0 = time.perf_counter()
     plain = slimforge.prune(base, ratio=args.ratio, check_speed=False, workdir=out)
     pruned = slimforge.prune(base, ratio=args.ratio, check_speed=False, workdir=out, finetune_data=train_part,
-                             reconstruct=not args.no_reconstruct)
+                             criterion=args.criterion, reconstruct=not args.no_reconstruct)
     print(f"pruned + least-squares reconstruction in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     distilled = slimforge.distill(base, pruned, data=bundled_sentences_path(), epochs=args.epochs, lr=args.lr,
                                   batch_size=32, heldout=0.2, hidden_layers=("*encoder.layer.?",),
                                   augment=args.augment, device=args.device,
+                                  freeze=tuple(g for g in args.freeze.split(",") if g),
                                   check_speed=False, workdir=out,
                                   progress=lambda e: print(f"\rdistill step {int(e.completed)}/{int(e.total)}",
                                                            end="", file=sys.stderr, flush=True))

@@ -87,7 +87,8 @@ def derive_student(teacher: Artifact, layers: int) -> nn.Module:
 def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data: DataLike, mode: str = "auto",
             temperature: float = 4.0, alpha: float = 0.7, epochs: int = 10, lr: float = 1e-3, batch_size: int = 32,
             num_samples: int = 4096, heldout: float = 0.2, patience: int | None = None,
-            hidden_layers: Sequence[str] = (), hidden_weight: float = 1.0, augment: int = 0, device: str = "auto",
+            hidden_layers: Sequence[str] = (), hidden_weight: float = 1.0, freeze: Sequence[str] = (), augment: int = 0,
+            device: str = "auto",
             checkpoint_dir: str | None = None, check_speed: bool = True, batch_sizes: Sequence[int] = (1, 32),
             spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
             progress: ProgressFn | None = None) -> Artifact:
@@ -95,7 +96,8 @@ def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data:
     None for the teacher's own architecture (e.g. to recover a pruned model, pass the pruned artifact as student).
     ``hidden_layers`` (module-name globs, e.g. ``"*.encoder.layer.*"``) adds hidden-state distillation: the student's
     outputs of those modules match the teacher's (masked MSE), which gives encoders far more signal per example.
-    ``augment`` adds that many token-level variants of each training sentence (labelled by the teacher); ``device``
+    ``freeze`` (module-name globs) keeps those weights fixed, e.g. ``"*embeddings*"`` so that tokens the data never
+    shows stay where the teacher had them. ``augment`` adds that many token-level variants of each training sentence (labelled by the teacher); ``device``
     is ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
 
     Example:
@@ -117,7 +119,7 @@ def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data:
     cfg = DistillConfig(mode=mode, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
                         batch_size=batch_size, num_samples=num_samples, heldout=heldout, patience=patience,
                         checkpoint_dir=checkpoint_dir, hidden_layers=tuple(hidden_layers),
-                        hidden_weight=hidden_weight, augment=augment, device=device)
+                        hidden_weight=hidden_weight, freeze=tuple(freeze), augment=augment, device=device)
     return _run(s, cfg, data=data, teacher=t, check_speed=check_speed, batch_sizes=batch_sizes, spec=spec,
                 workdir=workdir, progress=progress)
 

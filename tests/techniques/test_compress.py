@@ -110,13 +110,19 @@ def test_hidden_state_distillation_pairs_layers_and_removes_its_hooks(digits, tr
         for p in noisy.parameters():
             p.add_(0.05 * torch.randn_like(p))
     out = slimforge.distill(digits["torch"], noisy, data=train_npz, epochs=2, lr=1e-3, check_speed=False,
-                            hidden_layers=("features.2", "features.5"), workdir=tmp_path)
+                            hidden_layers=("features.2", "features.5"), freeze=("features.0",), workdir=tmp_path)
     assert all(not m._forward_hooks for m in out.handle.modules()), "hooks left on the distilled model"
+    assert torch.equal(out.handle.features[0].weight, noisy.features[0].weight)  # frozen
+    assert not torch.equal(out.handle.features[3].weight, noisy.features[3].weight)  # trained
+    assert all(p.requires_grad for p in out.handle.parameters())  # thawed after training
     check = out.step_checks[0]
     assert check.metrics["accuracy_after"] >= check.metrics["accuracy_before"] - 0.5
     with pytest.raises(slimforge.ConfigError, match="hidden_layers"):
         slimforge.distill(digits["torch"], noisy, data=train_npz, epochs=1, check_speed=False,
                           hidden_layers=("no.such.layer",), workdir=tmp_path)
+    with pytest.raises(slimforge.ConfigError, match="freeze"):
+        slimforge.distill(digits["torch"], noisy, data=train_npz, epochs=1, check_speed=False,
+                          freeze=("no.such.layer",), workdir=tmp_path)
 
 
 def test_minilm_pruning_with_data_refits_layers_by_least_squares(minilm, tmp_path):
@@ -130,7 +136,7 @@ def test_minilm_pruning_with_data_refits_layers_by_least_squares(minilm, tmp_pat
     (tmp_path / "held.txt").write_text("\n".join(lines[-128:]) + "\n", encoding="utf-8")
     plain = slimforge.prune(minilm, ratio=0.5, check_speed=False, workdir=tmp_path)
     refit = slimforge.prune(minilm, ratio=0.5, iterative_steps=2, finetune_data=tmp_path / "train.txt",
-                            check_speed=False, workdir=tmp_path)
+                            criterion="lsq", check_speed=False, workdir=tmp_path)
     assert plain.meta["pruning"]["attention_heads"] == refit.meta["pruning"]["attention_heads"] == [6] * 6
     assert refit.meta["parameters_after"] == plain.meta["parameters_after"]
     fits = refit.meta["pruning"]["steps"][-1]["reconstruction"]

@@ -43,7 +43,8 @@ def _report(before: Any, after: Any, out: Path) -> None:
 def prune(model: ModelArg = None,
           ratio: Annotated[float, typer.Option(help="Share of channels/heads/neurons (or weights) to remove.")] = 0.5,
           structured: Annotated[bool, typer.Option(help="Remove whole channels (physically smaller).")] = True,
-          criterion: Annotated[str, typer.Option(help="l1 | l2 | taylor | random")] = "l1",
+          criterion: Annotated[str, typer.Option(
+              help="l1 | l2 | taylor | random | lsq (data-driven: heads the refit can best spare)")] = "l1",
           global_pruning: Annotated[bool, typer.Option("--global", help="One ranking across layers.")] = False,
           round_to: Annotated[int, typer.Option(help="Keep channel counts a multiple of this.")] = 8,
           iterative: Annotated[int, typer.Option(help="Prune in this many steps, fine-tuning after each.")] = 1,
@@ -76,6 +77,12 @@ def distill(teacher: Annotated[Optional[str], typer.Option(help="Teacher model (
             epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
             lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
             mode: Annotated[str, typer.Option(help="auto | logits | embedding-mse | embedding-cosine")] = "auto",
+            hidden_layers: Annotated[Optional[list[str]], typer.Option(
+                "--hidden", help="Module-name globs whose outputs the student also matches (repeatable).")] = None,
+            freeze: Annotated[Optional[list[str]], typer.Option(
+                help="Student module-name globs kept fixed, e.g. '*embeddings*' (repeatable).")] = None,
+            augment: Annotated[int, typer.Option(help="Token-level variants per training sentence.")] = 0,
+            device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
             output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None) -> None:
     """Distil a teacher into a smaller student; prints the held-out curve per epoch."""
     from slimforge.cli.progress import progress_bars
@@ -89,7 +96,8 @@ def distill(teacher: Annotated[Optional[str], typer.Option(help="Teacher model (
         s = _load(student, input_shape)
     with progress_bars(err_console) as progress:
         out = api_distill(t, s, data=data, mode=mode, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
-                          batch_sizes=_batches(batch), progress=progress)
+                          hidden_layers=tuple(hidden_layers or ()), freeze=tuple(freeze or ()), augment=augment,
+                          device=device, batch_sizes=_batches(batch), progress=progress)
     info = out.meta["distill"]
     console.print("held-out " + info["metric"] + " by epoch: " +
                   ", ".join(f"{row['epoch']}: {row[info['metric']]:.4f}" for row in info["curve"]), soft_wrap=True)

@@ -59,6 +59,7 @@ class DistillConfig(Config):
     heldout: float = 0.2  # share of the data scored after each epoch
     hidden_layers: tuple[str, ...] = ()  # module-name globs whose outputs (hidden states) the student also matches
     hidden_weight: float = 1.0
+    freeze: tuple[str, ...] = ()  # module-name globs of the student whose weights stay fixed (e.g. "*embeddings*")
     augment: int = 0  # extra token-level variants of each training sentence (span crop, join, word-piece dropout)
     device: str = "auto"  # auto | cpu | cuda
     patience: int | None = None
@@ -241,6 +242,24 @@ def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: Di
     return train_set, Subset(full, range(n - n_eval, n)), label is not None
 
 
+def _freeze(student: nn.Module, patterns: tuple[str, ...]) -> list[nn.Parameter]:
+    """Stop gradients to the parameters of modules matching ``patterns``; returns them (to thaw after training).
+    Freezing the word embeddings keeps the tokens that the distillation data never shows where the teacher had them:
+    a student trained on a few thousand sentences otherwise drifts on the seen ones only."""
+    import fnmatch
+
+    if not patterns:
+        return []
+    frozen = {id(p): p for name, mod in student.named_modules()
+              if name and any(fnmatch.fnmatch(name, g) for g in patterns) for p in mod.parameters()}
+    if not frozen:
+        raise ConfigError(f"freeze {list(patterns)} matches no module of the student; module names look like "
+                          f"{[n for n, _ in student.named_modules() if n][:5]}")
+    for p in frozen.values():
+        p.requires_grad_(False)
+    return list(frozen.values())
+
+
 def heldout_score(model: nn.Module, heldout: Subset, mode: DistillMode, has_labels: bool) -> float:
     """Accuracy (%) on labelled held-out data, else mean cosine of the outputs to the teacher's."""
     loader = torch.utils.data.DataLoader(heldout, batch_size=128)
@@ -278,15 +297,19 @@ def _distill_torch(art: Artifact, cfg: DistillConfig, ctx: RunContext) -> Artifa
         set_training(teacher_module, False)
         mask = art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
         hidden = HiddenStates(teacher_module, student, cfg.hidden_layers, mask)
+    frozen = _freeze(student, cfg.freeze)
     result = train(student, distill_loss(mode, cfg.temperature, cfg.alpha, has_labels, hidden, cfg.hidden_weight),
                    train_set,
                    TrainConfig(epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                                weight_decay=cfg.weight_decay, patience=cfg.patience, device=cfg.device,
                                checkpoint_dir=cfg.checkpoint_dir),
+                   params=[p for p in student.parameters() if p.requires_grad] if frozen else None,
                    eval_fn=lambda m: heldout_score(m, heldout, mode, has_labels), progress=ctx.progress,
                    task="distill")
     if hidden is not None:
         hidden.close()
+    for p in frozen:
+        p.requires_grad_(True)
     student.to("cpu")
     curve = [{"epoch": 0, metric: before}] + [{"epoch": r["epoch"], metric: r["metric"], "loss": r["loss"]}
                                               for r in result.history]

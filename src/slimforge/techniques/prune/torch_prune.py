@@ -28,6 +28,7 @@ from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
+from slimforge.techniques.prune.importance import DataImportance
 from slimforge.runtimes.torch_eager import run_module, set_training
 from slimforge.train import TrainConfig, train
 from slimforge.train.data import supervised_loss, tensor_dataset
@@ -40,6 +41,7 @@ class Criterion(str, enum.Enum):
     L2 = "l2"
     TAYLOR = "taylor"
     RANDOM = "random"
+    LSQ = "lsq"  # data-driven: heads by least-squares elimination, other channels by |W| * rms(activation)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -121,7 +123,7 @@ def _prune_torch(art: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
     module = copy.deepcopy(art.handle)
     set_training(module, False)
     params_before, flops_before = _params(module), count_flops(module, art.examples)
-    needs_data = cfg.finetune_epochs > 0 or cfg.criterion is Criterion.TAYLOR
+    needs_data = cfg.finetune_epochs > 0 or cfg.criterion in (Criterion.TAYLOR, Criterion.LSQ)
     data = has_labels = None
     if needs_data or (cfg.reconstruct and cfg.structured and ctx.calibration_data is not None):
         data, has_labels = tensor_dataset(art, ctx.calibration_data, limit=cfg.num_samples,
@@ -154,7 +156,8 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
     importance = {Criterion.L1: lambda: tp.importance.MagnitudeImportance(p=1),
                   Criterion.L2: lambda: tp.importance.MagnitudeImportance(p=2),
                   Criterion.TAYLOR: lambda: tp.importance.TaylorImportance(),
-                  Criterion.RANDOM: lambda: tp.importance.RandomImportance()}[cfg.criterion]()
+                  Criterion.RANDOM: lambda: tp.importance.RandomImportance(),
+                  Criterion.LSQ: lambda: DataImportance(tp.importance.MagnitudeImportance(p=1))}[cfg.criterion]()
     ignored = _output_layers(module, art) + [m for n, m in module.named_modules()
                                              if n and any(fnmatch.fnmatch(n, g) for g in cfg.ignore)]
     blocks = _attention_blocks(module) if cfg.heads else []
@@ -187,6 +190,8 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
     for step in range(cfg.iterative_steps):
         if cfg.criterion is Criterion.TAYLOR:
             _taylor_gradients(module, data, has_labels)
+        if cfg.criterion is Criterion.LSQ:
+            importance.fit(module, blocks, _input_batches(art, data, cfg.reconstruct_samples), _mask_index(art))
         pruner.step()
         module.zero_grad(set_to_none=True)
         _fix_attention_heads(blocks)
@@ -227,15 +232,22 @@ def _head_ratios(heads: int, ratio: float, steps: int) -> list[float]:
     return out
 
 
+def _input_batches(art: Artifact, data, limit: int) -> list[tuple[torch.Tensor, ...]]:
+    n_inputs = len(art.io.input_names)
+    subset = torch.utils.data.Subset(data, range(min(len(data), limit)))
+    return [tuple(b[:n_inputs]) for b in torch.utils.data.DataLoader(subset, batch_size=64)]
+
+
+def _mask_index(art: Artifact) -> int | None:
+    return art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
+
+
 def _reconstruct(art: Artifact, module: nn.Module, cfg: PruneConfig, data, has_labels: bool) -> list[dict]:
     """Least-squares refit of the layers that read pruned features, against the original model (see
     :mod:`slimforge.techniques.prune.reconstruct`)."""
     from slimforge.techniques.prune.reconstruct import reconstruct
 
-    n_inputs = len(art.io.input_names)
-    subset = torch.utils.data.Subset(data, range(min(len(data), cfg.reconstruct_samples)))
-    batches = [tuple(b[:n_inputs]) for b in torch.utils.data.DataLoader(subset, batch_size=64)]
-    mask = art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
+    batches, mask = _input_batches(art, data, cfg.reconstruct_samples), _mask_index(art)
     original = copy.deepcopy(art.handle)
     set_training(original, False)
     set_training(module, False)
