@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--augment", type=int, default=0, help="token-level variants per training sentence (12 on a GPU)")
     ap.add_argument("--criterion", default="lsq", help="pruning importance: lsq (data-driven) | l1 | l2 | taylor")
     ap.add_argument("--freeze", default="*embeddings*", help="student modules kept fixed while distilling ('' none)")
+    ap.add_argument("--hidden-weight", type=float, default=1.0, help="weight of the hidden-state MSE (0: none)")
     ap.add_argument("--no-reconstruct", action="store_true", help="prune without the least-squares refit")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (training only; timing is on the CPU)")
     ap.add_argument("--out-dir", type=Path, default=Path("slimforge-out/minilm-pd"))
@@ -70,7 +71,9 @@ def main() -> int:
                              criterion=args.criterion, reconstruct=not args.no_reconstruct)
     print(f"pruned + least-squares reconstruction in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     distilled = slimforge.distill(base, pruned, data=bundled_sentences_path(), epochs=args.epochs, lr=args.lr,
-                                  batch_size=32, heldout=0.2, hidden_layers=("*encoder.layer.?",),
+                                  batch_size=32, heldout=0.2,
+                                  hidden_layers=("*encoder.layer.?",) if args.hidden_weight else (),
+                                  hidden_weight=args.hidden_weight or 1.0,
                                   augment=args.augment, device=args.device,
                                   freeze=tuple(g for g in args.freeze.split(",") if g),
                                   check_speed=False, workdir=out,
