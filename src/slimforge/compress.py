@@ -40,8 +40,8 @@ def prune(model: ModelLike, *, ratio: float = 0.5, structured: bool = True, crit
           global_pruning: bool = False, round_to: int = 8, iterative_steps: int = 1,
           finetune_data: DataLike = None, finetune_epochs: int = 0, lr: float = 1e-3, ignore: Sequence[str] = (),
           reconstruct: bool = True, check_speed: bool = True, batch_sizes: Sequence[int] = (1, 32),
-          spec: BenchSpec = BenchSpec(),
-          workdir: str | Path = "slimforge-out", progress: ProgressFn | None = None) -> Artifact:
+          spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
+          progress: ProgressFn | None = None) -> Artifact:
     """Prune a PyTorch model; structured pruning makes it physically smaller (parameters, FLOPs, latency reported).
     With ``finetune_data``, structured pruning also refits the layers that read pruned features by least squares
     against the original model (``reconstruct``; no training: on MiniLM at 50% it takes the held-out embedding cosine
@@ -87,18 +87,17 @@ def derive_student(teacher: Artifact, layers: int) -> nn.Module:
 def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data: DataLike, mode: str = "auto",
             temperature: float = 4.0, alpha: float = 0.7, epochs: int = 10, lr: float = 1e-3, batch_size: int = 32,
             num_samples: int = 4096, heldout: float = 0.2, patience: int | None = None,
-            hidden_layers: Sequence[str] = (), hidden_weight: float = 1.0, freeze: Sequence[str] = (), augment: int = 0,
-            device: str = "auto",
-            checkpoint_dir: str | None = None, check_speed: bool = True, batch_sizes: Sequence[int] = (1, 32),
-            spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
+            hidden_layers: Sequence[str] = (), hidden_weight: float = 1.0, freeze: Sequence[str] = (),
+            augment: int = 0, device: str = "auto", checkpoint_dir: str | None = None, check_speed: bool = True,
+            batch_sizes: Sequence[int] = (1, 32), spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
             progress: ProgressFn | None = None) -> Artifact:
     """Distil ``teacher`` into ``student``: a module or artifact, a number of layers to keep from the teacher, or
     None for the teacher's own architecture (e.g. to recover a pruned model, pass the pruned artifact as student).
     ``hidden_layers`` (module-name globs, e.g. ``"*.encoder.layer.*"``) adds hidden-state distillation: the student's
     outputs of those modules match the teacher's (masked MSE), which gives encoders far more signal per example.
     ``freeze`` (module-name globs) keeps those weights fixed, e.g. ``"*embeddings*"`` so that tokens the data never
-    shows stay where the teacher had them. ``augment`` adds that many token-level variants of each training sentence (labelled by the teacher); ``device``
-    is ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
+    shows stay where the teacher had them. ``augment`` adds that many token-level variants of each training sentence
+    (labelled by the teacher); ``device`` is ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
 
     Example:
         >>> # small = slimforge.distill(teacher_art, pruned_art, data="sentences.txt", epochs=5)

@@ -419,7 +419,7 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
             continue
         ev.seconds = time.perf_counter() - t
         art = ev.artifact
-        slower = [b for b in batch_sizes if ev.latency[b]["p50"] > base_latency(b)]
+        slower = _slowdowns(ev, base_latency)
         if missed_q:
             ev.status, ev.reason = "rejected", "; ".join(g.describe() for g in missed_q)
             where = _divergence_hint(model, art, eval_ds)
@@ -427,15 +427,14 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
                 ev.reason += f"; {where}"
         elif slower:
             ev.status = "rejected"
-            ev.reason = "slower than the baseline at batch " + ", ".join(
-                f"{b} ({ev.latency[b]['p50']:.2f} vs {base_latency(b):.2f} ms)" for b in slower)
+            ev.reason = f"slower than the baseline at batch {slower}"
         else:
             ev.status = "accepted"
     ctx.report_progress("search", len(candidates), len(candidates))
 
     _runoff([e for e in evaluated if e.status == "accepted"], base_doc, feeds, batch_sizes, tgt.threads, ctx,
             baseline=(model, base_rt))
-    _recheck_no_slowdown(evaluated, batch_sizes, base_latency)
+    _recheck_no_slowdown(evaluated, base_latency)
     _mark_pareto(evaluated, goal_batch, labels is not None)
     best = _choose(evaluated, goal_batch, goals.latency_stat, base_doc)
     if best is not None:
@@ -505,19 +504,21 @@ def _choose(evaluated: list[Evaluated], batch: int, stat: str, base_doc: dict[st
     return min(ok, key=rank)
 
 
-def _recheck_no_slowdown(evaluated: list[Evaluated], batch_sizes: tuple[int, ...], base_latency: Any) -> None:
+def _slowdowns(ev: Evaluated, base_latency: Any) -> str:
+    """The batch sizes at which ``ev`` is slower than the baseline, with both timings ("" when none)."""
+    return ", ".join(f"{b} ({v['p50']:.2f} vs {base_latency(b):.2f} ms)" for b, v in ev.latency.items()
+                     if v["p50"] > base_latency(b))
+
+
+def _recheck_no_slowdown(evaluated: list[Evaluated], base_latency: Any) -> None:
     """The no-slowdown rule again after the runoff re-timed the baseline: every accepted candidate, finalist or
     not, must be at least as fast as the baseline at every batch size, or it is rejected with the timings."""
     for ev in evaluated:
-        if ev.status != "accepted":
-            continue
-        slower = [b for b in batch_sizes if ev.latency[b]["p50"] > base_latency(b)]
+        slower = _slowdowns(ev, base_latency) if ev.status == "accepted" else ""
         if slower:
-            how = ("when timed side by side" if ev.latency[batch_sizes[0]].get("runoff")
+            how = ("when timed side by side" if next(iter(ev.latency.values())).get("runoff")
                    else "re-timed in the runoff (it was not a finalist)")
-            ev.status = "rejected"
-            ev.reason = f"slower than the baseline {how} at batch " + ", ".join(
-                f"{b} ({ev.latency[b]['p50']:.2f} vs {base_latency(b):.2f} ms)" for b in slower)
+            ev.status, ev.reason = "rejected", f"slower than the baseline {how} at batch {slower}"
 
 
 def _runoff(accepted: list[Evaluated], base_doc: dict[str, Any], feeds: Any, batch_sizes: tuple[int, ...],
@@ -582,11 +583,10 @@ def _ablate(best: Evaluated, evaluated: list[Evaluated], run_candidate: Any, bas
             continue
         with_step = sum(v["p50"] for v in best.latency.values())
         without = sum(v["p50"] for v in ev.latency.values())
-        slower = [b for b, v in ev.latency.items() if v["p50"] > base_latency(b)]
+        slower = _slowdowns(ev, base_latency)
         if slower and not missed_quality:
-            ev.status, ev.reason = "rejected", ("ablation: without '" + step + "' it is slower than the baseline at "
-                                                "batch " + ", ".join(f"{b} ({ev.latency[b]['p50']:.2f} vs "
-                                                                     f"{base_latency(b):.2f} ms)" for b in slower))
+            ev.status = "rejected"
+            ev.reason = f"ablation: without '{step}' it is slower than the baseline at batch {slower}"
         elif without <= with_step and not missed_quality:
             ev.status = "accepted"
             best.status, best.reason = "rejected", (f"its step '{step}' did not help: "

@@ -35,15 +35,18 @@ def set_training(module: object, mode: bool) -> None:
 
 
 def run_module(module: nn.Module, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a module once in eval mode on numpy feeds (positional, in order) without changing its training flag."""
+    """Run a module once in eval mode on numpy feeds (positional, in order) without changing its training flag, on
+    the device its parameters are on (outputs come back as numpy arrays)."""
     was_training = getattr(module, "training", False)
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     try:
         if was_training:
             set_training(module, False)
         with torch.inference_mode():
-            out = module(*[torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()])
-        return [t.detach().float().numpy() if t.dtype in (torch.float16, torch.bfloat16) else t.detach().numpy()
-                for t in _outputs_to_list(out)]
+            out = module(*[torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in feeds.values()])
+        return [t.detach().cpu().float().numpy() if t.dtype in (torch.float16, torch.bfloat16)
+                else t.detach().cpu().numpy() for t in _outputs_to_list(out)]
     finally:
         if was_training:
             set_training(module, True)

@@ -27,6 +27,12 @@ def supervised_loss(has_labels: bool):
     return loss
 
 
+def mask_index(art: Artifact) -> int | None:
+    """The position of the ``attention_mask`` input (zeros mark padding tokens), or None when there is none."""
+    names = art.io.input_names
+    return names.index("attention_mask") if "attention_mask" in names else None
+
+
 def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
     """Concatenate batches; token batches padded to different lengths are right-padded with zeros (PAD, mask 0)."""
     if len({a.shape[1:] for a in arrays}) > 1 and all(a.ndim == 2 and a.dtype.kind in "iub" for a in arrays):

@@ -28,7 +28,7 @@ from slimforge.errors import ConfigError, UnsupportedModelError
 from slimforge.runtimes.torch_eager import run_module, set_training
 from slimforge.train import TrainConfig, train
 from slimforge.train.trainer import resolve_device
-from slimforge.train.data import collect
+from slimforge.train.data import collect, mask_index
 
 
 class DistillMode(str, enum.Enum):
@@ -209,24 +209,12 @@ def augment_tokens(feeds: dict[str, np.ndarray], copies: int, seed: int = 0) -> 
     return out
 
 
-def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: DistillConfig):
+def training_data(student: Artifact, teacher: nn.Module, ctx: RunContext, cfg: DistillConfig):
     """(train, heldout, has_labels): batches of ``(*inputs, teacher_output[, label])``, split at the end; with
-    ``cfg.augment`` the training part (never the held-out one) gains augmented, teacher-labelled examples."""
-    device = resolve_device(cfg.device)
-    labeller = teacher.handle
-    if device.type != "cpu":  # label on the training device: with augmentation that is most of the teacher's work
-        labeller = copy.deepcopy(teacher.handle).to(device)
-        set_training(labeller, False)
-
-    def label_with_teacher(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        if device.type == "cpu":
-            return run_module(labeller, feeds)[0]
-        with torch.inference_mode():
-            out = labeller(*[torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in feeds.values()])
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        return out.float().cpu().numpy()
-
-    tensors, target, label = collect(student, ctx.calibration_data, limit=cfg.num_samples, teacher=label_with_teacher)
+    ``cfg.augment`` the training part (never the held-out one) gains augmented, teacher-labelled examples. The
+    teacher labels on whatever device it is on (the training device)."""
+    tensors, target, label = collect(student, ctx.calibration_data, limit=cfg.num_samples,
+                                     teacher=lambda feeds: run_module(teacher, feeds)[0])
     full = TensorDataset(*tensors, target, *([label] if label is not None else []))
     n = len(full)
     n_eval = max(1, int(round(n * cfg.heldout)))
@@ -235,7 +223,7 @@ def training_data(student: Artifact, teacher: Artifact, ctx: RunContext, cfg: Di
         names = student.io.input_names
         feeds = {name: t[:n - n_eval].numpy() for name, t in zip(names, tensors)}
         extra = augment_tokens(feeds, cfg.augment, cfg.seed)
-        outs = [label_with_teacher({k: v[i:i + 256] for k, v in extra.items()})
+        outs = [run_module(teacher, {k: v[i:i + 256] for k, v in extra.items()})[0]
                 for i in range(0, len(extra["input_ids"]), 256)]
         aug = TensorDataset(*[torch.from_numpy(extra[k]) for k in names], torch.from_numpy(np.concatenate(outs)))
         train_set = ConcatDataset([train_set, aug])
@@ -286,17 +274,19 @@ def _distill_torch(art: Artifact, cfg: DistillConfig, ctx: RunContext) -> Artifa
     if teacher.format is not Format.TORCH:
         raise UnsupportedModelError(f"the teacher must be a PyTorch model; {teacher.name} is {teacher.format.value}")
     mode = _mode(cfg, teacher)
-    train_set, heldout, has_labels = training_data(art, teacher, ctx, cfg)
+    device = resolve_device(cfg.device)
+    teacher_module = teacher.handle  # the user's model: never hooked, never moved
+    if cfg.hidden_layers or device.type != "cpu":  # a copy on the training device, to label and to be hooked
+        teacher_module = copy.deepcopy(teacher.handle).to(device)
+        set_training(teacher_module, False)
+    train_set, heldout, has_labels = training_data(art, teacher_module, ctx, cfg)
     student = copy.deepcopy(art.handle)
     set_training(student, False)
     metric = "accuracy" if has_labels else "cosine_to_teacher"
     before = heldout_score(student, heldout, mode, has_labels)
     hidden = None
     if cfg.hidden_layers:
-        teacher_module = copy.deepcopy(teacher.handle).to(resolve_device(cfg.device))
-        set_training(teacher_module, False)
-        mask = art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
-        hidden = HiddenStates(teacher_module, student, cfg.hidden_layers, mask)
+        hidden = HiddenStates(teacher_module, student, cfg.hidden_layers, mask_index(art))
     frozen = _freeze(student, cfg.freeze)
     result = train(student, distill_loss(mode, cfg.temperature, cfg.alpha, has_labels, hidden, cfg.hidden_weight),
                    train_set,

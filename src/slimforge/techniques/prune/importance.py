@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from slimforge.techniques.prune.reconstruct import token_rows
+
 
 def _head_elimination(gram: torch.Tensor, weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Scores per head (higher = keep): heads removed earlier by greedy least-squares elimination score lower.
@@ -85,33 +87,27 @@ class DataImportance:
         sq = {id(m): torch.zeros(m.in_features, dtype=torch.float64) for m in linears}
         grams = {k: torch.zeros(p.in_features + 1, p.in_features + 1, dtype=torch.float64)
                  for k, (p, _) in projections.items()}
-        count = {"n": 0}
-        keep_rows: dict[str, torch.Tensor | None] = {"mask": None}
+        keep: torch.Tensor | None = None  # the current batch's non-padding tokens
 
         def hook(mod, inp):
-            x = inp[0].detach()
-            x = x.reshape(-1, x.shape[-1])
-            mask = keep_rows["mask"]
-            if mask is not None and len(mask) == len(x):
-                x = x[mask]
-            x = x.double().cpu()
+            x = token_rows(inp[0], keep)
             sq[id(mod)] += (x * x).sum(0)
             if id(mod) in grams:
                 x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
                 grams[id(mod)] += x1.T @ x1
 
+        count = 0
         handles = [m.register_forward_pre_hook(hook) for m in linears]
         try:
             with torch.no_grad():
                 for batch in batches:
-                    mask = batch[mask_index].reshape(-1) > 0 if mask_index is not None else None
-                    keep_rows["mask"] = mask
-                    count["n"] += int(mask.sum()) if mask is not None else len(batch[0])
+                    keep = batch[mask_index].reshape(-1) > 0 if mask_index is not None else None
+                    count += int(keep.sum()) if keep is not None else len(batch[0])
                     model(*batch)
         finally:
             for h in handles:
                 h.remove()
-        n = max(count["n"], 1)
+        n = max(count, 1)
         self.rms = {k: (v / n).sqrt().float() for k, v in sq.items()}
         for k, (proj, heads) in projections.items():
             w = torch.cat([proj.weight.detach().double().T, (proj.bias.detach().double()[None] if proj.bias is not None

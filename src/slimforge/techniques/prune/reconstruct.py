@@ -41,6 +41,16 @@ class LayerFit:
                 "tokens": self.tokens}
 
 
+def token_rows(t: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """A layer's activations as float64 CPU rows ``(tokens, features)``, padding tokens left out when ``keep`` (the
+    flattened attention mask > 0) has one entry per row."""
+    t = t.detach()
+    t = t.reshape(-1, t.shape[-1]) if t.ndim > 1 else t[None]
+    if keep is not None and len(keep) == len(t):
+        t = t[keep]
+    return t.double().cpu()
+
+
 def consumers(original: nn.Module, pruned: nn.Module, ignore: Sequence[str] = ()) -> list[tuple[str, nn.Linear,
                                                                                                 nn.Linear]]:
     """``(name, original, pruned)`` for every Linear whose inputs were pruned and whose outputs were kept."""
@@ -90,11 +100,11 @@ def _fit_layer(original: nn.Module, pruned: nn.Module, name: str, ref: nn.Linear
     captured: dict[str, torch.Tensor] = {}
 
     def grab_output(_m, _inp, out):
-        captured["y"] = out.detach()
+        captured["y"] = out
         raise _Stop
 
     def grab_input(_m, inp):
-        captured["x"] = inp[0].detach()
+        captured["x"] = inp[0]
         raise _Stop
 
     device = next(pruned.parameters()).device
@@ -109,13 +119,8 @@ def _fit_layer(original: nn.Module, pruned: nn.Module, name: str, ref: nn.Linear
                         model(*inputs)
                     except _Stop:
                         pass
-                x, y = captured.pop("x"), captured.pop("y")
-                x = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x[None]
-                y = y.reshape(-1, y.shape[-1]) if y.ndim > 1 else y[None]
-                if mask_index is not None and x.shape[0] == inputs[mask_index].numel():
-                    keep = inputs[mask_index].reshape(-1) > 0
-                    x, y = x[keep], y[keep]
-                x, y = x.double().cpu(), y.double().cpu()
+                keep = inputs[mask_index].reshape(-1) > 0 if mask_index is not None else None
+                x, y = token_rows(captured.pop("x"), keep), token_rows(captured.pop("y"), keep)
                 if has_bias:
                     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
                 xtx += x.T @ x

@@ -31,7 +31,7 @@ from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.techniques.prune.importance import DataImportance
 from slimforge.runtimes.torch_eager import run_module, set_training
 from slimforge.train import TrainConfig, train
-from slimforge.train.data import supervised_loss, tensor_dataset
+from slimforge.train.data import collect, mask_index, supervised_loss, tensor_dataset
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,22 @@ def _prune_torch(art: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
     module = copy.deepcopy(art.handle)
     set_training(module, False)
     params_before, flops_before = _params(module), count_flops(module, art.examples)
-    needs_data = cfg.finetune_epochs > 0 or cfg.criterion in (Criterion.TAYLOR, Criterion.LSQ)
+    needs_targets = cfg.finetune_epochs > 0 or cfg.criterion is Criterion.TAYLOR
+    needs_inputs = cfg.structured and (cfg.criterion is Criterion.LSQ
+                                       or (cfg.reconstruct and ctx.calibration_data is not None))
     data = has_labels = None
-    if needs_data or (cfg.reconstruct and cfg.structured and ctx.calibration_data is not None):
+    batches: list[tuple[torch.Tensor, ...]] = []  # model inputs for the lsq criterion and the least-squares refit
+    if needs_targets:
         data, has_labels = tensor_dataset(art, ctx.calibration_data, limit=cfg.num_samples,
                                           teacher=lambda feeds: run_module(art.handle, feeds)[0])
+        inputs = data.tensors[:len(art.io.input_names)]
+    elif needs_inputs:  # no targets needed: the teacher is not run
+        inputs = collect(art, ctx.calibration_data, limit=cfg.reconstruct_samples)[0]
+    if needs_inputs:
+        n = min(len(inputs[0]), cfg.reconstruct_samples)
+        batches = [tuple(t[i:i + 64] for t in inputs) for i in range(0, n, 64)]
     if cfg.structured:
-        detail = _structured(module, art, cfg, ctx, data, has_labels)
+        detail = _structured(module, art, cfg, ctx, data, has_labels, batches)
     else:
         detail = _unstructured(module, cfg)
         if data is not None and cfg.finetune_epochs:
@@ -151,7 +160,8 @@ def _prune_torch(art: Artifact, cfg: PruneConfig, ctx: RunContext) -> Artifact:
                                            data=ctx.calibration_data))
 
 
-def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunContext, data, has_labels) -> dict:
+def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunContext, data, has_labels,
+                batches: list[tuple[torch.Tensor, ...]]) -> dict:
     tp = require("torch_pruning", extra="torch", package="torch-pruning")
     importance = {Criterion.L1: lambda: tp.importance.MagnitudeImportance(p=1),
                   Criterion.L2: lambda: tp.importance.MagnitudeImportance(p=2),
@@ -186,18 +196,22 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
     if blocks and cfg.iterative_steps > 1 and not cfg.global_pruning:
         pruner.per_step_head_pruning_ratio = _head_ratios(blocks[0].num_attention_heads, cfg.ratio,
                                                           cfg.iterative_steps)
+    original = None
+    if batches and cfg.reconstruct:  # the reference for the refit (a copy: the user's model is never hooked)
+        original = copy.deepcopy(art.handle)
+        set_training(original, False)
     history = []
     for step in range(cfg.iterative_steps):
         if cfg.criterion is Criterion.TAYLOR:
             _taylor_gradients(module, data, has_labels)
         if cfg.criterion is Criterion.LSQ:
-            importance.fit(module, blocks, _input_batches(art, data, cfg.reconstruct_samples), _mask_index(art))
+            importance.fit(module, blocks, batches, mask_index(art))
         pruner.step()
         module.zero_grad(set_to_none=True)
         _fix_attention_heads(blocks)
         row = {"step": step + 1, "parameters": _params(module)}
-        if data is not None and cfg.reconstruct:
-            row["reconstruction"] = _reconstruct(art, module, cfg, data, has_labels)
+        if original is not None:
+            row["reconstruction"] = _reconstruct(original, module, batches, mask_index(art), cfg.ignore)
         if data is not None and cfg.finetune_epochs:
             row["finetune"] = _finetune(module, cfg, ctx, data, has_labels, step + 1)
         history.append(row)
@@ -232,27 +246,15 @@ def _head_ratios(heads: int, ratio: float, steps: int) -> list[float]:
     return out
 
 
-def _input_batches(art: Artifact, data, limit: int) -> list[tuple[torch.Tensor, ...]]:
-    n_inputs = len(art.io.input_names)
-    subset = torch.utils.data.Subset(data, range(min(len(data), limit)))
-    return [tuple(b[:n_inputs]) for b in torch.utils.data.DataLoader(subset, batch_size=64)]
-
-
-def _mask_index(art: Artifact) -> int | None:
-    return art.io.input_names.index("attention_mask") if "attention_mask" in art.io.input_names else None
-
-
-def _reconstruct(art: Artifact, module: nn.Module, cfg: PruneConfig, data, has_labels: bool) -> list[dict]:
+def _reconstruct(original: nn.Module, module: nn.Module, batches: list[tuple[torch.Tensor, ...]],
+                 mask: int | None, ignore: tuple[str, ...]) -> list[dict]:
     """Least-squares refit of the layers that read pruned features, against the original model (see
     :mod:`slimforge.techniques.prune.reconstruct`)."""
     from slimforge.techniques.prune.reconstruct import reconstruct
 
-    batches, mask = _input_batches(art, data, cfg.reconstruct_samples), _mask_index(art)
-    original = copy.deepcopy(art.handle)
-    set_training(original, False)
     set_training(module, False)
     try:
-        fits = reconstruct(original, module, batches, mask_index=mask, ignore=cfg.ignore)
+        fits = reconstruct(original, module, batches, mask_index=mask, ignore=ignore)
     except (RuntimeError, ValueError) as exc:
         raise TechniqueFailed(f"least-squares reconstruction after pruning failed: {str(exc).splitlines()[0][:300]}; "
                               "pass reconstruct=False to skip it") from exc
