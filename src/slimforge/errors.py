@@ -45,6 +45,11 @@ class MissingDependencyError(SlimforgeError, ImportError):
         )
 
 
+class OutputError(SlimforgeError):
+    """An output path cannot be used: it holds files slimforge did not write, equals an input, or cannot be
+    written (permissions, a full disk, a file where a folder should be)."""
+
+
 class TechniqueFailed(SlimforgeError):
     """A technique could not be applied to this model; a search may skip it and go on."""
 
@@ -55,6 +60,28 @@ class VerificationError(TechniqueFailed):
     def __init__(self, message: str, *, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+# the extra of pyproject.toml that installs each optional package or runtime
+_EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "onnxslim": "onnx", "openvino": "openvino",
+           "nncf": "openvino", "transformers": "hf", "sentence_transformers": "hf", "tokenizers": "hf",
+           "torchao": "torch", "torch_pruning": "torch", "torch_compile": "torch", "fastapi": "serve",
+           "uvicorn": "serve", "prometheus_client": "serve"}
+
+
+def extra_for(name: str) -> str:
+    """The pip extra that installs ``name`` (a package or a runtime), ``all`` when none is known.
+
+    Example:
+        >>> extra_for("onnxruntime"), extra_for("openvino")
+        ('onnx', 'openvino')
+    """
+    return _EXTRAS.get(name.replace("-", "_"), "all")
+
+
+def install_hint(name: str) -> str:
+    """``pip install 'slimforge[EXTRA]'`` for a package or runtime."""
+    return f"pip install 'slimforge[{extra_for(name)}]'"
 
 
 def require(module: str, *, extra: str, package: str | None = None) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimforge.errors import ConfigError
+from slimforge.errors import ConfigError, install_hint
 
 PRECISIONS = ("fp32", "int8", "int8-weight", "int4", "bf16", "fp16", "fp8")
 
@@ -166,7 +166,7 @@ def feasible(target: Target, machine: Machine) -> tuple[Target, list[str]]:
     runtimes = tuple(r for r in target.runtimes if r in machine.runtimes)
     for r in target.runtimes:
         if r not in runtimes:
-            notes.append(f"runtime {r} dropped: not installed (pip install 'slimforge[{r}]')")
+            notes.append(f"runtime {r} dropped: not installed ({install_hint(r)})")
     if not runtimes:
         raise ConfigError(f"target {target.name}: none of its runtimes {list(target.runtimes)} is installed")
     precisions = list(target.precisions)

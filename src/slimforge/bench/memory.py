@@ -20,6 +20,7 @@ from typing import Mapping
 import numpy as np
 
 from slimforge.core.artifact import Artifact, Format
+from slimforge.core.scratch import die_with_parent, scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ _RUNTIME_IMPORTS = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": 
 def peak_memory_mb(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], *, threads: int | None = None,
                    precision: str | None = None, timeout_s: float = 600.0) -> tuple[float, str]:
     """Returns ``(megabytes, method)`` where method is ``subprocess`` or ``in-process``."""
-    with tempfile.TemporaryDirectory(prefix="slimforge-mem-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mem-", dir=scratch_dir()) as tmp:
         source = _source_for(art, Path(tmp))
         if source is None:
             return _in_process(art, runtime, feeds, threads=threads, precision=precision), "in-process"
@@ -40,7 +41,8 @@ def peak_memory_mb(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray],
                 "input_names": art.io.input_names}
         try:
             proc = subprocess.run([sys.executable, "-m", "slimforge.bench.memory", json.dumps(spec, default=str)],
-                                  capture_output=True, text=True, timeout=timeout_s, env={**os.environ})
+                                  capture_output=True, text=True, timeout=timeout_s, env={**os.environ},
+                                  preexec_fn=die_with_parent)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
             return float(json.loads(line)["peak_mb"]), "subprocess"
         except (subprocess.SubprocessError, IndexError, ValueError, KeyError) as exc:

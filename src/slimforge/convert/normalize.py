@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.scratch import scratch_dir
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, VerificationError, require
 from slimforge.convert.info import check_onnx_file
@@ -169,8 +171,7 @@ def _normalize(art: Artifact, cfg: NormalizeConfig, ctx: RunContext) -> Artifact
         passes.append(("fold_constants", lambda s, d: _constants_to_initializers(onnx, s, d)))
     if cfg.infer_shapes:
         passes.append(("infer_shapes", lambda s, d: _shapes(onnx, s, d)))
-    work = ctx.workdir / "tmp-normalize"
-    work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="normalize-", dir=scratch_dir()))
     cases = verification_cases(art)
     current, kept, checks = art, [], []
     gcfg = dataclasses.replace(_GraphTol(), atol=cfg.atol, rtol=cfg.rtol)

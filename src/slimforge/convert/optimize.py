@@ -6,12 +6,14 @@ import dataclasses
 import enum
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.scratch import scratch_dir
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, VerificationError, require
 from slimforge.convert.info import check_onnx_file
@@ -61,8 +63,7 @@ def _graph_optimize(art: Artifact, cfg: GraphOptConfig, ctx: RunContext) -> Arti
     checks: list[Check] = []
     kept: list[str] = []
     cases = verification_cases(art)
-    work = ctx.workdir / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="graph-passes-", dir=scratch_dir()))
     for i, (name, fn) in enumerate(passes):
         ctx.report_progress("graph optimisation", i, len(passes))
         out = work / f"{child.id}-{name}.onnx"

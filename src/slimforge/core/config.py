@@ -68,10 +68,9 @@ def coerce_fields(cfg: Config) -> None:
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):  # type: ignore[arg-type]
         value = getattr(cfg, f.name)
-        hint = hints.get(f.name)
-        if (isinstance(hint, type) and issubclass(hint, enum.Enum) and not isinstance(value, hint)) or \
-                (typing.get_origin(hint) is tuple and isinstance(value, list)):
-            object.__setattr__(cfg, f.name, _coerce(hint, value, f"{cfg.kind}.{f.name}"))
+        coerced = _coerce(hints.get(f.name), value, f"{cfg.kind}.{f.name}")
+        if coerced is not value:
+            object.__setattr__(cfg, f.name, coerced)
 
 
 def config_types() -> dict[str, type[Config]]:
@@ -120,6 +119,21 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         except ValueError:
             allowed = ", ".join(str(m.value) for m in hint)
             raise ConfigError(f"{where}: {value!r} is not one of: {allowed}") from None
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
+    """Type-check bool, int, float and str settings (a YAML ``per_channel: maybe`` is an error, not True)."""
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value) if isinstance(value, int) else value
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value

@@ -57,26 +57,43 @@ class RunContext:
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path with the same name as ``final`` in a private folder beside it; move it (and any side
-    files written next to it, such as ONNX external data or an OpenVINO ``.bin``) into place only if the block
-    succeeds. Works for files and folders. On failure nothing is left behind.
+    """Yield a temporary path with the same name as ``final`` in a private folder beside it (same file system);
+    flush it to disk and rename it (and any side files written next to it, such as ONNX external data or an
+    OpenVINO ``.bin``) into place only if the block succeeds. On failure nothing is left behind; a killed run's
+    temporary folder carries its PID and is swept by the next run that writes there. An existing folder is
+    replaced only where slimforge made it; names are recorded in the folder's manifest before they appear.
 
     Example:
         >>> with atomic_path(Path("/tmp/slimforge-doc/x.txt")) as tmp:
         ...     _ = tmp.write_text("hi")
     """
+    from slimforge.core.outputs import fsync_tree, make_dirs, read_manifest, record, writing
+    from slimforge.core.scratch import TMP_PREFIX
+    from slimforge.errors import OutputError
+
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    with writing(final):
+        make_dirs(final.parent)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{final.name[:40]}.", dir=final.parent))
     tmp = tmpdir / final.name
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"the step did not write {final.name}")
-        for sibling in sorted(tmpdir.iterdir(), key=lambda p: p == tmp):  # the main file last
-            target = final.parent / sibling.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(sibling, target)
+        with writing(final):
+            siblings = sorted(tmpdir.iterdir(), key=lambda p: p == tmp)  # the main file last
+            owned = read_manifest(final.parent) or ()
+            for sibling in siblings:
+                target = final.parent / sibling.name
+                if target.is_dir() and not target.is_symlink():
+                    if sibling.name not in owned and read_manifest(target) is None:
+                        raise OutputError(f"{target}: is a folder slimforge did not write; it is left as it is")
+                fsync_tree(sibling)
+                record(final.parent, sibling.name)
+            for sibling in siblings:
+                target = final.parent / sibling.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                os.replace(sibling, target)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -100,9 +100,9 @@ def open_session(art: Artifact, runtime: str | None = None, *, device: str = "cp
         raise UnsupportedModelError(f"runtime {rt.name} cannot open a {art.format.value} model; it opens "
                                     f"{', '.join(f.value for f in rt.formats)} (export it first)")
     if not rt.available():
-        from slimforge.errors import MissingDependencyError
+        from slimforge.errors import MissingDependencyError, extra_for
 
-        raise MissingDependencyError(rt.name, extra={"onnxruntime": "onnx"}.get(rt.name, rt.name))
+        raise MissingDependencyError(rt.name, extra=extra_for(rt.name))
     if device not in rt.devices():
         raise ConfigError(f"runtime {rt.name} has no device {device!r} here; available: {', '.join(rt.devices())}")
     return rt.open(art, device=device, threads=threads, precision=precision)

@@ -24,6 +24,7 @@ from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
+from slimforge.core.scratch import scratch_dir
 from slimforge.errors import ConfigError, DataError, TechniqueFailed, require
 from slimforge.evaluation.metrics import accuracy, cosine_similarity
 from slimforge.techniques.quantize.calibration import Calibration
@@ -80,7 +81,7 @@ def _mixed_onnx(art: Artifact, cfg: MixedPrecisionConfig, ctx: RunContext) -> Ar
     scorer = _Scorer(art, ctx, cfg)
     child = art.derive(Step("mixed_precision", cfg.to_dict()))
     final = ctx.output_for(child, ".onnx")
-    with tempfile.TemporaryDirectory(prefix="slimforge-mixed-", dir=ctx.workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="mixed-", dir=scratch_dir()) as tmp:
         tmpdir = Path(tmp)
         static_cfg = StaticQuantConfig(calibration=cfg.calibration, per_channel=cfg.per_channel,
                                        num_samples=cfg.num_samples, op_types=cfg.op_types)

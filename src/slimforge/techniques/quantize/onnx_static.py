@@ -19,6 +19,7 @@ from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
+from slimforge.core.scratch import die_with_parent, scratch_dir
 from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds
@@ -63,7 +64,7 @@ def _quantize_static_onnx(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext
     child = art.derive(Step("quantize_static", cfg.to_dict()),
                        meta={"precision": "int8-static", "calibration": cfg.calibration.value})
     final = ctx.output_for(child, ".onnx")
-    with tempfile.TemporaryDirectory(prefix="slimforge-calib-", dir=ctx.workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="calib-", dir=scratch_dir()) as tmp:
         src, cache, seen = calibrate(art, cfg, ctx, Path(tmp))
         with atomic_path(final) as out:
             write_static(art, src, out, cfg, cache, exclude=cfg.exclude)
@@ -152,7 +153,8 @@ def _preprocess(src: Path, dst: Path) -> Path:
     src, dst = Path(src).resolve(), Path(dst).resolve()
     base = [sys.executable, "-m", "onnxruntime.quantization.preprocess", "--input", str(src), "--output", str(dst)]
     for extra in ([], ["--skip_symbolic_shape", "True"]):  # (the tool parses any value given as True)
-        proc = subprocess.run(base + extra, cwd=dst.parent, capture_output=True, text=True)
+        proc = subprocess.run(base + extra, cwd=dst.parent, capture_output=True, text=True,
+                              preexec_fn=die_with_parent)
         if proc.returncode == 0 and dst.exists():
             return dst
         log.info("quantization pre-processing %s failed: %s", extra,

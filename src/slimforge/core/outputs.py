@@ -1,0 +1,201 @@
+"""Output folders and files that never destroy what slimforge did not write.
+
+A folder slimforge writes into carries a manifest (``.slimforge-manifest.json``) listing the names slimforge put
+there. A folder is used only when it is new, empty or has a manifest; ``force`` lets slimforge write beside files it
+did not write, which are never touched. A new run into a folder first removes the previous run's files (those the
+manifest names), so no report of another run sits next to the new artifact. An output equal to an input is refused.
+Names are recorded before they are written, so a killed run's files are still known to the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from slimforge.errors import OutputError
+
+MANIFEST = ".slimforge-manifest.json"
+SIDECAR_SUFFIX = ".slimforge.json"
+
+
+def read_manifest(folder: Path) -> list[str] | None:
+    """The names slimforge wrote into ``folder``, or None when it has no (readable) manifest."""
+    try:
+        doc = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = doc.get("files") if isinstance(doc, dict) and doc.get("tool") == "slimforge" else None
+    if not isinstance(files, list):
+        return None
+    return [f for f in files if isinstance(f, str) and _plain_name(f)]
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..", MANIFEST) and "/" not in name and "\\" not in name
+
+
+def _write_manifest(folder: Path, files: Iterable[str]) -> None:
+    doc = json.dumps({"tool": "slimforge", "files": sorted(set(files))}, indent=1)
+    tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(doc)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def record(folder: Path, name: str) -> None:
+    """Add ``name`` to ``folder``'s manifest (a no-op where slimforge does not own the folder)."""
+    files = read_manifest(folder)
+    if files is not None and name not in files and _plain_name(name):
+        _write_manifest(folder, [*files, name])
+
+
+def written_by_slimforge(path: Path) -> bool:
+    """Whether ``path`` is a file slimforge wrote: named in its folder's manifest, or with a slimforge sidecar."""
+    path = Path(path)
+    if path.name in (read_manifest(path.parent) or ()):
+        return True
+    return path.with_name(path.name + SIDECAR_SUFFIX).is_file()
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _refuse_inputs(path: Path, inputs: Iterable[str | Path | None]) -> None:
+    for given in inputs:
+        if given is None or not isinstance(given, (str, Path)):
+            continue
+        src = Path(given).expanduser()
+        if _same(path, src) or (path.exists() and src.exists() and os.path.samefile(path, src)):
+            raise OutputError(f"{path}: the output is the input {given}; choose another output path")
+
+
+def prepare_output_dir(folder: str | Path, *, force: bool = False, inputs: Iterable[str | Path | None] = (),
+                       fresh: bool = True) -> Path:
+    """Make ``folder`` ready for a run's outputs and return it.
+
+    New or empty: created with a manifest. With a manifest: the previous run's files are removed when ``fresh``.
+    Holding files slimforge did not write: refused, unless ``force`` (those files are then left untouched).
+
+    Example:
+        >>> import tempfile
+        >>> d = prepare_output_dir(Path(tempfile.mkdtemp()) / "out")
+        >>> (d / MANIFEST).is_file()
+        True
+    """
+    folder = Path(folder).expanduser()
+    _refuse_inputs(folder, inputs)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: is a file, not a folder; choose a folder for the outputs")
+    if folder.is_dir():
+        from slimforge.core.scratch import sweep
+
+        sweep(folder)
+        owned = read_manifest(folder)
+        if owned is None:
+            foreign = sorted(p.name for p in folder.iterdir())
+            if foreign and not force:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise OutputError(f"{folder}: the folder holds files slimforge did not write ({shown}); choose a new "
+                                  "or empty folder, or pass --force to write beside them (they are never touched)")
+            owned = []
+        elif fresh:
+            for name in owned:
+                _remove(folder / name)
+            owned = [n for n in owned if (folder / n).exists() or (folder / n).is_symlink()]
+        _write_manifest(folder, owned)
+        return folder
+    make_dirs(folder)
+    _write_manifest(folder, [])
+    return folder
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def prepare_output_file(path: str | Path, *, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Check that ``path`` may be written: not a folder, not an input, and not a file slimforge did not write.
+
+    Example:
+        >>> import tempfile
+        >>> prepare_output_file(Path(tempfile.mkdtemp()) / "m.onnx").suffix
+        '.onnx'
+    """
+    path = Path(path).expanduser()
+    _refuse_inputs(path, inputs)
+    if path.is_dir():
+        raise OutputError(f"{path}: is an existing folder; name a file for the output (e.g. {path / 'model.onnx'})")
+    if (path.exists() or path.is_symlink()) and not written_by_slimforge(path):
+        raise OutputError(f"{path}: the file exists and slimforge did not write it; choose another output path "
+                          "(slimforge never overwrites files it did not write)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"{path.parent}: is a file, not a folder")
+    make_dirs(path.parent)
+    from slimforge.core.scratch import sweep
+
+    sweep(path.parent)
+    return path
+
+
+def make_dirs(folder: Path) -> None:
+    """``mkdir -p`` that records each folder it creates in its parent's manifest (where slimforge owns it)."""
+    folder = Path(folder)
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{p}: is a file, not a folder; choose another output path")
+    for d in reversed(missing):
+        record(d.parent, d.name)
+        d.mkdir(exist_ok=True)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a written file (or every file in a folder) to disk before it is renamed into place."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn OS errors while writing ``path`` into one line naming the path (disk full, permissions, bad paths)."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, path)) from exc
+
+
+def describe_os_error(exc: OSError, path: Path | str | None = None) -> str:
+    """One line: the path and what went wrong, with the fix where there is an obvious one."""
+    import errno
+
+    where = exc.filename or path or "?"
+    why = {errno.ENOSPC: "the disk is full; free space or choose another output folder",
+           errno.EDQUOT: "the disk quota is exceeded; free space or choose another output folder",
+           errno.EACCES: "permission denied; choose a folder you can write to",
+           errno.EPERM: "permission denied; choose a folder you can write to",
+           errno.EROFS: "the file system is read-only; choose another output folder",
+           errno.ENOTDIR: "a part of the path is a file, not a folder",
+           errno.ENAMETOOLONG: "the name is too long",
+           errno.ENOENT: "no such file or folder"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"{where}: {why}"

@@ -1,0 +1,112 @@
+"""Scratch space: one folder per run, named after the run's PID, removed on exit; the next run sweeps the folders
+of runs that died (``kill -9``), and child processes die with their parent.
+
+Hidden temporary folders that ``atomic_path`` makes beside an output (``.slimforge-tmp-<pid>-...``) carry the PID
+too, so a later run that writes to the same folder removes those a killed run left.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RUN_PREFIX = "slimforge-run-"
+TMP_PREFIX = ".slimforge-tmp-"
+_OWNER = "owner.json"
+_PID_RE = re.compile(r"^(?:slimforge-run-|\.slimforge-tmp-)(\d+)-")
+_state: dict[str, Path | None] = {"dir": None}
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
+def scratch_dir() -> Path:
+    """This process's scratch folder (made on first use, removed at exit).
+
+    Example:
+        >>> scratch_dir().name.startswith(f"slimforge-run-{os.getpid()}-")
+        True
+    """
+    current = _state["dir"]
+    if current is not None and current.is_dir() and _owned_here(current):
+        return current
+    sweep(Path(tempfile.gettempdir()))
+    folder = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
+    (folder / _OWNER).write_text(json.dumps({"pid": os.getpid(), "created": _create_time(os.getpid())}))
+    _state["dir"] = folder
+    atexit.register(remove_scratch)
+    return folder
+
+
+def _owned_here(folder: Path) -> bool:
+    m = _PID_RE.match(folder.name)
+    return m is not None and int(m.group(1)) == os.getpid()
+
+
+def remove_scratch() -> None:
+    """Remove this process's scratch folder (a forked child never removes its parent's)."""
+    folder = _state["dir"]
+    if folder is not None and _owned_here(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        _state["dir"] = None
+
+
+def owner_alive(path: Path) -> bool:
+    """Whether the process that made ``path`` (PID in its name; start time in its owner file) is still running."""
+    m = _PID_RE.match(path.name)
+    if m is None:
+        return True  # not ours to judge
+    pid = int(m.group(1))
+    started = _create_time(pid)
+    if started is None:
+        return False
+    try:
+        recorded = json.loads((path / _OWNER).read_text()).get("created")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is not None and abs(float(recorded) - started) > 1.0:
+        return False  # the PID was reused by another process
+    return True
+
+
+def sweep(folder: Path) -> list[Path]:
+    """Remove the scratch and temporary folders in ``folder`` whose owning run is dead; returns what went."""
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if _PID_RE.match(p.name) and not p.is_symlink() and p.is_dir() and not owner_alive(p):
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
+                removed.append(p)
+    if removed:
+        log.info("removed %d folder(s) left by killed slimforge runs in %s", len(removed), folder)
+    return removed
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: on Linux the child gets SIGKILL when its parent dies."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to do
+        pass
