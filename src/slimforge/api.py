@@ -13,6 +13,7 @@ from torch import nn
 from slimforge.bench.timing import BenchResult, BenchSpec, measure
 from slimforge.core.artifact import Artifact, Check
 from slimforge.core.context import ProgressFn, RunContext
+from slimforge.core.outputs import claim_output_dir, prepare_output_file, write_text
 from slimforge.core.registry import apply
 from slimforge.errors import DataError
 from slimforge.evaluation.metrics import Metric
@@ -48,7 +49,7 @@ def _as_data(data: str | Path | Dataset | None, art: Artifact, *, default_text: 
 
 def export(model: ModelLike, output: str | Path | None = None, *, opset: int = 17,
            dynamic_axes: Sequence[str] = (), exporter: str = "auto", verify: bool = True, atol: float = 1e-4,
-           rtol: float = 1e-4, external_data: str = "auto", workdir: str | Path = "slimforge-out",
+           rtol: float = 1e-4, external_data: str = "auto", workdir: str | Path | None = None,
            progress: ProgressFn | None = None, **load_kw: Any) -> Artifact:
     """Export a torch model to ONNX and verify it against the source on several input shapes.
 
@@ -64,13 +65,19 @@ def export(model: ModelLike, output: str | Path | None = None, *, opset: int = 1
     cfg = ExportConfig(opset=opset, dynamic_axes=tuple(dynamic_axes), exporter=exporter, verify=verify,
                        atol=atol, rtol=rtol, external_data=external_data)
     art = _as_artifact(model, **load_kw)
-    ctx = RunContext(workdir=Path(workdir), progress=progress, output=Path(output) if output else None)
+    if output is not None:
+        output = prepare_output_file(output, inputs=[art.path])
+    ctx = RunContext(workdir=_path(workdir), progress=progress, output=Path(output) if output else None)
     out = apply(art, cfg, ctx)
     if output is not None and out.path is not None:
         from slimforge.io.save import write_sidecar
 
         write_sidecar(out, out.path)  # preprocessing (tokenizer, image transforms) and lineage travel with the file
     return out
+
+
+def _path(p: str | Path | None) -> Path | None:
+    return None if p is None else Path(p)
 
 
 def feeds_for(art: Artifact, data: Dataset | None, *, seq: int = 64) -> Callable[[int], dict[str, np.ndarray]]:
@@ -153,7 +160,7 @@ def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "m
              data: str | Path | Dataset | None = None, runtime: str | None = None, output: str | Path | None = None,
              num_samples: int = 128, exclude: Sequence[str] = (), min_cosine: float | None = None,
              max_drop: float | None = None, metric: str = "auto", batch_sizes: Sequence[int] = (1, 32),
-             check_speed: bool = True, spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
+             check_speed: bool = True, spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None,
              progress: ProgressFn | None = None) -> Artifact:
     """Quantize a model with one method for one runtime; the result carries its fidelity check and, unless
     ``check_speed`` is off, a ``no_slowdown`` check comparing it with its FP32 input on the same runtime.
@@ -181,7 +188,9 @@ def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "m
                            num_samples=num_samples, exclude=tuple(exclude), min_cosine=min_cosine,
                            max_drop=max_drop, metric=metric)
     ds = _as_data(data, art, default_text=True)
-    ctx = RunContext(workdir=Path(workdir), progress=progress, calibration_data=ds)
+    if output is not None:
+        output = prepare_output_file(output, inputs=[art.path])
+    ctx = RunContext(workdir=_path(workdir), progress=progress, calibration_data=ds)
     prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art
     out = run_steps(prepared, Recipe(steps=(steps[-1],), runtime=rt), ctx,
                     output=Path(output) if output else None)
@@ -233,7 +242,7 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
              output_dir: str | Path = "slimforge-out", recipe: Recipe | None = None,
              batch_sizes: Sequence[int] = (1, 32), threads: int | None = None, eval_limit: int = 512,
              spec: BenchSpec = BenchSpec(), progress: ProgressFn | None = None, target: Any = None,
-             goals: Any = None, time_budget_s: float = 900.0, use_cache: bool = True) -> Any:
+             goals: Any = None, time_budget_s: float = 900.0, use_cache: bool = True, force: bool = False) -> Any:
     """With ``target`` (``cpu``, ``server``, ``edge``, ``mobile``, ``gpu``, a preset YAML) or ``goals``: search
     for the best artifact under the goals (``slimforge.auto``) and return an ``AutoResult``.
 
@@ -251,18 +260,26 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
 
         return auto_optimize(model, target=target or "cpu", goals=goals, data=data, output_dir=output_dir,
                              time_budget_s=time_budget_s, progress=progress, use_cache=use_cache,
-                             eval_limit=min(eval_limit, 256))
-    from slimforge.evaluation.run import collect_outputs, quality_metrics
-    from slimforge.plan.engine import run_steps
-    from slimforge.report import build_report, variant_entry, write_report
-
-    out_dir = Path(output_dir)
+                             eval_limit=min(eval_limit, 256), force=force)
     base = _as_artifact(model)
     ds = _as_data(data, base, default_text=True)
     recipe = recipe or default_recipe(base, batch_sizes=tuple(batch_sizes), threads=threads)
-    ctx = RunContext(workdir=out_dir, progress=progress, threads=recipe.threads, calibration_data=ds)
-    suffix = {"onnxruntime": ".onnx", "openvino": ".xml"}.get(recipe.runtime)
-    result = run_steps(base, recipe, ctx, output=out_dir / f"{base.name}-optimized{suffix}" if suffix else None)
+    recipe = check_recipe(base, recipe)
+    with claim_output_dir(output_dir, force=force, inputs=[base.path]) as out_dir:
+        return _run_recipe(base, ds, recipe, out_dir, eval_limit=eval_limit, spec=spec, progress=progress)
+
+
+def _run_recipe(base: Artifact, ds: Dataset | None, recipe: Recipe, out_dir: Path, *, eval_limit: int,
+                spec: BenchSpec, progress: ProgressFn | None) -> OptimizeResult:
+    """The fixed recipe's work: steps (in scratch space), evaluation, benchmark; the artifact and its report are
+    written to ``out_dir`` together at the end, so a failed or killed run leaves neither."""
+    from slimforge.evaluation.run import collect_outputs, quality_metrics
+    from slimforge.io.save import save
+    from slimforge.plan.engine import run_steps
+    from slimforge.report import build_report, variant_entry, write_report
+
+    ctx = RunContext(progress=progress, threads=recipe.threads, calibration_data=ds)
+    result = run_steps(base, recipe, ctx)
 
     quality_base: dict[str, Metric] = {}
     quality_result: dict[str, Metric] = {}
@@ -286,6 +303,9 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
     r_bench = measure(result, recipe.runtime, feeds, batch_sizes=recipe.batch_sizes, spec=spec,
                       threads=recipe.threads,
                       on_batch=lambda b: ctx.report_progress("benchmark result", recipe.batch_sizes.index(b) + 1, n))
+    suffix = {"onnxruntime": ".onnx", "openvino": ".xml"}.get(recipe.runtime)
+    if suffix:
+        result = save(result, out_dir / f"{base.name}-optimized{suffix}")
     baseline_label = f"{_RUNTIME_NAMES.get(recipe.baseline_runtime, recipe.baseline_runtime)} FP32"
     report = build_report(
         baseline=variant_entry(baseline_label, base, b_bench, quality_base),
@@ -294,9 +314,27 @@ def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | Non
         artifact=result, recipe=recipe.to_dict(), threads=recipe.threads,
         data={"name": ds.name, "examples": len(ds), "evaluated": min(len(ds), eval_limit)} if ds else None)
     paths = write_report(report, out_dir)
-    (out_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
-    paths["recipe"] = out_dir / "recipe.yaml"
+    paths["recipe"] = write_text(out_dir / "recipe.yaml", recipe.to_yaml())
     paths["artifact"] = result.path  # type: ignore[assignment]
     return OptimizeResult(result, base, report, paths)
 
 
+def check_recipe(base: Artifact, recipe: Recipe) -> Recipe:
+    """Refuse, before any work, a recipe whose runtimes are unknown or cannot open what they are given; a recipe
+    without a baseline runtime measures the baseline on the model's own runtime."""
+    import dataclasses
+
+    from slimforge.errors import ConfigError
+    from slimforge.runtimes import default_runtime, get_runtime
+
+    if not recipe.baseline_runtime:
+        recipe = dataclasses.replace(recipe, baseline_runtime=default_runtime(base))
+    for role, name in (("runtime", recipe.runtime), ("baseline_runtime", recipe.baseline_runtime)):
+        try:
+            get_runtime(name)
+        except ConfigError as exc:
+            raise ConfigError(f"recipe {role}: {exc}") from None
+    if base.format not in get_runtime(recipe.baseline_runtime).formats:
+        raise ConfigError(f"recipe baseline_runtime {recipe.baseline_runtime} cannot run the {base.format.value} "
+                          f"model {base.name}; set baseline_runtime to {default_runtime(base)}")
+    return recipe

@@ -24,11 +24,12 @@ DataLike = str | Path | Dataset | None
 
 
 def _run(art: Artifact, cfg: Config, *, data: DataLike, teacher: Artifact | None, check_speed: bool,
-         batch_sizes: Sequence[int], spec: BenchSpec, workdir: str | Path, progress: ProgressFn | None) -> Artifact:
+         batch_sizes: Sequence[int], spec: BenchSpec, workdir: str | Path | None, progress: ProgressFn | None) -> Artifact:
     if art.format is not Format.TORCH:
         raise UnsupportedModelError(f"{cfg.kind} works on PyTorch models; {art.name} is {art.format.value}")
     ds = _as_data(data, teacher or art, default_text=False) if data is not None else None
-    ctx = RunContext(workdir=Path(workdir), progress=progress, calibration_data=ds, baseline=teacher)
+    ctx = RunContext(workdir=Path(workdir) if workdir is not None else None, progress=progress,
+                     calibration_data=ds, baseline=teacher)
     out = apply(art, cfg, ctx)
     if check_speed:
         out = out.with_check(speed_check(art, out, "torch", feeds_for(art, ds), batch_sizes=tuple(batch_sizes),
@@ -40,7 +41,7 @@ def prune(model: ModelLike, *, ratio: float = 0.5, structured: bool = True, crit
           global_pruning: bool = False, round_to: int = 8, iterative_steps: int = 1,
           finetune_data: DataLike = None, finetune_epochs: int = 0, lr: float = 1e-3, ignore: Sequence[str] = (),
           reconstruct: bool = True, check_speed: bool = True, batch_sizes: Sequence[int] = (1, 32),
-          spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
+          spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None,
           progress: ProgressFn | None = None) -> Artifact:
     """Prune a PyTorch model; structured pruning makes it physically smaller (parameters, FLOPs, latency reported).
     With ``finetune_data``, structured pruning also refits the layers that read pruned features by least squares
@@ -89,7 +90,7 @@ def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data:
             num_samples: int = 4096, heldout: float = 0.2, patience: int | None = None,
             hidden_layers: Sequence[str] = (), hidden_weight: float = 1.0, freeze: Sequence[str] = (),
             augment: int = 0, device: str = "auto", checkpoint_dir: str | None = None, check_speed: bool = True,
-            batch_sizes: Sequence[int] = (1, 32), spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out",
+            batch_sizes: Sequence[int] = (1, 32), spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None,
             progress: ProgressFn | None = None) -> Artifact:
     """Distil ``teacher`` into ``student``: a module or artifact, a number of layers to keep from the teacher, or
     None for the teacher's own architecture (e.g. to recover a pruned model, pass the pruned artifact as student).
@@ -126,7 +127,7 @@ def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data:
 def lowrank(model: ModelLike, *, ratio: float | None = 0.5, energy: float | None = None,
             layers: Sequence[str] = ("*",), round_to: int = 8, check_speed: bool = True,
             batch_sizes: Sequence[int] = (1, 32), spec: BenchSpec = BenchSpec(), data: DataLike = None,
-            workdir: str | Path = "slimforge-out", progress: ProgressFn | None = None) -> Artifact:
+            workdir: str | Path | None = None, progress: ProgressFn | None = None) -> Artifact:
     """Factorize Linear/Conv2d layers by truncated SVD (rank by ratio or energy); parameters, cosine and latency
     are recorded. Fine-tune afterwards with ``distill(original, result, data=...)``.
 
@@ -147,7 +148,7 @@ def lowrank(model: ModelLike, *, ratio: float | None = 0.5, energy: float | None
 
 
 def fuse(model: ModelLike, *, check_speed: bool = True, batch_sizes: Sequence[int] = (1, 32),
-         spec: BenchSpec = BenchSpec(), workdir: str | Path = "slimforge-out") -> Artifact:
+         spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None) -> Artifact:
     """Fold BatchNorm into the Conv/Linear before it; outputs verified to 1e-5.
 
     Example:

@@ -20,7 +20,9 @@ from slimforge.auto.search import FAST_SPEC, SEARCH_VERSION, _sha, cache_root, d
 from slimforge.auto.targets import PRESETS, Target, get_target
 from slimforge.bench.timing import BenchSpec
 from slimforge.core.artifact import Artifact, Format
-from slimforge.core.context import ProgressFn
+from slimforge.core.context import ProgressFn, atomic_path
+from slimforge.core.outputs import claim_output_dir, write_text
+from slimforge.core.scratch import scratch_dir
 from slimforge.errors import ConfigError, SlimforgeError
 
 __all__ = ["AutoResult", "Goals", "PRESETS", "Target", "auto_optimize", "auto_optimize_for_deployment",
@@ -58,7 +60,7 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
                   goals: Goals | Mapping[str, Any] | None = None, data: Any = None,
                   output_dir: str | Path = "slimforge-out", time_budget_s: float = 900.0, eval_limit: int = 256,
                   spec: BenchSpec = FAST_SPEC, progress: ProgressFn | None = None,
-                  use_cache: bool = True) -> AutoResult:
+                  use_cache: bool = True, force: bool = False) -> AutoResult:
     """Search for the best artifact for ``target`` under ``goals``.
 
     Example:
@@ -74,17 +76,23 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
     g = goals if isinstance(goals, Goals) else Goals.from_mapping(dict(goals or {}))
     if time_budget_s <= 0:
         raise ConfigError(f"the time budget must be positive, got {time_budget_s} s")
-    out_dir = Path(output_dir)
+    with claim_output_dir(output_dir, force=force, inputs=[base.path]) as out_dir:
+        return _optimize_into(out_dir, base, ds, data, tgt, g, eval_limit=eval_limit, time_budget_s=time_budget_s,
+                              spec=spec, progress=progress, use_cache=use_cache, t0=t0)
+
+
+def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Target, g: Goals, *, eval_limit: int,
+                   time_budget_s: float, spec: BenchSpec, progress: ProgressFn | None, use_cache: bool,
+                   t0: float) -> AutoResult:
     key = _request_key(base, tgt, g, ds, eval_limit, time_budget_s)
     registry = cache_root() / "optimized" / key
     if use_cache and (registry / "complete").is_file():
         return _from_registry(registry, out_dir, t0)
-    res = search(base, target=tgt, goals=g, data=ds, workdir=out_dir / "work", time_budget_s=time_budget_s,
+    res = search(base, target=tgt, goals=g, data=ds, workdir=scratch_dir() / "search", time_budget_s=time_budget_s,
                  eval_limit=eval_limit, spec=spec, progress=progress, use_cache=use_cache)
     from slimforge.auto import report as rep
     from slimforge.plan.recipe import Recipe
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     art_path: Path | None = None
     best = res.artifact
     from slimforge.io.save import save
@@ -106,7 +114,7 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
                     source=_source_of(base),
                     data=str(Path(data).resolve()) if isinstance(data, (str, Path)) else
                     ("synthesized" if data is None and ds is None else None))
-    (out_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    write_text(out_dir / "recipe.yaml", recipe.to_yaml())
     report = rep.build(res, recipe=recipe.to_dict(), artifact_path=art_path,
                        data_name=getattr(ds, "name", None))
     paths = rep.write(report, out_dir)
@@ -159,11 +167,11 @@ def _from_registry(folder: Path, out_dir: Path, t0: float) -> AutoResult:
     from slimforge.io.models import load
 
     doc = json.loads((folder / "result.json").read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for f in folder.iterdir():
         if f.name not in ("result.json", "complete"):
-            shutil.copy2(f, out_dir / f.name)
+            with atomic_path(out_dir / f.name) as tmp:
+                shutil.copy2(f, tmp)
     for kind, name in doc["files"].items():
         paths[kind] = out_dir / name
     report = json.loads((out_dir / doc["files"]["json"]).read_text()) if "json" in doc["files"] else {}

@@ -16,11 +16,14 @@ from slimforge.errors import ConfigError, SlimforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained models smaller and faster, verified and measured on your hardware.")
-console = Console(width=None if sys.stdout.isatty() else 160)  # logs and pipes get wide tables
-err_console = Console(stderr=True)
+# markup off: user strings such as a path "[/x]" or a shape "[batch, 16]" print as they are
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)  # logs and pipes get wide tables
+err_console = Console(stderr=True, markup=False)
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model: ONNX file, HF folder, TorchScript .pt, .pt2, "
                                                         "OpenVINO .xml. Default: the bundled all-MiniLM-L6-v2.")]
+Force = Annotated[bool, typer.Option("--force", help="Write into an output folder that holds other files (slimforge "
+                                                   "replaces only what it wrote there; other files are never touched).")]
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable)")]
 
 
@@ -92,9 +95,9 @@ def export(model: ModelArg = None,
     art = _load(model, input_shape)
     with progress_bars(err_console) as progress:
         out = api_export(art, output, opset=opset, dynamic_axes=cfg.dynamic_axes, exporter=exporter, verify=verify,
-                         atol=atol, workdir=output.parent, progress=progress)
+                         atol=atol, progress=progress)
     _print_checks(out)
-    console.print(f"[green]wrote[/] {out.path}  ({out.size_bytes() / 1e6:.1f} MB, exporter "
+    console.print(f"wrote {out.path}  ({out.size_bytes() / 1e6:.1f} MB, exporter "
                   f"{out.meta.get('exporter')})")
 
 
@@ -127,8 +130,9 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
                           f"{r.throughput[b]:.1f}", f"{r.peak_memory_mb:.1f}", f"{r.size_mb:.1f}")
     console.print(table)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
+        from slimforge.core.outputs import write_text
+
+        write_text(json_out, json.dumps([r.to_dict() for r in results], indent=2))
 
 
 @app.command()
@@ -155,7 +159,7 @@ def optimize(model: ModelArg = None,
                  help="Batch sizes to measure (the first is the latency goal's). Default: the target's.")] = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
              recipe: Annotated[Optional[Path], typer.Option(help="A recipe YAML to run instead of the default.")] = None,
-             input_shape: InputShape = None,
+             input_shape: InputShape = None, force: Force = False,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
     """Optimize a model. With --target or any goal: search every technique and runtime for the best artifact that
     meets the goals (exit code 0 when all are met, 3 when not; the best effort is saved either way)."""
@@ -167,8 +171,8 @@ def optimize(model: ModelArg = None,
     goal_args = {k: v for k, v in goal_args.items() if v is not None}
     art = _load(model, input_shape)
     if target is not None or goal_args:
-        _auto(art, model is None, target or "cpu", goal_args, latency_stat, batch, threads, data, output_dir,
-              _duration(time_budget), cache, dry_run)
+        _auto(art, target or "cpu", goal_args, latency_stat, batch, threads, data, output_dir,
+              _duration(time_budget), cache, dry_run, force)
         return
     the_recipe = Recipe.load(recipe) if recipe else default_recipe(art, batch_sizes=_batches(batch or "1,32"),
                                                                     threads=threads)
@@ -179,7 +183,8 @@ def optimize(model: ModelArg = None,
     from slimforge.cli.progress import progress_bars
 
     with progress_bars(err_console) as progress:
-        res = api_optimize(art, data=data, output_dir=output_dir, recipe=the_recipe, progress=progress)
+        res = api_optimize(art, data=data, output_dir=output_dir, recipe=the_recipe, progress=progress,
+                           force=force)
     _print_checks(res.artifact)
     print_comparison(res.report)
     console.print(f"artifact: {res.paths['artifact']}")
@@ -195,9 +200,9 @@ def _duration(text: str) -> float:
     return float(m.group(1)) * {"s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
 
 
-def _auto(art: Any, default_model: bool, target: str, goal_args: dict[str, Any], latency_stat: str,
-          batch: str | None, threads: int | None, data: Path | None, output_dir: Path, budget_s: float,
-          cache: bool, dry_run: bool) -> None:
+def _auto(art: Any, target: str, goal_args: dict[str, Any], latency_stat: str, batch: str | None,
+          threads: int | None, data: Path | None, output_dir: Path, budget_s: float, cache: bool, dry_run: bool,
+          force: bool) -> None:
     import dataclasses
 
     from slimforge.auto import Goals, auto_optimize, get_target
@@ -217,14 +222,14 @@ def _auto(art: Any, default_model: bool, target: str, goal_args: dict[str, Any],
         return
     with progress_bars(err_console) as progress:
         res = auto_optimize(art, target=tgt, goals=goals, data=data, output_dir=output_dir, time_budget_s=budget_s,
-                            progress=progress, use_cache=cache)
+                            progress=progress, use_cache=cache, force=force)
     print_search(res.report, from_cache=res.from_cache)
     if "artifact" in res.paths:
         console.print(f"artifact: {res.paths['artifact']}")
     console.print(f"recipe:   {res.paths.get('recipe')}  (re-run: slimforge run {res.paths.get('recipe')})")
     console.print(f"report:   {res.paths.get('html')}  (also search.json, search.csv, pareto.png)")
     if not res.goals_met:
-        err_console.print("[bold red]goals not met[/]: " + "; ".join(res.missed))
+        err_console.print("goals not met: " + "; ".join(res.missed))
         raise typer.Exit(3)
 
 
@@ -248,7 +253,7 @@ def print_search(report: dict[str, Any], *, from_cache: bool = False) -> None:
                       "" if q is None else f"{q:.4f}", c["reason"], style=style.get(c["status"], ""))
     console.print(table)
     for g in report["goal_results"]:
-        console.print(("[green]met[/]    " if g["met"] else "[red]missed[/] ") + g["text"], highlight=False)
+        console.print(("met    " if g["met"] else "missed ") + g["text"], highlight=False)
     if report.get("verification"):
         console.print(f"verified against the original: {report['verification']['detail']}", highlight=False)
     for n in report.get("notes", []):
@@ -296,7 +301,7 @@ def loadtest(url: Annotated[str, typer.Argument(help="Server URL (http://127.0.0
              = None,
              token: Annotated[Optional[str], typer.Option(envvar="SLIMFORGE_TOKEN", help="Bearer token.")] = None,
              output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Where JSON and plot go.")] = Path(
-                 "slimforge-out/loadtest")) -> None:
+                 "slimforge-out/loadtest"), force: Force = False) -> None:
     """Load-test a server: throughput, p50/p95/p99 latency and errors, as JSON and a plot."""
     from slimforge.serve.loadtest import loadtest as run_load
 
@@ -307,7 +312,7 @@ def loadtest(url: Annotated[str, typer.Argument(help="Server URL (http://127.0.0
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{payload}: not a readable JSON request body ({exc})") from None
     s = run_load(url, concurrency=concurrency, duration_s=_duration(duration), max_requests=requests, payload=body,
-                 token=token, out_dir=output_dir)
+                 token=token, out_dir=output_dir, force=force)
     lat = s["latency_ms"]
     console.print(f"{s['requests']} requests in {s['duration_s']:.1f} s at concurrency {s['concurrency']}: "
                   f"{s['throughput_rps']:.1f} req/s, p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
@@ -320,7 +325,8 @@ def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the rec
         model: Annotated[Optional[str], typer.Argument(help="Model (default: the recipe's source).")] = None,
         output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Output folder.")] = Path(
             "slimforge-out/run"),
-        data: Annotated[Optional[Path], typer.Option(help="Calibration/evaluation data.")] = None) -> None:
+        data: Annotated[Optional[Path], typer.Option(help="Calibration/evaluation data.")] = None,
+        force: Force = False) -> None:
     """Re-run a recipe: its steps, then the benchmark and report of baseline vs result."""
     from slimforge.api import optimize as api_optimize
     from slimforge.cli.progress import progress_bars
@@ -341,7 +347,8 @@ def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the rec
     elif dataset is None and the_recipe.data:
         dataset = Path(the_recipe.data)
     with progress_bars(err_console) as progress:
-        res = api_optimize(art, data=dataset, output_dir=output_dir, recipe=the_recipe, progress=progress)
+        res = api_optimize(art, data=dataset, output_dir=output_dir, recipe=the_recipe, progress=progress,
+                           force=force)
     _print_checks(res.artifact)
     print_comparison(res.report)
     console.print(f"artifact: {res.paths['artifact']}")
@@ -386,20 +393,22 @@ def quantize(model: ModelArg = None,
     torch_rt = rt in ("torch", "torch_compile")
     suffix = ".pt" if torch_rt else ".xml" if rt == "openvino" else ".onnx"
     final_path = output or Path("slimforge-out") / f"{art.name}-{chosen.value}{suffix}"
+    from slimforge.core.outputs import prepare_output_file
+
+    final_path = prepare_output_file(final_path, inputs=[art.path])  # refuse before any work
     out_path = None if torch_rt else final_path  # PyTorch results live in memory until saved below
     with progress_bars(err_console) as progress:
         q = api_quantize(art, chosen.value, calibration=calibration, per_channel=per_channel, data=data, runtime=rt,
                          output=out_path, num_samples=num_samples, exclude=tuple(exclude or ()),
                          min_cosine=min_cosine, max_drop=_drop(max_drop),
-                         batch_sizes=_batches(batch), workdir=final_path.parent,
-                         progress=progress)
+                         batch_sizes=_batches(batch), progress=progress)
     _print_checks(q)
     if q.meta.get("float_layers") is not None:
         layers = q.meta["float_layers"]
         console.print(f"kept in float ({len(layers)}): {', '.join(layers) or 'none'}", soft_wrap=True)
     speed = next((c for c in q.step_checks if c.name == "no_slowdown"), None)
     if speed is not None and not speed.passed:
-        console.print(f"[bold yellow]warning:[/] {speed.detail}; the auto-optimizer will not pick it",
+        console.print(f"warning: {speed.detail}; the auto-optimizer will not pick it",
                       soft_wrap=True)
     elif speed is not None:
         console.print(speed.detail, soft_wrap=True)
@@ -407,7 +416,7 @@ def quantize(model: ModelArg = None,
         from slimforge.io.save import save
 
         q = save(q, final_path)  # TorchScript, reloads with identical outputs
-    console.print(f"[green]wrote[/] {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
+    console.print(f"wrote {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
 
 
 def _drop(text: str | None) -> float | None:
@@ -421,7 +430,7 @@ def _drop(text: str | None) -> float | None:
 
 def print_comparison(report: dict[str, Any]) -> None:
     base, res = report["baseline"], report["result"]
-    console.print(f"[bold]{report['model']['name']}[/]: baseline = {base['label']}, optimized = {res['label']}")
+    console.print(f"{report['model']['name']}: baseline = {base['label']}, optimized = {res['label']}")
     table = Table()
     for col in ("metric", "baseline", "optimized", "ratio"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -440,7 +449,7 @@ def print_comparison(report: dict[str, Any]) -> None:
     console.print(table)
     slower = [b for b in base["latency_ms"] if res["latency_ms"][b]["p50"] > base["latency_ms"][b]["p50"]]
     if slower:
-        console.print(f"[bold yellow]warning:[/] the optimized model is SLOWER than the baseline at batch "
+        console.print(f"warning: the optimized model is SLOWER than the baseline at batch "
                       f"{', '.join(slower)} (p50); do not ship it for that workload", soft_wrap=True)
 
 
@@ -451,7 +460,7 @@ def _ms(v: float) -> str:
 def _ratio(base: float, new: float) -> str:
     if new <= 0 or base <= 0:
         return ""
-    return f"{base / new:.2f}x faster" if base >= new else f"[yellow]{new / base:.2f}x slower[/]"
+    return f"{base / new:.2f}x faster" if base >= new else f"{new / base:.2f}x slower"
 
 
 def _fmt(v: Any) -> str:
@@ -460,7 +469,7 @@ def _fmt(v: Any) -> str:
 
 def _print_checks(art: Any) -> None:
     for c in art.checks:
-        mark = "[green]pass[/]" if c.passed else "[yellow]dropped[/]"
+        mark = "pass" if c.passed else "dropped"
         if c.name == "no_slowdown":
             continue
         key = {k: f"{v:.3g}" for k, v in c.metrics.items() if k in ("max_abs", "cosine", "sqnr_db", "drop",
@@ -477,33 +486,58 @@ def _enum(name: str, value: str) -> Any:
         raise ConfigError(f"--{name} must be one of {[e.value for e in Exporter]}, got {value!r}") from None
 
 
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False
+             ) -> None:
+    """Make trained models smaller and faster, verified and measured on your hardware."""
+    _DEBUG["on"] = debug or _DEBUG["on"]
+
+
+def _fail(message: str, code: int) -> None:
+    """One plain line on stderr (never rich markup: paths such as ``[/x]`` stay as they are), then exit."""
+    sys.stdout.flush()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point: user errors print one clear line and exit 2; nothing else is swallowed."""
+    """Entry point: usage errors print the usage line and exit 2; user errors print one clear line and exit 2;
+    anything unexpected prints one line and exits 1 (``--debug`` or ``SLIMFORGE_DEBUG=1`` shows the traceback)."""
     import os
+    import signal
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _DEBUG["on"] = os.environ.get("SLIMFORGE_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("torchao", "root", "sentence_transformers", "transformers", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     import warnings
 
     warnings.filterwarnings("ignore")
-    try:
-        rc = app(standalone_mode=False)
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
-    except SlimforgeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the exit handlers: scratch space is removed
+    from slimforge.core.outputs import describe_os_error
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    try:
+        app(standalone_mode=True)  # typer prints usage errors (usage line, exit 2) itself
+    except SlimforgeError as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:
+        if _DEBUG["on"]:
+            raise
+        _fail(describe_os_error(exc), 2)
+    except MemoryError:
+        _fail("out of memory; try smaller batch sizes, fewer samples or a machine with more memory", 1)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only on request
+        if _DEBUG["on"]:
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        _fail(f"unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback, and please "
+              "report it)", 1)

@@ -34,9 +34,9 @@ def _report(before: Any, after: Any, out: Path) -> None:
                 table.add_row(f"p50 ms, batch {b}", f"{speed.metrics[f'reference_p50_ms_b{b}']:.3f}", f"{value:.3f}")
     console.print(table)
     if speed is not None and not speed.passed:
-        console.print(f"[bold yellow]warning:[/] {speed.detail}", soft_wrap=True)
+        console.print(f"warning: {speed.detail}", soft_wrap=True)
     saved = save(after, out)
-    console.print(f"[green]wrote[/] {saved.path}")
+    console.print(f"wrote {saved.path}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ def progress_bars(console: Console, *, enabled: bool = True) -> Iterator[Progres
     if not enabled:
         yield None
         return
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False, style="bold"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bars:
         tasks: dict[str, int] = {}
 

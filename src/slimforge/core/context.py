@@ -32,7 +32,7 @@ class RunContext:
         >>> ctx.report_progress("export", 1, 2)
     """
 
-    workdir: Path
+    workdir: Path | None = None  # where intermediate artifacts go; None: this run's scratch folder
     progress: ProgressFn | None = None
     seed: int = 0
     threads: int | None = None
@@ -47,8 +47,12 @@ class RunContext:
         return self.workdir / "artifacts" / f"{art.name}-{art.id[:10]}{suffix}"
 
     def __post_init__(self) -> None:
-        self.workdir = Path(self.workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        from slimforge.core.outputs import make_dirs, writing
+        from slimforge.core.scratch import scratch_dir
+
+        self.workdir = Path(self.workdir) if self.workdir is not None else scratch_dir()
+        with writing(self.workdir):
+            make_dirs(self.workdir)
 
     def report_progress(self, task: str, completed: float, total: float | None = None) -> None:
         if self.progress is not None:

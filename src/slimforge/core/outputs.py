@@ -79,6 +79,26 @@ def _refuse_inputs(path: Path, inputs: Iterable[str | Path | None]) -> None:
             raise OutputError(f"{path}: the output is the input {given}; choose another output path")
 
 
+def check_output_dir(folder: str | Path, *, force: bool = False, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Raise ``OutputError`` if ``folder`` may not take a run's outputs; creates nothing."""
+    folder = Path(folder).expanduser()
+    _refuse_inputs(folder, inputs)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: is a file, not a folder; choose a folder for the outputs")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{parent}: is a file, not a folder; choose another output folder")
+            break
+    if folder.is_dir() and read_manifest(folder) is None and not force:
+        foreign = sorted(p.name for p in folder.iterdir())
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputError(f"{folder}: the folder holds files slimforge did not write ({shown}); choose a new "
+                              "or empty folder, or pass --force to write beside them (they are never touched)")
+    return folder
+
+
 def prepare_output_dir(folder: str | Path, *, force: bool = False, inputs: Iterable[str | Path | None] = (),
                        fresh: bool = True) -> Path:
     """Make ``folder`` ready for a run's outputs and return it.
@@ -92,21 +112,13 @@ def prepare_output_dir(folder: str | Path, *, force: bool = False, inputs: Itera
         >>> (d / MANIFEST).is_file()
         True
     """
-    folder = Path(folder).expanduser()
-    _refuse_inputs(folder, inputs)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: is a file, not a folder; choose a folder for the outputs")
+    folder = check_output_dir(folder, force=force, inputs=inputs)
     if folder.is_dir():
         from slimforge.core.scratch import sweep
 
         sweep(folder)
         owned = read_manifest(folder)
         if owned is None:
-            foreign = sorted(p.name for p in folder.iterdir())
-            if foreign and not force:
-                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-                raise OutputError(f"{folder}: the folder holds files slimforge did not write ({shown}); choose a new "
-                                  "or empty folder, or pass --force to write beside them (they are never touched)")
             owned = []
         elif fresh:
             for name in owned:
@@ -117,6 +129,29 @@ def prepare_output_dir(folder: str | Path, *, force: bool = False, inputs: Itera
     make_dirs(folder)
     _write_manifest(folder, [])
     return folder
+
+
+@contextlib.contextmanager
+def claim_output_dir(folder: str | Path, *, force: bool = False, inputs: Iterable[str | Path | None] = ()
+               ) -> Iterator[Path]:
+    """``prepare_output_dir`` for the length of a run: when the run fails, a folder this call created is removed
+    again if it holds nothing but its manifest.
+
+    Example:
+        >>> import tempfile
+        >>> with claim_output_dir(Path(tempfile.mkdtemp()) / "out") as d:
+        ...     d.is_dir()
+        True
+    """
+    path = Path(folder).expanduser()
+    created = not path.exists()
+    prepared = prepare_output_dir(path, force=force, inputs=inputs)
+    try:
+        yield prepared
+    except BaseException:
+        if created and {p.name for p in prepared.iterdir()} <= {MANIFEST}:
+            shutil.rmtree(prepared, ignore_errors=True)
+        raise
 
 
 def _remove(path: Path) -> None:
@@ -148,6 +183,21 @@ def prepare_output_file(path: str | Path, *, inputs: Iterable[str | Path | None]
 
     sweep(path.parent)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically (temporary file beside it, fsync, rename).
+
+    Example:
+        >>> import tempfile
+        >>> write_text(Path(tempfile.mkdtemp()) / "a.txt", "hi").read_text()
+        'hi'
+    """
+    from slimforge.core.context import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def make_dirs(folder: Path) -> None:

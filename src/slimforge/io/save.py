@@ -15,9 +15,9 @@ import numpy as np
 
 from slimforge.core.artifact import Artifact, Format
 from slimforge.core.context import atomic_path
+from slimforge.core.outputs import SIDECAR_SUFFIX, prepare_output_file
 from slimforge.errors import ConfigError, TechniqueFailed
 
-SIDECAR_SUFFIX = ".slimforge.json"
 _SUFFIXES = {Format.ONNX: (".onnx",), Format.OPENVINO: (".xml",), Format.TORCHSCRIPT: (".pt", ".pth", ".ts"),
              Format.TORCH_EXPORT: (".pt2",), Format.TORCH: (".pt", ".pth", ".ts")}
 
@@ -60,6 +60,7 @@ def save(art: Artifact, path: str | Path) -> Artifact:
     allowed = _SUFFIXES[art.format]
     if path.suffix.lower() not in allowed:
         raise ConfigError(f"a {art.format.value} model is saved as {' or '.join(allowed)}, got '{path.name}'")
+    path = prepare_output_file(path, inputs=[art.path])
     with atomic_path(path) as tmp:
         _write(art, tmp)
     write_sidecar(art, path)

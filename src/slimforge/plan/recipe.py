@@ -26,7 +26,7 @@ class Recipe:
 
     steps: tuple[Config, ...]
     runtime: str = "onnxruntime"
-    baseline_runtime: str = "torch"
+    baseline_runtime: str = ""  # "": the model's own runtime
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int | None = None
     name: str = "default"
@@ -55,7 +55,7 @@ class Recipe:
                               f"({RECIPE_VERSION}); upgrade slimforge")
         return Recipe(steps=tuple(Config.from_dict(s) for s in data["steps"]),
                       runtime=str(data.get("runtime", "onnxruntime")),
-                      baseline_runtime=str(data.get("baseline_runtime", "torch")),
+                      baseline_runtime=str(data.get("baseline_runtime") or ""),
                       batch_sizes=tuple(int(b) for b in data.get("batch_sizes", (1, 32))),
                       threads=data.get("threads"), name=str(data.get("name", "default")),
                       source=data.get("source"), data=data.get("data"))

@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from slimforge.core.context import atomic_path
+from slimforge.core.outputs import check_output_dir, prepare_output_dir, write_text
 from slimforge.errors import ConfigError
 
 
@@ -116,9 +118,14 @@ async def _run(url: str, concurrency: int, duration_s: float, max_requests: int,
     path = parsed.path if parsed.path not in ("", "/") else "/api/predict"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     res = LoadResult(base + path, concurrency, duration_s)
-    if payload is None:
+    try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
-            payload = await _default_payload(client, base, headers)
+            await client.get(base + "/api/health")  # reachable at all?
+            if payload is None:
+                payload = await _default_payload(client, base, headers)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"{base}: cannot reach the server ({type(exc).__name__}: {exc}); is `slimforge serve` "
+                          "running there?") from None
     body = json.dumps(payload).encode()
     start = time.perf_counter()
     deadline = start + duration_s
@@ -153,7 +160,7 @@ async def _run(url: str, concurrency: int, duration_s: float, max_requests: int,
 
 def loadtest(url: str, *, concurrency: int = 16, duration_s: float = 30.0, max_requests: int = 1_000_000,
              payload: dict[str, Any] | None = None, token: str | None = None, timeout_s: float = 30.0,
-             out_dir: str | Path | None = None) -> dict[str, Any]:
+             out_dir: str | Path | None = None, force: bool = False) -> dict[str, Any]:
     """Run the load test; returns the summary (and writes ``loadtest.json`` / ``loadtest.png`` under ``out_dir``).
 
     Example:
@@ -161,13 +168,15 @@ def loadtest(url: str, *, concurrency: int = 16, duration_s: float = 30.0, max_r
     """
     if concurrency < 1 or duration_s <= 0 or max_requests < 1:
         raise ConfigError("concurrency and max requests must be >= 1 and the duration > 0")
+    if out_dir is not None:
+        check_output_dir(out_dir, force=force)
     res = asyncio.run(_run(url, concurrency, duration_s, max_requests, payload, token, timeout_s))
     summary = res.summary()
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "loadtest.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        _plot(res, out / "loadtest.png")
+        out = prepare_output_dir(out_dir, force=force)
+        write_text(out / "loadtest.json", json.dumps(summary, indent=2))
+        with atomic_path(out / "loadtest.png") as tmp:
+            _plot(res, tmp)
         summary["files"] = [str(out / "loadtest.json"), str(out / "loadtest.png")]
     return summary
 
