@@ -520,7 +520,12 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the exit handlers: scratch space is removed
+    import tempfile
+
     from slimforge.core.outputs import describe_os_error
+    from slimforge.core.scratch import sweep
+
+    sweep(Path(tempfile.gettempdir()))  # scratch space of runs that were killed
 
     try:
         app(standalone_mode=True)  # typer prints usage errors (usage line, exit 2) itself

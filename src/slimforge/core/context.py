@@ -72,13 +72,14 @@ def atomic_path(final: Path) -> Iterator[Path]:
         ...     _ = tmp.write_text("hi")
     """
     from slimforge.core.outputs import fsync_tree, make_dirs, read_manifest, record, writing
-    from slimforge.core.scratch import TMP_PREFIX
+    from slimforge.core.scratch import TMP_PREFIX, note_temporary
     from slimforge.errors import OutputError
 
     final = Path(final)
     with writing(final):
         make_dirs(final.parent)
         tmpdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{final.name[:40]}.", dir=final.parent))
+    note_temporary(tmpdir)
     tmp = tmpdir / final.name
     try:
         yield tmp

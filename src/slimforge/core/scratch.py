@@ -83,8 +83,35 @@ def owner_alive(path: Path) -> bool:
     return True
 
 
+_ELSEWHERE = "elsewhere.txt"
+
+
+def note_temporary(path: Path) -> None:
+    """Remember a temporary folder made outside the scratch folder (beside an output), so that if this run is
+    killed, the sweep that removes its scratch folder removes that one too."""
+    try:
+        with open(scratch_dir() / _ELSEWHERE, "a", encoding="utf-8") as fh:
+            fh.write(str(Path(path).resolve()) + "\n")
+    except OSError:
+        pass
+
+
+def _remove_dead(p: Path) -> None:
+    pid = _PID_RE.match(p.name).group(1)  # type: ignore[union-attr]
+    try:
+        others = (p / _ELSEWHERE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        others = []
+    for line in others:
+        other = Path(line)
+        if other.name.startswith(f"{TMP_PREFIX}{pid}-") and other.is_dir() and not other.is_symlink():
+            shutil.rmtree(other, ignore_errors=True)
+    shutil.rmtree(p, ignore_errors=True)
+
+
 def sweep(folder: Path) -> list[Path]:
-    """Remove the scratch and temporary folders in ``folder`` whose owning run is dead; returns what went."""
+    """Remove the scratch and temporary folders in ``folder`` whose owning run is dead (and the temporary folders
+    such a run had made beside its outputs); returns what went."""
     removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
@@ -92,7 +119,7 @@ def sweep(folder: Path) -> list[Path]:
         return removed
     for p in entries:
         if _PID_RE.match(p.name) and not p.is_symlink() and p.is_dir() and not owner_alive(p):
-            shutil.rmtree(p, ignore_errors=True)
+            _remove_dead(p)
             if not p.exists():
                 removed.append(p)
     if removed:

@@ -200,6 +200,7 @@ class ArrayData:
                 self.arrays = named
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"{self.path}: cannot read the arrays ({exc})") from exc
+        check_arrays(self.path, self.arrays, art)
         lengths = {len(a) for a in self.arrays.values()}
         if lengths == {0} or not lengths:
             raise DataError(f"{self.path}: holds no examples")
@@ -218,6 +219,55 @@ class ArrayData:
             yield Batch({k: np.ascontiguousarray(v[i:j]) for k, v in self.arrays.items()}, labels)
 
 
+def check_arrays(path: Path, arrays: Mapping[str, np.ndarray], art: Artifact) -> None:
+    """Data against the model's inputs, before any technique runs: dtype, rank, fixed dimensions, NaN/Inf.
+
+    Example:
+        >>> import torch, slimforge
+        >>> art = slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4))
+        >>> check_arrays(Path("d.npz"), {art.io.input_names[0]: np.zeros((3, 5), np.float32)}, art)
+        Traceback (most recent call last):
+        slimforge.errors.DataError: d.npz: array 'input' has 5 on axis 1, the model's input 'input' needs 4 [batch, 4]
+    """
+    specs = {t.name: t for t in art.io.inputs}
+    for name, arr in arrays.items():
+        spec = specs.get(name)
+        if spec is None:
+            continue
+        want = np.dtype(spec.dtype)
+        shape = "[" + ", ".join(str(d) for d in spec.shape) + "]"
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"{path}: array '{name}' holds {arr.dtype} values; the model's input '{name}' takes "
+                            f"{want.name} numbers")
+        if want.kind == "f" and arr.dtype.kind != "f":
+            raise DataError(f"{path}: array '{name}' is {arr.dtype}, the model's input '{name}' takes {want.name}; "
+                            f"save it as floats (arr.astype('{want.name}'))")
+        if want.kind in "iu" and arr.dtype.kind not in "iu":
+            raise DataError(f"{path}: array '{name}' is {arr.dtype}, the model's input '{name}' takes integers "
+                            f"({want.name})")
+        if spec.shape and arr.ndim != len(spec.shape):
+            raise DataError(f"{path}: array '{name}' has {arr.ndim} dimensions {list(arr.shape)}, the model's input "
+                            f"'{name}' has {len(spec.shape)} {shape} (the first is the example axis)")
+        for axis, (dim, got) in enumerate(zip(spec.shape, arr.shape)):
+            if axis > 0 and isinstance(dim, (int, np.integer)) and dim > 0 and dim != got:
+                raise DataError(f"{path}: array '{name}' has {got} on axis {axis}, the model's input '{name}' "
+                                f"needs {dim} {shape}")
+        if arr.dtype.kind == "f":
+            _check_finite(path, name, arr)
+
+
+def _check_finite(path: Path, name: str, arr: np.ndarray) -> None:
+    rows = max(1, (1 << 22) // max(1, int(np.prod(arr.shape[1:], dtype=np.int64))))
+    for start in range(0, len(arr), rows):
+        chunk = np.asarray(arr[start:start + rows])
+        bad = ~np.isfinite(chunk)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            kind = "NaN" if np.isnan(chunk[tuple(where)]) else "Inf"
+            raise DataError(f"{path}: array '{name}' holds {int(bad.sum())} NaN/Inf value(s) (first: {kind} in "
+                            f"example {start + int(where[0])}); clean the data before calibrating")
+
+
 class CsvData:
     """Rows of numeric features (one input ``[N, F]``) with an optional label column, read as a stream."""
 
@@ -230,10 +280,32 @@ class CsvData:
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{self.path}: the file is empty (expected a header row and numeric rows)")
-            self._n = sum(1 for row in reader if row)
+            self.label_index = header.index(label_column) if label_column in header else None
+            self._n = 0
+            for line, row in enumerate(reader, start=2):
+                if row:
+                    self._n += 1
+                    self._check_row(row, len(header), line)
         if self._n == 0:
             raise DataError(f"{self.path}: has a header but no rows")
-        self.label_index = header.index(label_column) if label_column in header else None
+        spec = art.io.inputs[0]
+        width = len(header) - (self.label_index is not None)
+        if spec.shape and len(spec.shape) != 2:
+            raise DataError(f"{self.path}: CSV rows feed a [N, features] input, but the model's input "
+                            f"'{spec.name}' has shape {list(spec.shape)}; use .npy/.npz for it")
+        if len(spec.shape) == 2 and isinstance(spec.shape[1], int) and spec.shape[1] > 0 and spec.shape[1] != width:
+            raise DataError(f"{self.path}: rows have {width} feature columns, the model's input '{spec.name}' needs "
+                            f"{spec.shape[1]}")
+
+    def _check_row(self, row: list[str], width: int, line: int) -> None:
+        if len(row) != width:
+            raise DataError(f"{self.path}: row {line} has {len(row)} columns, the header has {width}")
+        try:
+            values = [float(v) for v in row]
+        except ValueError:
+            raise DataError(f"{self.path}: row {line} has a non-numeric value: {row[:8]}") from None
+        if not all(np.isfinite(values)):
+            raise DataError(f"{self.path}: row {line} holds NaN/Inf; clean the data before calibrating")
 
     def __len__(self) -> int:
         return self._n

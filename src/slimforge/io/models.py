@@ -70,6 +70,9 @@ def load(source: str | Path | nn.Module, *, example_inputs: ExampleInputs | None
             "or a Hugging Face folder")
     art = loader(path, example_inputs=example_inputs, input_names=input_names, input_shapes=input_shapes,
                  name=name, task=task)
+    if not art.io.outputs or not art.io.inputs:
+        raise ModelLoadError(f"{path}: the model has no {'outputs' if not art.io.outputs else 'inputs'}; there is "
+                             "nothing to optimize or measure (export it again with its outputs)")
     return _with_sidecar(art, path, name=name, task=task)
 
 
