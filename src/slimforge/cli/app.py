@@ -278,15 +278,35 @@ def serve(model: Annotated[list[str], typer.Argument(
           max_body_mb: Annotated[float, typer.Option(help="Request size limit (413).")] = 16.0,
           max_image_pixels: Annotated[int, typer.Option(help="Decompression-bomb guard (413).")] = 40_000_000,
           token: Annotated[Optional[str], typer.Option(envvar="SLIMFORGE_TOKEN",
-                                                       help="Require 'Authorization: Bearer TOKEN'.")] = None) -> None:
+                                                       help="Require 'Authorization: Bearer TOKEN'.")] = None,
+          max_rows: Annotated[int, typer.Option(help="Rows (texts, images, tensor rows) per request (413).")] = 256,
+          max_tokens: Annotated[Optional[int], typer.Option(
+              help="Tokens per text (default: the model's own limit).")] = None,
+          long_text: Annotated[str, typer.Option(help="truncate | refuse (422) texts over --max-tokens.")] = "truncate",
+          max_request_pixels: Annotated[int, typer.Option(help="Decoded pixels of all images of a request (413).")]
+          = 64_000_000,
+          preprocess_workers: Annotated[int, typer.Option(help="Threads that decode and tokenise.")] = 2,
+          preprocess_queue: Annotated[int, typer.Option(help="Requests waiting for preprocessing before 503.")] = 64,
+          max_inflight_mb: Annotated[float, typer.Option(help="Decoded tensors queued for the model before 503.")]
+          = 512.0,
+          max_memory_mb: Annotated[Optional[float], typer.Option(
+              help="Resident memory above which new requests get 503 (default: 85% of the memory limit).")] = None
+          ) -> None:
     """Serve a model over REST (/api/predict), KServe v2 (/v2/...) and a web page (/), with dynamic batching."""
     from slimforge.serve import ServeConfig, serve as run_server
 
-    if max_batch < 1 or queue_size < 1 or workers < 1:
-        raise ConfigError("--max-batch, --queue-size and --workers must be >= 1")
+    if min(max_batch, queue_size, workers, max_rows, preprocess_workers, preprocess_queue) < 1:
+        raise ConfigError("--max-batch, --queue-size, --workers, --max-rows and --preprocess-* must be >= 1")
+    if long_text not in ("truncate", "refuse"):
+        raise ConfigError(f"--long-text must be truncate or refuse, got {long_text!r}")
+    if (max_tokens is not None and max_tokens < 1) or max_inflight_mb <= 0 or (max_memory_mb or 1) <= 0:
+        raise ConfigError("--max-tokens, --max-inflight-mb and --max-memory-mb must be positive")
     cfg = ServeConfig(paths=list(model), name=name, fallback=fallback, runtime=runtime, threads=threads,
                       max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
-                      max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, token=token)
+                      max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, token=token, max_rows=max_rows,
+                      max_tokens=max_tokens, long_text=long_text, max_request_pixels=max_request_pixels,
+                      preprocess_workers=preprocess_workers, preprocess_queue=preprocess_queue,
+                      max_inflight_mb=max_inflight_mb, max_memory_mb=max_memory_mb)
     err_console.print(f"serving {', '.join(model)} on http://{host}:{port}  (page: /, API: /api/predict, "
                       f"KServe v2: /v2/models/..., metrics: /metrics)")
     run_server(cfg, host=host, port=port, workers=workers)

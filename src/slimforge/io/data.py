@@ -61,9 +61,14 @@ class TextEncoder:
         self.max_length = int(pre.get("max_length") or 256)
         self.input_names = list(pre["input_names"])
 
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+    def __call__(self, texts: list[str], *, max_length: int | None = None) -> dict[str, np.ndarray]:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length or self.max_length,
+                             return_tensors="np")
         return {n: enc[n].astype(np.int64) for n in self.input_names}
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Tokens per text, without truncation."""
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
 
 class TextLines:

@@ -153,7 +153,11 @@ class Batcher:
             t = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self.executor, self.run, feeds)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            except Exception as exc:  # noqa: BLE001 - alone, the failing request gets it; the others are answered
+                if len(group) > 1:
+                    for i in group:
+                        await self._run_group([i], loop)
+                    continue
                 for i in group:
                     if not i.future.done():
                         i.future.set_exception(exc)

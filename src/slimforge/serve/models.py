@@ -18,6 +18,7 @@ import numpy as np
 from slimforge.core.artifact import Artifact, Format
 from slimforge.errors import DataError, InputError, SlimforgeError
 from slimforge.serve.batcher import Batcher
+from slimforge.serve.limits import TokenLimits, token_limits
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ServedModel:
     report: dict[str, Any] | None = None
     _text: Any = None
     _image_pre: dict[str, Any] | None = None
+    _limits: TokenLimits | None = None
 
     @property
     def kind(self) -> str:
@@ -56,20 +58,37 @@ class ServedModel:
     def task(self) -> str:
         return str(self.artifact.meta.get("task") or "generic")
 
-    def encode_text(self, texts: list[str]) -> dict[str, np.ndarray]:
+    @property
+    def token_limits(self) -> TokenLimits:
+        """Bounds of the token-id inputs and the longest sequence (read once from the model)."""
+        if self._limits is None:
+            self._limits = token_limits(self.artifact)
+        return self._limits
+
+    def _encoder(self) -> Any:
         if self.kind != "text":
             raise InputError(f"model {self.name} takes tensors {self.artifact.io.input_names}, not text")
         if self._text is None:
             from slimforge.io.data import TextEncoder
 
             self._text = TextEncoder(self.artifact, what=f"model {self.name}")
-        return self._text(texts)
+        return self._text
 
-    def decode_image(self, raw: bytes, max_pixels: int) -> np.ndarray:
-        """``[C, H, W]`` float32 through the model's own image preprocessing; refuses bombs before decoding."""
+    def text_limit(self, asked: int | None) -> int:
+        """Tokens per text: the server's cap, never more than the tokenizer's and the position table's."""
+        own = [int(self._encoder().max_length)]
+        if self.token_limits.max_positions:
+            own.append(int(self.token_limits.max_positions))
+        return min([*own, *([int(asked)] if asked else [])])
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return self._encoder().lengths(texts)
+
+    def encode_text(self, texts: list[str], *, max_length: int | None = None) -> dict[str, np.ndarray]:
+        return self._encoder()(texts, max_length=max_length)
+
+    def _open_image(self, raw: bytes, max_pixels: int) -> Any:
         from PIL import Image, UnidentifiedImageError
-
-        from slimforge.io.data import image_preprocess_for, load_image
 
         if self.kind != "image":
             raise InputError(f"model {self.name} does not take images; its inputs are {self.artifact.io.input_names}")
@@ -77,14 +96,29 @@ class ServedModel:
             img = Image.open(io.BytesIO(raw))  # reads the header only
         except Image.DecompressionBombError as exc:  # PIL's own guard (far above ours by default)
             raise ImageTooLarge(str(exc)) from None
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
         w, h = img.size
         if w * h > max_pixels:
             raise ImageTooLarge(f"the image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")
+        return img
+
+    def image_pixels(self, raw: bytes, max_pixels: int) -> int:
+        """Pixels of an image, from its header (nothing decoded)."""
+        w, h = self._open_image(raw, max_pixels).size
+        return int(w) * int(h)
+
+    def decode_image(self, raw: bytes, max_pixels: int) -> np.ndarray:
+        """``[C, H, W]`` float32 through the model's own image preprocessing; refuses bombs before decoding."""
+        from slimforge.io.data import image_preprocess_for, load_image
+
+        img = self._open_image(raw, max_pixels)
         if self._image_pre is None:
             self._image_pre = image_preprocess_for(self.artifact)
-        return load_image(img, self._image_pre)
+        try:
+            return load_image(img, self._image_pre)
+        except DataError as exc:
+            raise DataError(f"not a readable image ({str(exc).split(': ', 1)[-1]})") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(feeds)
@@ -209,7 +243,8 @@ class ModelSet:
 
     @property
     def degraded(self) -> bool:
-        return bool(self.load_errors) or self.last_error is not None
+        """A version failed to load (the fallback stands in): a fact about the server, never about one request."""
+        return bool(self.load_errors)
 
     def all_models(self) -> list[ServedModel]:
         return [*self.versions.values(), *([self.fallback] if self.fallback else [])]
