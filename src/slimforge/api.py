@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,8 +305,8 @@ def _run_recipe(base: Artifact, ds: Dataset | None, recipe: Recipe, out_dir: Pat
                       threads=recipe.threads,
                       on_batch=lambda b: ctx.report_progress("benchmark result", recipe.batch_sizes.index(b) + 1, n))
     suffix = {"onnxruntime": ".onnx", "openvino": ".xml"}.get(recipe.runtime)
-    if suffix:
-        result = save(result, out_dir / f"{base.name}-optimized{suffix}")
+    if suffix:  # the file is checked to reload with identical outputs; the artifact keeps its lineage and checks
+        result = dataclasses.replace(result, path=save(result, out_dir / f"{base.name}-optimized{suffix}").path)
     baseline_label = f"{_RUNTIME_NAMES.get(recipe.baseline_runtime, recipe.baseline_runtime)} FP32"
     report = build_report(
         baseline=variant_entry(baseline_label, base, b_bench, quality_base),
@@ -322,8 +323,6 @@ def _run_recipe(base: Artifact, ds: Dataset | None, recipe: Recipe, out_dir: Pat
 def check_recipe(base: Artifact, recipe: Recipe) -> Recipe:
     """Refuse, before any work, a recipe whose runtimes are unknown or cannot open what they are given; a recipe
     without a baseline runtime measures the baseline on the model's own runtime."""
-    import dataclasses
-
     from slimforge.errors import ConfigError
     from slimforge.runtimes import default_runtime, get_runtime
 

@@ -135,7 +135,7 @@ def test_onnx_without_data_skips_what_needs_data_and_a_new_proposer_joins(mlp_on
                         "onnxruntime", "fp32", cost=1)
 
     try:
-        res = auto_optimize(mlp_onnx, target="edge", output_dir=tmp_path, time_budget_s=300)
+        res = auto_optimize(mlp_onnx, target="edge", output_dir=tmp_path / "out", time_budget_s=300)
     finally:
         _PROPOSERS.remove(extra)
     names = {c["name"]: c for c in res.report["candidates"]}
@@ -151,7 +151,7 @@ def test_bad_inputs_give_clear_errors(mlp_onnx, tmp_path):
     res = runner.invoke(app, ["optimize", str(mlp_onnx), "--target", "toaster", "-o", str(tmp_path)])
     assert res.exit_code != 0 and "unknown target" in str(res.exception or res.output)
     with pytest.raises(ConfigError, match="time budget"):
-        auto_optimize(mlp_onnx, target="cpu", time_budget_s=0, output_dir=tmp_path)
+        auto_optimize(mlp_onnx, target="cpu", time_budget_s=0, output_dir=tmp_path / "out")
     res = runner.invoke(app, ["optimize", str(mlp_onnx), "--target", "cpu", "--time-budget", "soon"])
     assert "time-budget" in str(res.exception or res.output)
 
@@ -159,7 +159,7 @@ def test_bad_inputs_give_clear_errors(mlp_onnx, tmp_path):
 def test_seed_shape_is_expressible(mlp_onnx, tmp_path):
     res = slimforge.auto_optimize_for_deployment("mobile", str(mlp_onnx),
                                                  {"inference_time": 1000, "memory_usage": 4000, "accuracy": 0.9},
-                                                 output_dir=tmp_path, time_budget_s=300)
+                                                 output_dir=tmp_path / "out", time_budget_s=300)
     names = {g["name"] for g in res.goal_results}
     assert {"latency p50 at batch 1", "peak memory"} <= names and any(n.startswith("accuracy") for n in names)
     assert res.report["target"]["threads"] == 1

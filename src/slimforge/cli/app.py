@@ -118,6 +118,10 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
 
     batches = _batches(batch)
     arts = [_load(m, input_shape) for m in (models or [None])]
+    if json_out:
+        from slimforge.core.outputs import prepare_output_file
+
+        json_out = prepare_output_file(json_out, inputs=[a.path for a in arts])
     with progress_bars(err_console) as progress:
         results = api_benchmark(arts, runtime=runtime, batch_sizes=batches, data=data, threads=threads,
                                 spec=BenchSpec(repeats=repeats), progress=progress)
@@ -519,6 +523,7 @@ def _options(debug: Annotated[bool, typer.Option("--debug", help="Show traceback
 def _fail(message: str, code: int) -> None:
     """One plain line on stderr (never rich markup: paths such as ``[/x]`` stay as they are), then exit."""
     sys.stdout.flush()
+    message = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 

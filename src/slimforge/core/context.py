@@ -71,7 +71,8 @@ def atomic_path(final: Path) -> Iterator[Path]:
         >>> with atomic_path(Path("/tmp/slimforge-doc/x.txt")) as tmp:
         ...     _ = tmp.write_text("hi")
     """
-    from slimforge.core.outputs import fsync_tree, make_dirs, read_manifest, record, writing
+    from slimforge.core.outputs import (describe_os_error, fsync_tree, make_dirs, read_manifest, record,
+                                        storage_error, writing)
     from slimforge.core.scratch import TMP_PREFIX, note_temporary
     from slimforge.errors import OutputError
 
@@ -82,17 +83,26 @@ def atomic_path(final: Path) -> Iterator[Path]:
     note_temporary(tmpdir)
     tmp = tmpdir / final.name
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:
+            cause = storage_error(exc)
+            if cause is not None:  # a full disk or a read-only folder, whatever wrapped it: name the output
+                raise OutputError(describe_os_error(cause, final)) from exc
+            raise
         if not tmp.exists():
             raise FileNotFoundError(f"the step did not write {final.name}")
         with writing(final):
             siblings = sorted(tmpdir.iterdir(), key=lambda p: p == tmp)  # the main file last
-            owned = read_manifest(final.parent) or ()
+            owned = read_manifest(final.parent)
             for sibling in siblings:
                 target = final.parent / sibling.name
                 if target.is_dir() and not target.is_symlink():
-                    if sibling.name not in owned and read_manifest(target) is None:
+                    if sibling.name not in (owned or ()) and read_manifest(target) is None:
                         raise OutputError(f"{target}: is a folder slimforge did not write; it is left as it is")
+                elif owned is not None and sibling.name not in owned and (target.exists() or target.is_symlink()):
+                    raise OutputError(f"{target}: the file exists and slimforge did not write it; it is left as "
+                                      "it is (choose another output folder)")
                 fsync_tree(sibling)
                 record(final.parent, sibling.name)
             for sibling in siblings:

@@ -41,11 +41,15 @@ def _plain_name(name: str) -> bool:
 def _write_manifest(folder: Path, files: Iterable[str]) -> None:
     doc = json.dumps({"tool": "slimforge", "files": sorted(set(files))}, indent=1)
     tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(doc)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(doc)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / MANIFEST)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(describe_os_error(exc, folder / MANIFEST)) from exc
 
 
 def record(folder: Path, name: str) -> None:
@@ -134,8 +138,8 @@ def prepare_output_dir(folder: str | Path, *, force: bool = False, inputs: Itera
 @contextlib.contextmanager
 def claim_output_dir(folder: str | Path, *, force: bool = False, inputs: Iterable[str | Path | None] = ()
                ) -> Iterator[Path]:
-    """``prepare_output_dir`` for the length of a run: when the run fails, a folder this call created is removed
-    again if it holds nothing but its manifest.
+    """``prepare_output_dir`` for the length of a run: when the run fails (or is interrupted), what it wrote there
+    is removed, and so is the folder if this call created it; a failed run delivers nothing half-done.
 
     Example:
         >>> import tempfile
@@ -146,9 +150,14 @@ def claim_output_dir(folder: str | Path, *, force: bool = False, inputs: Iterabl
     path = Path(folder).expanduser()
     created = not path.exists()
     prepared = prepare_output_dir(path, force=force, inputs=inputs)
+    before = set(read_manifest(prepared) or ())
     try:
         yield prepared
     except BaseException:
+        mine = [n for n in read_manifest(prepared) or () if n not in before]
+        for name in mine:
+            _remove(prepared / name)
+        _write_manifest(prepared, before)
         if created and {p.name for p in prepared.iterdir()} <= {MANIFEST}:
             shutil.rmtree(prepared, ignore_errors=True)
         raise
@@ -233,6 +242,20 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise OutputError(describe_os_error(exc, path)) from exc
+
+
+def storage_error(exc: BaseException) -> OSError | None:
+    """The full-disk, quota or read-only error somewhere in an exception's chain (libraries wrap them)."""
+    import errno
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return exc
+        if isinstance(exc, OutputError):
+            return None
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1  # type: ignore[assignment]
+    return None
 
 
 def describe_os_error(exc: OSError, path: Path | str | None = None) -> str:

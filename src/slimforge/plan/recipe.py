@@ -75,7 +75,10 @@ class Recipe:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror})") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML/JSON ({getattr(exc, 'problem', None) or exc}{where})") \
+                from None
         return Recipe.from_dict(data)
 
 
