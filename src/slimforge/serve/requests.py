@@ -187,7 +187,8 @@ def as_array(value: Any, dtype: str, name: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError, RecursionError) as exc:
-        raise ApiError(400, f"input {name!r} is not a rectangular array ({str(exc)[:200]})") from None
+        raise ApiError(400, f"input {name!r} is ragged or not an array ({str(exc)[:160]}); send a rectangular "
+                            "nested list of numbers") from None
     if arr.dtype == object:
         raise ApiError(400, f"input {name!r} is ragged or mixes types; send a rectangular nested list of numbers")
     want = np.dtype(dtype)
