@@ -41,7 +41,7 @@ def memory_limit_mb() -> float:
     import psutil
 
     limit = float(psutil.virtual_memory().total)
-    for f in (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")):
+    for f in _cgroup_limit_files():
         try:
             text = f.read_text().strip()
         except OSError:
@@ -49,6 +49,23 @@ def memory_limit_mb() -> float:
         if text.isdigit():
             limit = min(limit, float(text))
     return limit / 2**20
+
+
+def _cgroup_limit_files() -> list[Path]:
+    """memory.max (cgroup v2) or memory.limit_in_bytes (v1) of this process's own cgroup."""
+    files = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":
+            files += [Path("/sys/fs/cgroup") / rel / "memory.max", Path("/sys/fs/cgroup/unified") / rel / "memory.max"]
+        elif "memory" in controllers.split(","):
+            files.append(Path("/sys/fs/cgroup/memory") / rel / "memory.limit_in_bytes")
+    return files
 
 
 class Overloaded(Exception):
