@@ -24,7 +24,8 @@ DataLike = str | Path | Dataset | None
 
 
 def _run(art: Artifact, cfg: Config, *, data: DataLike, teacher: Artifact | None, check_speed: bool,
-         batch_sizes: Sequence[int], spec: BenchSpec, workdir: str | Path | None, progress: ProgressFn | None) -> Artifact:
+         batch_sizes: Sequence[int], spec: BenchSpec, workdir: str | Path | None,
+         progress: ProgressFn | None) -> Artifact:
     if art.format is not Format.TORCH:
         raise UnsupportedModelError(f"{cfg.kind} works on PyTorch models; {art.name} is {art.format.value}")
     ds = _as_data(data, teacher or art, default_text=False) if data is not None else None

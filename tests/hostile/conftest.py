@@ -20,7 +20,7 @@ import pytest
 import torch
 
 LEFTOVER_PATTERNS = ("slimforge-run-*", ".slimforge-tmp-*", "slimforge-calib-*", "slimforge-mixed-*",
-                     "slimforge-mem-*", "tmp-normalize", "*-*-*-*-*.data")
+                     "slimforge-mem-*", "tmp-normalize", "*-*-*-*-*.data", "pre.quant.*")
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Workspace:
     inputs: dict[Path, str] = field(default_factory=dict)
 
     def sf(self, *args: str, timeout: float = 240, cwd: Path | None = None) -> Run:
-        env = {**os.environ, "TMPDIR": str(self.tmp), "COLUMNS": "200", "SLIMFORGE_CACHE_DIR": str(self.root / ".cache")}
+        env = {**os.environ, "TMPDIR": str(self.tmp), "COLUMNS": "200",
+               "SLIMFORGE_CACHE_DIR": str(self.root / ".cache")}
         env.pop("SLIMFORGE_DEBUG", None)
         p = subprocess.run([sys.executable, "-m", "slimforge", *args], cwd=cwd or self.root, env=env,
                            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

@@ -226,3 +226,25 @@ def test_an_image_as_json_and_a_good_image_still_work(image_server):
     assert r.status_code == 200 and np.asarray(r.json()["outputs"]["output"]).shape == (1, 3)
     r = httpx.post(image_server + "/api/predict", json={"text": "hello"}, timeout=60)
     assert r.status_code == 400 and "not text" in r.json()["error"]
+
+
+def test_many_large_uploads_at_once_keep_health_answering(tmp_path):
+    """24 concurrent 5000x5000 uploads (under the pixel limit): decoding runs off the event loop on the bounded
+    pool, so health answers within a second throughout, and every upload gets 200 or 503."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    art = slimforge.export(slimforge.load(net, example_inputs=torch.randn(1, 3, 64, 64)), tmp_path / "c.onnx")
+    big = _png(5000, 5000)
+    with running_server(ServeConfig(paths=[str(art.path)], preprocess_queue=16)) as url:
+        with concurrent.futures.ThreadPoolExecutor(26) as pool:
+            futs = [pool.submit(httpx.post, url + "/api/predict", files=[("f", ("b.png", big, "image/png"))],
+                                timeout=120) for _ in range(24)]
+            slowest = 0.0
+            while not all(f.done() for f in futs):
+                t = time.perf_counter()
+                assert httpx.get(url + "/api/health", timeout=5).status_code == 200
+                slowest = max(slowest, time.perf_counter() - t)
+                time.sleep(0.1)
+            codes = [f.result().status_code for f in futs]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 1, codes
+    assert slowest < 1.0, slowest

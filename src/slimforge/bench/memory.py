@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import resource
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from slimforge.core.artifact import Artifact, Format
-from slimforge.core.scratch import die_with_parent, scratch_dir
+from slimforge.core.scratch import child_env, die_with_parent, scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def peak_memory_mb(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray],
                 "input_names": art.io.input_names}
         try:
             proc = subprocess.run([sys.executable, "-m", "slimforge.bench.memory", json.dumps(spec, default=str)],
-                                  capture_output=True, text=True, timeout=timeout_s, env={**os.environ},
+                                  capture_output=True, text=True, timeout=timeout_s, env=child_env(),
                                   preexec_fn=die_with_parent)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
             return float(json.loads(line)["peak_mb"]), "subprocess"

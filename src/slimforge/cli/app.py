@@ -22,8 +22,9 @@ err_console = Console(stderr=True, markup=False)
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model: ONNX file, HF folder, TorchScript .pt, .pt2, "
                                                         "OpenVINO .xml. Default: the bundled all-MiniLM-L6-v2.")]
-Force = Annotated[bool, typer.Option("--force", help="Write into an output folder that holds other files (slimforge "
-                                                   "replaces only what it wrote there; other files are never touched).")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Write into an output folder that holds other files (slimforge replaces only what it wrote "
+                    "there; other files are never touched).")]
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable)")]
 
 

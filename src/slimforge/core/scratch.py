@@ -45,11 +45,38 @@ def scratch_dir() -> Path:
     if current is not None and current.is_dir() and _owned_here(current):
         return current
     sweep(Path(tempfile.gettempdir()))
-    folder = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
+    atexit.register(remove_scratch)  # (registering twice is harmless: the second call finds nothing to remove)
+    blocked = _block_termination()
+    try:  # a SIGTERM between making the folder and recording it would leave it behind
+        folder = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-"))
+        _state["dir"] = folder
+    finally:
+        _unblock(blocked)
     (folder / _OWNER).write_text(json.dumps({"pid": os.getpid(), "created": _create_time(os.getpid())}))
-    _state["dir"] = folder
-    atexit.register(remove_scratch)
     return folder
+
+
+def _block_termination() -> object:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
+def _unblock(previous: object) -> None:
+    import signal
+
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # type: ignore[arg-type]
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child process: its temporary files go into this run's scratch folder, so they are
+    removed with it even when the child is killed."""
+    folder = str(scratch_dir())
+    return {**os.environ, "TMPDIR": folder, "TEMP": folder, "TMP": folder}
 
 
 def _owned_here(folder: Path) -> bool:

@@ -19,7 +19,7 @@ from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext, atomic_path
 from slimforge.core.registry import implements
-from slimforge.core.scratch import die_with_parent, scratch_dir
+from slimforge.core.scratch import child_env, die_with_parent, scratch_dir
 from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds
@@ -154,7 +154,7 @@ def _preprocess(src: Path, dst: Path) -> Path:
     base = [sys.executable, "-m", "onnxruntime.quantization.preprocess", "--input", str(src), "--output", str(dst)]
     for extra in ([], ["--skip_symbolic_shape", "True"]):  # (the tool parses any value given as True)
         proc = subprocess.run(base + extra, cwd=dst.parent, capture_output=True, text=True,
-                              preexec_fn=die_with_parent)
+                              preexec_fn=die_with_parent, env=child_env())
         if proc.returncode == 0 and dst.exists():
             return dst
         log.info("quantization pre-processing %s failed: %s", extra,
