@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from slimforge.core.context import atomic_path
+from slimforge.core.outputs import write_text
 
 
 def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_name: str | None) -> dict[str, Any]:
@@ -51,18 +52,13 @@ def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_
 def write(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "search.json", "csv": out_dir / "search.csv", "html": out_dir / "search.html"}
-    _text(paths["json"], json.dumps(report, indent=2, default=str))
-    _text(paths["csv"], _csv(report))
+    write_text(paths["json"], json.dumps(report, indent=2, default=str))
+    write_text(paths["csv"], _csv(report))
     plot = _pareto_plot(report, out_dir / "pareto.png")
     if plot is not None:
         paths["pareto"] = plot
-    _text(paths["html"], _html(report, "pareto.png" if plot else None))
+    write_text(paths["html"], _html(report, "pareto.png" if plot else None))
     return paths
-
-
-def _text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def _qkey(report: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from slimforge.core.context import atomic_path
+from slimforge.core.outputs import write_text
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -19,18 +20,12 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         >>> # paths = write_report(report, Path("slimforge-out")); paths["html"]
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "csv": out_dir / "report.csv", "html": out_dir / "report.html"}
-    _write_text(paths["json"], json.dumps(report, indent=2, default=str))
-    _write_text(paths["csv"], _csv(report))
+    write_text(paths["json"], json.dumps(report, indent=2, default=str))
+    write_text(paths["csv"], _csv(report))
     paths.update(_plots(report, out_dir))
-    _write_text(paths["html"], _html(report, {k: v.name for k, v in paths.items() if k.startswith("plot_")}))
+    write_text(paths["html"], _html(report, {k: v.name for k, v in paths.items() if k.startswith("plot_")}))
     return paths
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def _rows(report: dict[str, Any]) -> list[dict[str, Any]]:
