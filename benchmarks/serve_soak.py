@@ -80,7 +80,8 @@ def _requests() -> list[tuple[str, str, bytes, dict, str]]:
     oversized = [
         ("oversized", "/api/predict", json.dumps({"text": ["tiny"] * 100_000}).encode(), js, "100k rows"),
         ("oversized", "/api/predict", json.dumps({"text": ["word " * 2_000_000]}).encode(), js, "10 MB string"),
-        ("oversized", "/api/predict", json.dumps({"inputs": {"input_ids": [[101] * 1000]}}).encode(), js,
+        ("oversized", "/api/predict", json.dumps({"inputs": {"input_ids": [[101] * 1000], "attention_mask": [[1] * 1000],
+                                                        "token_type_ids": [[0] * 1000]}}).encode(), js,
          "1000 tokens"),
         ("oversized", "/api/predict", b"{" + b" " * (17 * 2**20) + b"}", js, "17 MB body"),
     ]

@@ -89,7 +89,7 @@ class Admission:
         self.inflight = 0
         self.budget = limits.memory_budget_mb() * 2**20
         self._proc = psutil.Process()
-        self._rss, self._rss_at = 0, 0.0
+        self._rss, self._rss_at, self._trim_at = 0, 0.0, 0.0
 
     def rss(self) -> int:
         now = time.monotonic()
@@ -101,10 +101,28 @@ class Admission:
         """A request wants preprocessing."""
         if self.pending >= self.limits.preprocess_queue:
             raise Overloaded(f"{self.pending} requests are waiting for preprocessing")
-        if self.rss() > self.budget:
+        if self.rss() > self.budget and not self._trimmed():
             raise Overloaded(f"the server uses {self.rss() / 2**20:,.0f} MB, over its budget of "
                              f"{self.budget / 2**20:,.0f} MB")
         self.pending += 1
+
+    def _trimmed(self) -> bool:
+        """Over budget: hand freed memory back to the OS (at most once a second) and look again, so a server whose
+        peak has passed does not refuse for good."""
+        now = time.monotonic()
+        if now - self._trim_at < 1.0:
+            return False
+        self._trim_at = now
+        import ctypes
+        import gc
+
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self._rss_at = 0.0
+        return self.rss() <= self.budget
 
     def leave(self) -> None:
         self.pending -= 1
