@@ -22,24 +22,36 @@ MANIFEST = ".slimforge-manifest.json"
 SIDECAR_SUFFIX = ".slimforge.json"
 
 
-def read_manifest(folder: Path) -> list[str] | None:
-    """The names slimforge wrote into ``folder``, or None when it has no (readable) manifest."""
+_RUNS: set[Path] = set()  # output folders this process claimed for a run (their new files form the run's set)
+
+
+def _read_doc(folder: Path) -> dict[str, list[str]] | None:
     try:
         doc = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    files = doc.get("files") if isinstance(doc, dict) and doc.get("tool") == "slimforge" else None
-    if not isinstance(files, list):
+    if not isinstance(doc, dict) or doc.get("tool") != "slimforge" or not isinstance(doc.get("files"), list):
         return None
-    return [f for f in files if isinstance(f, str) and _plain_name(f)]
+    names = {k: [f for f in doc.get(k) or () if isinstance(f, str) and _plain_name(f)] for k in ("files", "run")}
+    names["run"] = [n for n in names["run"] if n in names["files"]]
+    return names
+
+
+def read_manifest(folder: Path) -> list[str] | None:
+    """The names slimforge wrote into ``folder``, or None when it has no (readable) manifest."""
+    doc = _read_doc(folder)
+    return None if doc is None else doc["files"]
 
 
 def _plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..", MANIFEST) and "/" not in name and "\\" not in name
 
 
-def _write_manifest(folder: Path, files: Iterable[str]) -> None:
-    doc = json.dumps({"tool": "slimforge", "files": sorted(set(files))}, indent=1)
+def _write_manifest(folder: Path, files: Iterable[str], run: Iterable[str] = ()) -> None:
+    """``files``: every name slimforge wrote here; ``run``: those of the last run that claimed the folder (the
+    next run removes them first; other slimforge files, such as a quantized model saved here, stay)."""
+    files = sorted(set(files))
+    doc = json.dumps({"tool": "slimforge", "files": files, "run": sorted(set(run) & set(files))}, indent=1)
     tmp = folder / f"{MANIFEST}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
@@ -54,9 +66,19 @@ def _write_manifest(folder: Path, files: Iterable[str]) -> None:
 
 def record(folder: Path, name: str) -> None:
     """Add ``name`` to ``folder``'s manifest (a no-op where slimforge does not own the folder)."""
-    files = read_manifest(folder)
-    if files is not None and name not in files and _plain_name(name):
-        _write_manifest(folder, [*files, name])
+    doc = _read_doc(folder)
+    if doc is None or not _plain_name(name):
+        return
+    in_run = _key(folder) in _RUNS
+    if name not in doc["files"] or (in_run and name not in doc["run"]):
+        _write_manifest(folder, [*doc["files"], name], [*doc["run"], *([name] if in_run else [])])
+
+
+def _key(folder: Path) -> Path:
+    try:
+        return Path(folder).resolve()
+    except OSError:
+        return Path(folder).absolute()
 
 
 def written_by_slimforge(path: Path) -> bool:
@@ -107,7 +129,8 @@ def prepare_output_dir(folder: str | Path, *, force: bool = False, inputs: Itera
                        fresh: bool = True) -> Path:
     """Make ``folder`` ready for a run's outputs and return it.
 
-    New or empty: created with a manifest. With a manifest: the previous run's files are removed when ``fresh``.
+    New or empty: created with a manifest. With a manifest: when ``fresh``, the files of the last run that claimed
+    the folder are removed (other files slimforge wrote there stay).
     Holding files slimforge did not write: refused, unless ``force`` (those files are then left untouched).
 
     Example:
@@ -121,17 +144,18 @@ def prepare_output_dir(folder: str | Path, *, force: bool = False, inputs: Itera
         from slimforge.core.scratch import sweep
 
         sweep(folder)
-        owned = read_manifest(folder)
-        if owned is None:
-            owned = []
-        elif fresh:
-            for name in owned:
+        doc = _read_doc(folder) or {"files": [], "run": []}
+        owned = doc["files"]
+        if fresh:  # the previous run's outputs go, so no report of another run sits next to the new artifact
+            for name in doc["run"]:
                 _remove(folder / name)
             owned = [n for n in owned if (folder / n).exists() or (folder / n).is_symlink()]
-        _write_manifest(folder, owned)
-        return folder
-    make_dirs(folder)
-    _write_manifest(folder, [])
+        _write_manifest(folder, owned, () if fresh else doc["run"])
+    else:
+        make_dirs(folder)
+        _write_manifest(folder, [])
+    if fresh:
+        _RUNS.add(_key(folder))
     return folder
 
 
@@ -161,6 +185,8 @@ def claim_output_dir(folder: str | Path, *, force: bool = False, inputs: Iterabl
         if created and {p.name for p in prepared.iterdir()} <= {MANIFEST}:
             shutil.rmtree(prepared, ignore_errors=True)
         raise
+    finally:
+        _RUNS.discard(_key(prepared))
 
 
 def _remove(path: Path) -> None:

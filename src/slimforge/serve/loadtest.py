@@ -173,7 +173,7 @@ def loadtest(url: str, *, concurrency: int = 16, duration_s: float = 30.0, max_r
     res = asyncio.run(_run(url, concurrency, duration_s, max_requests, payload, token, timeout_s))
     summary = res.summary()
     if out_dir is not None:
-        out = prepare_output_dir(out_dir, force=force)
+        out = prepare_output_dir(out_dir, force=force, fresh=False)  # never removes what other runs wrote
         write_text(out / "loadtest.json", json.dumps(summary, indent=2))
         with atomic_path(out / "loadtest.png") as tmp:
             _plot(res, tmp)
