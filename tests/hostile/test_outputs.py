@@ -24,6 +24,8 @@ FAST = ("--batch", "1")
 def test_quantize_into_an_existing_folder_with_files_refuses_and_the_files_survive(ws):
     ws.add("keep/data.txt", "precious\n")
     one_line_error(ws.sf("quantize", "model.onnx", "--method", "dynamic", "-o", "keep"), says=("keep", "folder"))
+    for command in ("fuse", "export", "lowrank"):  # refused before any work
+        one_line_error(ws.sf(command, "model.onnx", "-o", "keep"), says=("keep", "folder"))
     assert sorted(p.name for p in (ws.root / "keep").iterdir()) == ["data.txt"]
 
 

@@ -14,6 +14,13 @@ Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to
 Batch = Annotated[str, typer.Option(help="Batch sizes for the speed check.")]
 
 
+def _output(given: Path | None, art: Any, what: str) -> Path:
+    """The output file, checked before any work (never an existing folder, the input or a file of the user's)."""
+    from slimforge.core.outputs import prepare_output_file
+
+    return prepare_output_file(given or Path("slimforge-out") / f"{art.name}-{what}.pt", inputs=[art.path])
+
+
 def _report(before: Any, after: Any, out: Path) -> None:
     from slimforge.io.save import save
 
@@ -59,12 +66,13 @@ def prune(model: ModelArg = None,
     from slimforge.compress import prune as api_prune
 
     art = _load(model, input_shape)
+    target = _output(output, art, "pruned")
     with progress_bars(err_console) as progress:
         out = api_prune(art, ratio=ratio, structured=structured, criterion=criterion, global_pruning=global_pruning,
                         round_to=round_to, iterative_steps=iterative, finetune_data=finetune_data,
                         finetune_epochs=finetune_epochs, reconstruct=reconstruct, batch_sizes=_batches(batch),
                         progress=progress)
-    _report(art, out, output or Path("slimforge-out") / f"{art.name}-pruned.pt")
+    _report(art, out, target)
 
 
 @app.command()
@@ -89,6 +97,7 @@ def distill(teacher: Annotated[Optional[str], typer.Option(help="Teacher model (
     from slimforge.compress import distill as api_distill
 
     t = _load(teacher, input_shape)
+    target = _output(output, t, "distilled")
     s: Any = None
     if student and student.startswith("layers:"):
         s = int(student.split(":", 1)[1])
@@ -101,7 +110,7 @@ def distill(teacher: Annotated[Optional[str], typer.Option(help="Teacher model (
     info = out.meta["distill"]
     console.print("held-out " + info["metric"] + " by epoch: " +
                   ", ".join(f"{row['epoch']}: {row[info['metric']]:.4f}" for row in info["curve"]), soft_wrap=True)
-    _report(t, out, output or Path("slimforge-out") / f"{t.name}-distilled.pt")
+    _report(t, out, target)
 
 
 @app.command()
@@ -114,9 +123,10 @@ def lowrank(model: ModelArg = None,
     from slimforge.compress import lowrank as api_lowrank
 
     art = _load(model, input_shape)
+    target = _output(output, art, "lowrank")
     out = api_lowrank(art, ratio=ratio if ratio is not None or energy is not None else 0.5, energy=energy,
                       layers=tuple(layers or ("*",)), batch_sizes=_batches(batch))
-    _report(art, out, output or Path("slimforge-out") / f"{art.name}-lowrank.pt")
+    _report(art, out, target)
 
 
 @app.command()
@@ -125,5 +135,6 @@ def fuse(model: ModelArg = None, output: Output = None, batch: Batch = "1,32", i
     from slimforge.compress import fuse as api_fuse
 
     art = _load(model, input_shape)
+    target = _output(output, art, "fused")
     out = api_fuse(art, batch_sizes=_batches(batch))
-    _report(art, out, output or Path("slimforge-out") / f"{art.name}-fused.pt")
+    _report(art, out, target)
