@@ -9,16 +9,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from slimforge.cli.render import console, err_console, print_checks, print_comparison, print_search
 from slimforge.errors import ConfigError, SlimforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained models smaller and faster, verified and measured on your hardware.")
-# markup off: user strings such as a path "[/x]" or a shape "[batch, 16]" print as they are
-console = Console(width=None if sys.stdout.isatty() else 160, markup=False)  # logs and pipes get wide tables
-err_console = Console(stderr=True, markup=False)
+
 
 ModelArg = Annotated[Optional[str], typer.Argument(help="Model: ONNX file, HF folder, TorchScript .pt, .pt2, "
                                                         "OpenVINO .xml. Default: the bundled all-MiniLM-L6-v2.")]
@@ -97,7 +95,7 @@ def export(model: ModelArg = None,
     with progress_bars(err_console) as progress:
         out = api_export(art, output, opset=opset, dynamic_axes=cfg.dynamic_axes, exporter=exporter, verify=verify,
                          atol=atol, progress=progress)
-    _print_checks(out)
+    print_checks(out)
     console.print(f"wrote {out.path}  ({out.size_bytes() / 1e6:.1f} MB, exporter "
                   f"{out.meta.get('exporter')})")
 
@@ -190,7 +188,7 @@ def optimize(model: ModelArg = None,
     with progress_bars(err_console) as progress:
         res = api_optimize(art, data=data, output_dir=output_dir, recipe=the_recipe, progress=progress,
                            force=force)
-    _print_checks(res.artifact)
+    print_checks(res.artifact)
     print_comparison(res.report)
     console.print(f"artifact: {res.paths['artifact']}")
     console.print(f"report:   {res.paths['html']}  (also report.json, report.csv, *.png)")
@@ -238,113 +236,6 @@ def _auto(art: Any, target: str, goal_args: dict[str, Any], latency_stat: str, b
         raise typer.Exit(3)
 
 
-def print_search(report: dict[str, Any], *, from_cache: bool = False) -> None:
-    b = str(report["goal_batch"])
-    qk = "accuracy" if "accuracy" in (report["baseline"].get("quality") or {}) else "cosine"
-    table = Table(title=f"target {report['target']['name']}: candidates (p50 ms at batch {b})"
-                        + (" [from cache]" if from_cache else ""))
-    for col in ("candidate", "runtime", "status", f"p50 b{b}", "MB", qk, "why"):
-        table.add_column(col, overflow="fold")
-    base = report["baseline"]
-    table.add_row(f"baseline {base['name']}", base["runtime"], "baseline",
-                  f"{base['latency_ms'].get(b, {}).get('p50', float('nan')):.2f}", f"{base['size_mb']:.1f}",
-                  f"{(base.get('quality') or {}).get(qk, float('nan')):.4f}", "")
-    style = {"chosen": "bold green", "accepted": "green", "rejected": "", "failed": "red", "skipped": "dim"}
-    for c in report["candidates"]:
-        lat = c["latency_ms"].get(b, {}).get("p50")
-        q = c["quality"].get(qk)
-        table.add_row(c["name"], c["runtime"], c["status"] + (" *" if c["pareto"] else ""),
-                      "" if lat is None else f"{lat:.2f}", "" if c["size_mb"] is None else f"{c['size_mb']:.1f}",
-                      "" if q is None else f"{q:.4f}", c["reason"], style=style.get(c["status"], ""))
-    console.print(table)
-    for g in report["goal_results"]:
-        console.print(("met    " if g["met"] else "missed ") + g["text"], highlight=False)
-    if report.get("verification"):
-        console.print(f"verified against the original: {report['verification']['detail']}", highlight=False)
-    for n in report.get("notes", []):
-        console.print(f"note: {n}", highlight=False)
-
-
-@app.command()
-def serve(model: Annotated[list[str], typer.Argument(
-              help="Artifact file or optimize output folder; several are versions 1, 2, ... (or VERSION=PATH).")],
-          host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="Port.")] = 8000,
-          max_batch: Annotated[int, typer.Option(help="Rows per dynamic batch (1: no batching).")] = 32,
-          max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 5.0,
-          workers: Annotated[int, typer.Option(help="Server processes (each loads the model).")] = 1,
-          name: Annotated[Optional[str], typer.Option(help="Model name in the API.")] = None,
-          fallback: Annotated[Optional[str], typer.Option(
-              help="A model that answers when the primary fails to load or raises (e.g. the original).")] = None,
-          runtime: Annotated[Optional[str], typer.Option(help="Runtime (default: the artifact's).")] = None,
-          threads: Annotated[Optional[int], typer.Option(help="Intra-op threads per model.")] = None,
-          queue_size: Annotated[int, typer.Option(help="Waiting requests before 503.")] = 256,
-          timeout_s: Annotated[float, typer.Option(help="Per-request timeout (504).")] = 30.0,
-          max_body_mb: Annotated[float, typer.Option(help="Request size limit (413).")] = 16.0,
-          max_image_pixels: Annotated[int, typer.Option(help="Decompression-bomb guard (413).")] = 40_000_000,
-          token: Annotated[Optional[str], typer.Option(envvar="SLIMFORGE_TOKEN",
-                                                       help="Require 'Authorization: Bearer TOKEN'.")] = None,
-          max_rows: Annotated[int, typer.Option(help="Rows (texts, images, tensor rows) per request (413).")] = 256,
-          max_tokens: Annotated[Optional[int], typer.Option(
-              help="Tokens per text (default: the model's own limit).")] = None,
-          long_text: Annotated[str, typer.Option(help="truncate | refuse (422) texts over --max-tokens.")] = "truncate",
-          max_request_pixels: Annotated[int, typer.Option(help="Decoded pixels of all images of a request (413).")]
-          = 64_000_000,
-          preprocess_workers: Annotated[int, typer.Option(help="Threads that decode and tokenise.")] = 2,
-          preprocess_queue: Annotated[int, typer.Option(help="Requests waiting for preprocessing before 503.")] = 64,
-          max_inflight_mb: Annotated[float, typer.Option(help="Decoded tensors queued for the model before 503.")]
-          = 512.0,
-          max_memory_mb: Annotated[Optional[float], typer.Option(
-              help="Resident memory above which new requests get 503 (default: 85% of the memory limit).")] = None
-          ) -> None:
-    """Serve a model over REST (/api/predict), KServe v2 (/v2/...) and a web page (/), with dynamic batching."""
-    from slimforge.serve import ServeConfig, serve as run_server
-
-    if min(max_batch, queue_size, workers, max_rows, preprocess_workers, preprocess_queue) < 1:
-        raise ConfigError("--max-batch, --queue-size, --workers, --max-rows and --preprocess-* must be >= 1")
-    if long_text not in ("truncate", "refuse"):
-        raise ConfigError(f"--long-text must be truncate or refuse, got {long_text!r}")
-    if (max_tokens is not None and max_tokens < 1) or max_inflight_mb <= 0 or (max_memory_mb or 1) <= 0:
-        raise ConfigError("--max-tokens, --max-inflight-mb and --max-memory-mb must be positive")
-    cfg = ServeConfig(paths=list(model), name=name, fallback=fallback, runtime=runtime, threads=threads,
-                      max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, timeout_s=timeout_s,
-                      max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, token=token, max_rows=max_rows,
-                      max_tokens=max_tokens, long_text=long_text, max_request_pixels=max_request_pixels,
-                      preprocess_workers=preprocess_workers, preprocess_queue=preprocess_queue,
-                      max_inflight_mb=max_inflight_mb, max_memory_mb=max_memory_mb)
-    err_console.print(f"serving {', '.join(model)} on http://{host}:{port}  (page: /, API: /api/predict, "
-                      f"KServe v2: /v2/models/..., metrics: /metrics)")
-    run_server(cfg, host=host, port=port, workers=workers)
-
-
-@app.command()
-def loadtest(url: Annotated[str, typer.Argument(help="Server URL (http://127.0.0.1:8000) or an endpoint.")],
-             concurrency: Annotated[int, typer.Option(help="Concurrent clients.")] = 16,
-             duration: Annotated[str, typer.Option(help="How long: 30s, 2m.")] = "30s",
-             requests: Annotated[int, typer.Option(help="At most this many requests.")] = 1_000_000,
-             payload: Annotated[Optional[Path], typer.Option(help="A JSON request body (default: fits the model).")]
-             = None,
-             token: Annotated[Optional[str], typer.Option(envvar="SLIMFORGE_TOKEN", help="Bearer token.")] = None,
-             output_dir: Annotated[Path, typer.Option("-o", "--output-dir", help="Where JSON and plot go.")] = Path(
-                 "slimforge-out/loadtest"), force: Force = False) -> None:
-    """Load-test a server: throughput, p50/p95/p99 latency and errors, as JSON and a plot."""
-    from slimforge.serve.loadtest import loadtest as run_load
-
-    body = None
-    if payload is not None:
-        try:
-            body = json.loads(payload.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{payload}: not a readable JSON request body ({exc})") from None
-    s = run_load(url, concurrency=concurrency, duration_s=_duration(duration), max_requests=requests, payload=body,
-                 token=token, out_dir=output_dir, force=force)
-    lat = s["latency_ms"]
-    console.print(f"{s['requests']} requests in {s['duration_s']:.1f} s at concurrency {s['concurrency']}: "
-                  f"{s['throughput_rps']:.1f} req/s, p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, "
-                  f"p99 {lat['p99']:.1f} ms, errors {s['errors']} {s['status']}")
-    console.print(f"report: {output_dir / 'loadtest.json'}, {output_dir / 'loadtest.png'}")
-
-
 @app.command()
 def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the recipe.yaml that optimize wrote).")],
         model: Annotated[Optional[str], typer.Argument(help="Model (default: the recipe's source).")] = None,
@@ -374,7 +265,7 @@ def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the rec
     with progress_bars(err_console) as progress:
         res = api_optimize(art, data=dataset, output_dir=output_dir, recipe=the_recipe, progress=progress,
                            force=force)
-    _print_checks(res.artifact)
+    print_checks(res.artifact)
     print_comparison(res.report)
     console.print(f"artifact: {res.paths['artifact']}")
 
@@ -427,7 +318,7 @@ def quantize(model: ModelArg = None,
                          output=out_path, num_samples=num_samples, exclude=tuple(exclude or ()),
                          min_cosine=min_cosine, max_drop=_drop(max_drop),
                          batch_sizes=_batches(batch), progress=progress)
-    _print_checks(q)
+    print_checks(q)
     if q.meta.get("float_layers") is not None:
         layers = q.meta["float_layers"]
         console.print(f"kept in float ({len(layers)}): {', '.join(layers) or 'none'}", soft_wrap=True)
@@ -451,55 +342,6 @@ def _drop(text: str | None) -> float | None:
         return float(text.strip().rstrip("%"))
     except ValueError:
         raise ConfigError(f"--max-drop must be a number such as 0.5 or 0.5%, got {text!r}") from None
-
-
-def print_comparison(report: dict[str, Any]) -> None:
-    base, res = report["baseline"], report["result"]
-    console.print(f"{report['model']['name']}: baseline = {base['label']}, optimized = {res['label']}")
-    table = Table()
-    for col in ("metric", "baseline", "optimized", "ratio"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for b in base["latency_ms"]:
-        for p in ("p50", "p95", "p99"):
-            x, y = base["latency_ms"][b][p], res["latency_ms"][b][p]
-            table.add_row(f"{p} ms, batch {b}", _ms(x), _ms(y), _ratio(x, y))
-    for b in base["throughput"]:
-        table.add_row(f"items/s, batch {b}", f"{base['throughput'][b]:.1f}", f"{res['throughput'][b]:.1f}", "")
-    table.add_row("size MB", f"{base['size_mb']:.1f}", f"{res['size_mb']:.1f}",
-                  f"{base['size_mb'] / res['size_mb']:.2f}x smaller" if res["size_mb"] else "")
-    table.add_row("peak memory MB", f"{base['peak_memory_mb']:.1f}", f"{res['peak_memory_mb']:.1f}",
-                  f"{base['peak_memory_mb'] / res['peak_memory_mb']:.2f}x less" if res["peak_memory_mb"] else "")
-    for k, v in res["quality"].items():
-        table.add_row(k, _fmt(base["quality"].get(k)), _fmt(v), "")
-    console.print(table)
-    slower = [b for b in base["latency_ms"] if res["latency_ms"][b]["p50"] > base["latency_ms"][b]["p50"]]
-    if slower:
-        console.print(f"warning: the optimized model is SLOWER than the baseline at batch "
-                      f"{', '.join(slower)} (p50); do not ship it for that workload", soft_wrap=True)
-
-
-def _ms(v: float) -> str:
-    return f"{v:.2f}" if v >= 1 else f"{v:.3g}"
-
-
-def _ratio(base: float, new: float) -> str:
-    if new <= 0 or base <= 0:
-        return ""
-    return f"{base / new:.2f}x faster" if base >= new else f"{new / base:.2f}x slower"
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _print_checks(art: Any) -> None:
-    for c in art.checks:
-        mark = "pass" if c.passed else "dropped"
-        if c.name == "no_slowdown":
-            continue
-        key = {k: f"{v:.3g}" for k, v in c.metrics.items() if k in ("max_abs", "cosine", "sqnr_db", "drop",
-                                                                      "max_drop")}
-        console.print(f"check {c.name}: {mark} {key}", soft_wrap=True)
 
 
 def _enum(name: str, value: str) -> Any:

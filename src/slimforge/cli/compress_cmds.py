@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from slimforge.cli.app import InputShape, ModelArg, _batches, _load, _print_checks, app, console, err_console
+from slimforge.cli.app import InputShape, ModelArg, _batches, _load, print_checks, app, console, err_console
 
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to save the result (TorchScript .pt).")]
 Batch = Annotated[str, typer.Option(help="Batch sizes for the speed check.")]
@@ -24,7 +24,7 @@ def _output(given: Path | None, art: Any, what: str) -> Path:
 def _report(before: Any, after: Any, out: Path) -> None:
     from slimforge.io.save import save
 
-    _print_checks(after)
+    print_checks(after)
     table = Table(title=f"{before.name}: before vs after")
     for col in ("", "before", "after"):
         table.add_column(col, justify="left" if not col else "right")
