@@ -68,17 +68,13 @@ def export(model: ModelLike, output: str | Path | None = None, *, opset: int = 1
     art = _as_artifact(model, **load_kw)
     if output is not None:
         output = prepare_output_file(output, inputs=[art.path])
-    ctx = RunContext(workdir=_path(workdir), progress=progress, output=Path(output) if output else None)
+    ctx = RunContext(workdir=workdir, progress=progress, output=Path(output) if output else None)
     out = apply(art, cfg, ctx)
     if output is not None and out.path is not None:
         from slimforge.io.save import write_sidecar
 
         write_sidecar(out, out.path)  # preprocessing (tokenizer, image transforms) and lineage travel with the file
     return out
-
-
-def _path(p: str | Path | None) -> Path | None:
-    return None if p is None else Path(p)
 
 
 def feeds_for(art: Artifact, data: Dataset | None, *, seq: int = 64) -> Callable[[int], dict[str, np.ndarray]]:
@@ -191,7 +187,7 @@ def quantize(model: ModelLike, method: str = "dynamic", *, calibration: str = "m
     ds = _as_data(data, art, default_text=True)
     if output is not None:
         output = prepare_output_file(output, inputs=[art.path])
-    ctx = RunContext(workdir=_path(workdir), progress=progress, calibration_data=ds)
+    ctx = RunContext(workdir=workdir, progress=progress, calibration_data=ds)
     prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art
     out = run_steps(prepared, Recipe(steps=(steps[-1],), runtime=rt), ctx,
                     output=Path(output) if output else None)

@@ -29,7 +29,7 @@ def _run(art: Artifact, cfg: Config, *, data: DataLike, teacher: Artifact | None
     if art.format is not Format.TORCH:
         raise UnsupportedModelError(f"{cfg.kind} works on PyTorch models; {art.name} is {art.format.value}")
     ds = _as_data(data, teacher or art, default_text=False) if data is not None else None
-    ctx = RunContext(workdir=Path(workdir) if workdir is not None else None, progress=progress,
+    ctx = RunContext(workdir=workdir, progress=progress,
                      calibration_data=ds, baseline=teacher)
     out = apply(art, cfg, ctx)
     if check_speed:

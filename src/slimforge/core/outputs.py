@@ -2,8 +2,9 @@
 
 A folder slimforge writes into carries a manifest (``.slimforge-manifest.json``) listing the names slimforge put
 there. A folder is used only when it is new, empty or has a manifest; ``force`` lets slimforge write beside files it
-did not write, which are never touched. A new run into a folder first removes the previous run's files (those the
-manifest names), so no report of another run sits next to the new artifact. An output equal to an input is refused.
+did not write, which are never touched. A new run into a folder first removes the files of the last run that claimed
+it, so no report of another run sits next to the new artifact (other files slimforge wrote there stay). An output
+equal to an input is refused.
 Names are recorded before they are written, so a killed run's files are still known to the next one.
 """
 
@@ -211,9 +212,7 @@ def prepare_output_file(path: str | Path, *, inputs: Iterable[str | Path | None]
     if (path.exists() or path.is_symlink()) and not written_by_slimforge(path):
         raise OutputError(f"{path}: the file exists and slimforge did not write it; choose another output path "
                           "(slimforge never overwrites files it did not write)")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise OutputError(f"{path.parent}: is a file, not a folder")
-    make_dirs(path.parent)
+    make_dirs(path.parent)  # refuses a parent that is a file
     from slimforge.core.scratch import sweep
 
     sweep(path.parent)

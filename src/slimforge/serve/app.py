@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +64,8 @@ class ServeConfig:
     max_memory_mb: float | None = None
 
     def limits(self) -> Limits:
-        return Limits(max_rows=self.max_rows, max_tokens=self.max_tokens, long_text=self.long_text,
-                      max_image_pixels=self.max_image_pixels, max_request_pixels=self.max_request_pixels,
-                      preprocess_workers=self.preprocess_workers, preprocess_queue=self.preprocess_queue,
-                      max_inflight_mb=self.max_inflight_mb, max_memory_mb=self.max_memory_mb)
+        """The request caps and admission settings (the fields this config shares with ``Limits``)."""
+        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -160,8 +158,7 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
         try:
             admission.reserve(nbytes)
         except Overloaded as exc:
-            metrics.errors.labels("memory").inc()
-            raise ApiError(503, f"overloaded: {exc}; retry shortly", {"Retry-After": "1"}) from None
+            raise busy("memory", exc) from None
         try:
             return await _infer(model, feeds)
         finally:
@@ -178,8 +175,7 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
             ms.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
             metrics.errors.labels("model").inc()
             if ms.fallback is None or model is ms.fallback:
-                raise ApiError(422, f"the model could not run on this input: {str(exc).splitlines()[0][:300]}") \
-                    from None
+                raise _rejected(exc) from None
         metrics.fallbacks.inc()
         ms.fallback_uses += 1
         try:
@@ -187,8 +183,7 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
         except (ApiError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001
-            raise ApiError(422, f"the model could not run on this input: {str(exc).splitlines()[0][:300]}") \
-                from None
+            raise _rejected(exc) from None
         return ms.fallback, outs, rows
 
     async def _submit(model: ServedModel, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
@@ -197,19 +192,21 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
         try:
             return await asyncio.wait_for(model.batcher.submit(feeds), cfg.timeout_s)
         except QueueFull as exc:
-            metrics.errors.labels("queue_full").inc()
-            raise ApiError(503, f"overloaded: {exc}; retry shortly", {"Retry-After": "1"}) from None
+            raise busy("queue_full", exc) from None
         except asyncio.TimeoutError:
             metrics.errors.labels("timeout").inc()
             raise ApiError(504, f"the request took longer than {cfg.timeout_s:g} s") from None
+
+    def busy(kind: str, exc: Exception) -> ApiError:
+        metrics.errors.labels(kind).inc()
+        return ApiError(503, f"overloaded: {exc}; retry shortly", {"Retry-After": "1"})
 
     async def preprocess(fn: Any, *args: Any) -> Any:
         """Run parsing, decoding and tokenising on the bounded pool; a full queue or memory budget is 503."""
         try:
             admission.enter()
         except Overloaded as exc:
-            metrics.errors.labels("preprocess_full").inc()
-            raise ApiError(503, f"overloaded: {exc}; retry shortly", {"Retry-After": "1"}) from None
+            raise busy("preprocess_full", exc) from None
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         finally:
@@ -305,6 +302,11 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
         return v2_response(used, req, outs)
 
     return Gate(app, int(cfg.max_body_mb * 1024 * 1024), cfg.token, metrics)
+
+
+def _rejected(exc: Exception) -> ApiError:
+    """A validated input the model still cannot run on: the request's fault (422), never the server's health."""
+    return ApiError(422, f"the model could not run on this input: {(str(exc).splitlines() or [''])[0][:300]}")
 
 
 def _load(cfg: ServeConfig) -> ModelSet:

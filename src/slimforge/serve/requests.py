@@ -227,7 +227,7 @@ def v2_request(model: ServedModel, raw: bytes, header_len: str | None, limits: L
         if not isinstance(inp, dict) or not isinstance(inp.get("name"), str) or "datatype" not in inp:
             raise ApiError(422, "each input needs 'name', 'shape' and 'datatype'")
         shape = _v2_shape(inp)
-        size, offset, chunk = _v2_binary(inp, binary, offset)
+        offset, chunk = _v2_binary(inp, binary, offset)
         dt = str(inp["datatype"]).upper()
         if dt == "BYTES":  # text for text models
             texts = _v2_texts(inp, chunk)
@@ -241,7 +241,7 @@ def v2_request(model: ServedModel, raw: bytes, header_len: str | None, limits: L
         if NP_TYPES[dt] != want:
             raise ApiError(400, f"input {name!r}: datatype {dt}, but the model wants "
                                 f"{V2_TYPES.get(want, want.upper())}")
-        if shape and shape[0] > limits.max_rows:
+        if shape:
             _rows(shape[0], limits)
         if chunk is not None:
             try:
@@ -276,20 +276,21 @@ def _v2_shape(inp: dict[str, Any]) -> list[int]:
     return shape
 
 
-def _v2_binary(inp: dict[str, Any], binary: bytes, offset: int) -> tuple[int | None, int, bytes | None]:
+def _v2_binary(inp: dict[str, Any], binary: bytes, offset: int) -> tuple[int, bytes | None]:
+    """The input's slice of the binary tensor data (None: its data is in JSON) and the offset after it."""
     params = inp.get("parameters")
     if params is None:
-        return None, offset, None
+        return offset, None
     if not isinstance(params, dict):
         raise ApiError(422, f"input {inp['name']!r}: 'parameters' must be an object")
     size = params.get("binary_data_size")
     if size is None:
-        return None, offset, None
+        return offset, None
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ApiError(400, f"input {inp['name']!r}: binary_data_size must be a non-negative integer, got {size!r}")
     if offset + size > len(binary):
         raise ApiError(400, f"input {inp['name']!r}: binary_data_size {size} passes the end of the body")
-    return size, offset + size, binary[offset:offset + size]
+    return offset + size, binary[offset:offset + size]
 
 
 def _v2_texts(inp: dict[str, Any], chunk: bytes | None) -> list[str]:
