@@ -9,41 +9,52 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import Any
 
-from slimforge.api import OptimizeResult, benchmark, evaluate, export, info, optimize, quantize
-from slimforge.auto import AutoResult, Goals, Target, auto_optimize_for_deployment, load_optimized
-from slimforge.bench.timing import BenchResult, BenchSpec, Timing
-from slimforge.compress import distill, fuse, lowrank, prune
-from slimforge.core.artifact import Artifact, Check, Format, IOSpec, Step, TensorSpec
-from slimforge.core.config import Config
-from slimforge.core.context import RunContext
-from slimforge.errors import (
-    ConfigError,
-    DataError,
-    InputError,
-    MissingDependencyError,
-    ModelLoadError,
-    SlimforgeError,
-    TechniqueFailed,
-    UnsupportedModelError,
-    VerificationError,
-)
-from slimforge.io.data import load_data
-from slimforge.io.models import load
-from slimforge.io.save import save
-from slimforge.plan.recipe import Recipe
-from slimforge.runtimes import open_session
-
-__version__ = "0.1.0"
+from slimforge.version import __version__
 
 logging.getLogger("slimforge").addHandler(logging.NullHandler())
+
+# Names are imported on first use (PEP 562), so that ``import slimforge`` and the CLI start fast.
+_LAZY = {
+    "OptimizeResult": "slimforge.api", "benchmark": "slimforge.api", "evaluate": "slimforge.api",
+    "export": "slimforge.api", "info": "slimforge.api", "optimize": "slimforge.api", "quantize": "slimforge.api",
+    "AutoResult": "slimforge.auto", "Goals": "slimforge.auto", "Target": "slimforge.auto",
+    "auto_optimize": "slimforge.auto", "auto_optimize_for_deployment": "slimforge.auto",
+    "load_optimized": "slimforge.auto", "BenchResult": "slimforge.bench", "BenchSpec": "slimforge.bench",
+    "Timing": "slimforge.bench", "distill": "slimforge.compress", "fuse": "slimforge.compress",
+    "lowrank": "slimforge.compress", "prune": "slimforge.compress", "Artifact": "slimforge.core.artifact",
+    "Check": "slimforge.core.artifact", "Format": "slimforge.core.artifact", "IOSpec": "slimforge.core.artifact",
+    "Step": "slimforge.core.artifact", "TensorSpec": "slimforge.core.artifact", "Config": "slimforge.core.config",
+    "RunContext": "slimforge.core.context", "load_data": "slimforge.io.data", "load": "slimforge.io.models",
+    "save": "slimforge.io.save", "Recipe": "slimforge.plan.recipe", "open_session": "slimforge.runtimes",
+    **{name: "slimforge.errors" for name in (
+        "ConfigError", "DataError", "InputError", "MissingDependencyError", "ModelLoadError", "SlimforgeError",
+        "TechniqueFailed", "UnsupportedModelError", "VerificationError")},
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'slimforge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Artifact",
     "AutoResult",
     "Goals",
     "Target",
+    "auto_optimize",
     "auto_optimize_for_deployment",
     "load_optimized",
     "BenchResult",

@@ -1,69 +1,84 @@
 """Public API for the techniques that change a PyTorch model's architecture or weights by training:
-``prune``, ``distill``, ``lowrank``, ``fuse``. Each returns a new artifact (the input is never modified) carrying
-its checks and, unless ``check_speed`` is off, a ``no_slowdown`` check measured against its input."""
+``prune``, ``distill``, ``lowrank``, ``fuse``. Each takes its config object (``PruneConfig``, ``DistillConfig``,
+``LowRankConfig``, ``FuseConfig``), or that config's fields as keywords, and returns a new artifact (the input is
+never modified) carrying its checks and, unless ``check_speed`` is off, a ``no_slowdown`` check measured against
+its input."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import nn
 
-from slimforge.api import ModelLike, _as_artifact, _as_data, feeds_for, speed_check
-from slimforge.bench.timing import BenchSpec
+from slimforge.api import speed_check
+from slimforge.bench import BenchSpec
 from slimforge.core.artifact import Artifact, Format
-from slimforge.core.config import Config
+from slimforge.core.config import Config, with_fields
 from slimforge.core.context import ProgressFn, RunContext
-from slimforge.core.registry import apply
 from slimforge.errors import ConfigError, UnsupportedModelError
 from slimforge.io.data import Dataset
+from slimforge.io.inputs import ModelLike, as_artifact, as_data, feeds_for
+from slimforge.plan.engine import apply_step
 
 DataLike = str | Path | Dataset | None
 
 
-def _run(art: Artifact, cfg: Config, *, data: DataLike, teacher: Artifact | None, check_speed: bool,
-         batch_sizes: Sequence[int], spec: BenchSpec, workdir: str | Path | None,
-         progress: ProgressFn | None) -> Artifact:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How a technique runs, apart from what it does: the speed check, where scratch goes, progress."""
+
+    check_speed: bool = True
+    batch_sizes: Sequence[int] = (1, 32)
+    spec: BenchSpec = BenchSpec()
+    workdir: str | Path | None = None
+    progress: ProgressFn | None = None
+
+
+def _split(fields: dict[str, Any]) -> tuple[RunOptions, dict[str, Any]]:
+    names = {f.name for f in dataclasses.fields(RunOptions)}
+    run = RunOptions(**{k: v for k, v in fields.items() if k in names})
+    return run, {k: v for k, v in fields.items() if k not in names}
+
+
+def _run(art: Artifact, cfg: Config, *, data: DataLike, teacher: Artifact | None, run: RunOptions) -> Artifact:
     if art.format is not Format.TORCH:
         raise UnsupportedModelError(f"{cfg.kind} works on PyTorch models; {art.name} is {art.format.value}")
-    ds = _as_data(data, teacher or art, default_text=False) if data is not None else None
-    ctx = RunContext(workdir=workdir, progress=progress,
-                     calibration_data=ds, baseline=teacher)
-    out = apply(art, cfg, ctx)
-    if check_speed:
-        out = out.with_check(speed_check(art, out, "torch", feeds_for(art, ds), batch_sizes=tuple(batch_sizes),
-                                         spec=spec))
+    ds = as_data(data, teacher or art, default_text=False) if data is not None else None
+    ctx = RunContext(workdir=run.workdir, progress=run.progress, calibration_data=ds, baseline=teacher)
+    out = apply_step(art, cfg, ctx)
+    if run.check_speed:
+        check, _ = speed_check(art, out, "torch", feeds_for(art, ds), batch_sizes=tuple(run.batch_sizes),
+                               spec=run.spec)
+        out = out.with_check(check)
     return out
 
 
-def prune(model: ModelLike, *, ratio: float = 0.5, structured: bool = True, criterion: str = "l1",
-          global_pruning: bool = False, round_to: int = 8, iterative_steps: int = 1,
-          finetune_data: DataLike = None, finetune_epochs: int = 0, lr: float = 1e-3, ignore: Sequence[str] = (),
-          reconstruct: bool = True, check_speed: bool = True, batch_sizes: Sequence[int] = (1, 32),
-          spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None,
-          progress: ProgressFn | None = None) -> Artifact:
-    """Prune a PyTorch model; structured pruning makes it physically smaller (parameters, FLOPs, latency reported).
-    With ``finetune_data``, structured pruning also refits the layers that read pruned features by least squares
-    against the original model (``reconstruct``; no training: on MiniLM at 50% it takes the held-out embedding cosine
-    from 0.51 to 0.77), and fine-tunes when ``finetune_epochs`` > 0.
+def prune(model: ModelLike, config: Any = None, *, data: DataLike = None, finetune_data: DataLike = None,
+          **fields: Any) -> Artifact:
+    """Prune a PyTorch model with a ``PruneConfig`` (or its fields as keywords); structured pruning makes it
+    physically smaller (parameters, FLOPs, latency reported). With data (``data``, or ``finetune_data``), structured
+    pruning also refits the layers that read pruned features by least squares against the original model
+    (``reconstruct``; no training: on MiniLM at 50% it takes the held-out embedding cosine from 0.51 to 0.77), and
+    fine-tunes when ``finetune_epochs`` > 0. ``check_speed``, ``batch_sizes``, ``spec``, ``workdir`` and
+    ``progress`` (``RunOptions``) say how it runs.
 
     Example:
         >>> import torch, slimforge
+        >>> from slimforge.techniques.prune.torch_prune import PruneConfig
         >>> net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
         >>> art = slimforge.load(net, example_inputs=torch.randn(2, 32))
-        >>> small = slimforge.prune(art, ratio=0.5, check_speed=False)
+        >>> small = slimforge.prune(art, PruneConfig(ratio=0.5), check_speed=False)
         >>> small.meta["parameters_after"] < small.meta["parameters_before"]
         True
     """
     from slimforge.techniques.prune.torch_prune import PruneConfig
 
-    cfg = PruneConfig(ratio=ratio, structured=structured, criterion=criterion, global_pruning=global_pruning,
-                      round_to=round_to, iterative_steps=iterative_steps, finetune_epochs=finetune_epochs, lr=lr,
-                      ignore=tuple(ignore), reconstruct=reconstruct)
-    return _run(_as_artifact(model), cfg, data=finetune_data, teacher=None, check_speed=check_speed,
-                batch_sizes=batch_sizes, spec=spec, workdir=workdir, progress=progress)
+    run, rest = _split(fields)
+    return _run(as_artifact(model), with_fields(config or PruneConfig, rest), data=data or finetune_data,
+                teacher=None, run=run)
 
 
 def derive_student(teacher: Artifact, layers: int) -> nn.Module:
@@ -86,51 +101,39 @@ def derive_student(teacher: Artifact, layers: int) -> nn.Module:
     return module
 
 
-def distill(teacher: ModelLike, student: ModelLike | int | None = None, *, data: DataLike, mode: str = "auto",
-            temperature: float = 4.0, alpha: float = 0.7, epochs: int = 10, lr: float = 1e-3, batch_size: int = 32,
-            num_samples: int = 4096, heldout: float = 0.2, patience: int | None = None,
-            hidden_layers: Sequence[str] = (), hidden_weight: float = 1.0, freeze: Sequence[str] = (),
-            augment: int = 0, device: str = "auto", checkpoint_dir: str | None = None, check_speed: bool = True,
-            batch_sizes: Sequence[int] = (1, 32), spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None,
-            progress: ProgressFn | None = None) -> Artifact:
-    """Distil ``teacher`` into ``student``: a module or artifact, a number of layers to keep from the teacher, or
-    None for the teacher's own architecture (e.g. to recover a pruned model, pass the pruned artifact as student).
-    ``hidden_layers`` (module-name globs, e.g. ``"*.encoder.layer.*"``) adds hidden-state distillation: the student's
-    outputs of those modules match the teacher's (masked MSE), which gives encoders far more signal per example.
-    ``freeze`` (module-name globs) keeps those weights fixed, e.g. ``"*embeddings*"`` so that tokens the data never
-    shows stay where the teacher had them. ``augment`` adds that many token-level variants of each training sentence
-    (labelled by the teacher); ``device`` is ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
+def _student(t: Artifact, student: ModelLike | int | None) -> Artifact:
+    if student is None:
+        return t
+    if not isinstance(student, (nn.Module, int)):  # an artifact or a path: it brings its own metadata
+        return as_artifact(student)
+    module = derive_student(t, student) if isinstance(student, int) else student
+    s = as_artifact(module, example_inputs=dict(t.examples))  # the teacher's inputs, task and preprocessing
+    return dataclasses.replace(s, meta={**t.meta, "name": f"{t.name}-student" if isinstance(student, int) else s.name})
+
+
+def distill(teacher: ModelLike, student: ModelLike | int | None = None, config: Any = None, *, data: DataLike,
+            **fields: Any) -> Artifact:
+    """Distil ``teacher`` into ``student`` with a ``DistillConfig`` (or its fields as keywords). The student is a
+    module or artifact, a number of layers to keep from the teacher, or None for the teacher's own architecture
+    (e.g. to recover a pruned model, pass the pruned artifact as student). ``hidden_layers`` (module-name globs)
+    adds hidden-state distillation; ``freeze`` keeps those weights fixed; ``augment`` adds token-level variants of
+    each training sentence; ``device`` is ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``. ``RunOptions``
+    fields say how it runs.
 
     Example:
-        >>> # small = slimforge.distill(teacher_art, pruned_art, data="sentences.txt", epochs=5)
+        >>> # small = slimforge.distill(teacher_art, pruned_art, DistillConfig(epochs=5), data="sentences.txt")
         >>> # small.meta["distill"]["curve"]  # held-out cosine (or accuracy) per epoch
     """
     from slimforge.techniques.distill.torch_distill import DistillConfig
 
-    t = _as_artifact(teacher)
-    if student is None:
-        s = t
-    elif not isinstance(student, (nn.Module, int)):  # an artifact or a path: it brings its own metadata
-        s = _as_artifact(student)
-    else:  # a module, or a number of the teacher's layers: it takes the teacher's inputs, task and preprocessing
-        module = derive_student(t, student) if isinstance(student, int) else student
-        s = _as_artifact(module, example_inputs=dict(t.examples))
-        name = f"{t.name}-student" if isinstance(student, int) else s.name
-        s = dataclasses.replace(s, meta={**t.meta, "name": name})
-    cfg = DistillConfig(mode=mode, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
-                        batch_size=batch_size, num_samples=num_samples, heldout=heldout, patience=patience,
-                        checkpoint_dir=checkpoint_dir, hidden_layers=tuple(hidden_layers),
-                        hidden_weight=hidden_weight, freeze=tuple(freeze), augment=augment, device=device)
-    return _run(s, cfg, data=data, teacher=t, check_speed=check_speed, batch_sizes=batch_sizes, spec=spec,
-                workdir=workdir, progress=progress)
+    run, rest = _split(fields)
+    t = as_artifact(teacher)
+    return _run(_student(t, student), with_fields(config or DistillConfig, rest), data=data, teacher=t, run=run)
 
 
-def lowrank(model: ModelLike, *, ratio: float | None = 0.5, energy: float | None = None,
-            layers: Sequence[str] = ("*",), round_to: int = 8, check_speed: bool = True,
-            batch_sizes: Sequence[int] = (1, 32), spec: BenchSpec = BenchSpec(), data: DataLike = None,
-            workdir: str | Path | None = None, progress: ProgressFn | None = None) -> Artifact:
-    """Factorize Linear/Conv2d layers by truncated SVD (rank by ratio or energy); parameters, cosine and latency
-    are recorded. Fine-tune afterwards with ``distill(original, result, data=...)``.
+def lowrank(model: ModelLike, config: Any = None, *, data: DataLike = None, **fields: Any) -> Artifact:
+    """Factorize Linear/Conv2d layers by truncated SVD with a ``LowRankConfig`` (rank by ``ratio`` or ``energy``);
+    parameters, cosine and latency are recorded. Fine-tune afterwards with ``distill(original, result, data=...)``.
 
     Example:
         >>> import torch, slimforge
@@ -142,14 +145,13 @@ def lowrank(model: ModelLike, *, ratio: float | None = 0.5, energy: float | None
     """
     from slimforge.techniques.lowrank import LowRankConfig
 
-    cfg = LowRankConfig(ratio=None if energy is not None else ratio, energy=energy, layers=tuple(layers),
-                        round_to=round_to)
-    return _run(_as_artifact(model), cfg, data=data, teacher=None, check_speed=check_speed,
-                batch_sizes=batch_sizes, spec=spec, workdir=workdir, progress=progress)
+    run, rest = _split(fields)
+    if rest.get("energy") is not None and "ratio" not in rest:
+        rest["ratio"] = None  # energy instead of the default ratio
+    return _run(as_artifact(model), with_fields(config or LowRankConfig, rest), data=data, teacher=None, run=run)
 
 
-def fuse(model: ModelLike, *, check_speed: bool = True, batch_sizes: Sequence[int] = (1, 32),
-         spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None) -> Artifact:
+def fuse(model: ModelLike, config: Any = None, **fields: Any) -> Artifact:
     """Fold BatchNorm into the Conv/Linear before it; outputs verified to 1e-5.
 
     Example:
@@ -161,5 +163,5 @@ def fuse(model: ModelLike, *, check_speed: bool = True, batch_sizes: Sequence[in
     """
     from slimforge.techniques.fuse import FuseConfig
 
-    return _run(_as_artifact(model), FuseConfig(), data=None, teacher=None, check_speed=check_speed,
-                batch_sizes=batch_sizes, spec=spec, workdir=workdir, progress=None)
+    run, rest = _split(fields)
+    return _run(as_artifact(model), with_fields(config or FuseConfig, rest), data=None, teacher=None, run=run)

@@ -3,7 +3,7 @@ import pytest
 
 import slimforge
 from slimforge.bench.memory import peak_memory_mb
-from slimforge.bench.timing import BenchSpec, Timing, measure
+from slimforge.bench import BenchSpec, Timing, measure
 
 
 def test_timing_percentiles():

@@ -1,7 +1,7 @@
 import pytest
 
 from slimforge.core.artifact import Artifact, Check, Format, IOSpec, Step, TensorSpec
-from slimforge.core.context import atomic_path
+from slimforge.core.outputs import atomic_path
 
 
 def _art():

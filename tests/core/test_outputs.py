@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slimforge.core.context import atomic_path
+from slimforge.core.outputs import atomic_path
 from slimforge.core.outputs import (MANIFEST, claim_output_dir, prepare_output_dir, prepare_output_file,
                                     read_manifest, write_text)
 from slimforge.errors import OutputError

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import slimforge
-from slimforge.bench.timing import BenchResult, Timing
+from slimforge.bench import BenchResult, Timing
 from slimforge.evaluation.metrics import Metric
 from slimforge.report import SCHEMA_VERSION, build_report, variant_entry, write_report
 

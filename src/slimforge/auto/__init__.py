@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from slimforge.auto.goals import Goals
-from slimforge.auto.search import FAST_SPEC, SEARCH_VERSION, _sha, cache_root, data_fingerprint, fingerprint, search
+from slimforge.auto.search import FAST_SPEC, search
 from slimforge.auto.targets import PRESETS, Target, get_target
-from slimforge.bench.timing import BenchSpec
+from slimforge.bench import BenchSpec
 from slimforge.core.artifact import Artifact, Format
-from slimforge.core.context import ProgressFn, atomic_path
-from slimforge.core.outputs import claim_output_dir, write_text
-from slimforge.core.scratch import scratch_dir
+from slimforge.core.context import ProgressFn
+from slimforge.core.outputs import atomic_path, claim_output_dir, write_text
 from slimforge.errors import ConfigError, SlimforgeError
+from slimforge.io.inputs import as_artifact, as_data
+from slimforge.plan.cache import CACHE_VERSION, cache_root, data_fingerprint, digest, fingerprint
 
 __all__ = ["AutoResult", "Goals", "PRESETS", "Target", "auto_optimize", "auto_optimize_for_deployment",
            "get_target", "load_optimized"]
@@ -50,10 +51,10 @@ class AutoResult:
 
 def _request_key(model: Artifact, target: Target, goals: Goals, data: Any, eval_limit: int,
                  time_budget_s: float) -> str:
-    import slimforge
+    from slimforge.version import __version__
 
-    return _sha(fingerprint(model), target.to_dict(), goals.to_dict(), data_fingerprint(data), eval_limit,
-                time_budget_s, SEARCH_VERSION, slimforge.__version__)
+    return digest(fingerprint(model), target.to_dict(), goals.to_dict(), data_fingerprint(data), eval_limit,
+                  time_budget_s, CACHE_VERSION, __version__)
 
 
 def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
@@ -67,11 +68,9 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
         >>> # res = auto_optimize("model.onnx", target="cpu", goals={"max_latency_ms": 10, "min_cosine": 0.995})
         >>> # res.goals_met, res.missed, res.paths["artifact"]
     """
-    from slimforge.api import _as_artifact, _as_data
-
     t0 = time.perf_counter()
-    base = _as_artifact(model)
-    ds = _as_data(data, base, default_text=model is None)
+    base = as_artifact(model)
+    ds = as_data(data, base, default_text=True)  # a text model without data: the bundled English sentences
     tgt = get_target(target)
     g = goals if isinstance(goals, Goals) else Goals.from_mapping(dict(goals or {}))
     if time_budget_s <= 0:
@@ -88,10 +87,11 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     registry = cache_root() / "optimized" / key
     if use_cache and (registry / "complete").is_file():
         return _from_registry(registry, out_dir, t0)
-    res = search(base, target=tgt, goals=g, data=ds, workdir=scratch_dir() / "search", time_budget_s=time_budget_s,
-                 eval_limit=eval_limit, spec=spec, progress=progress, use_cache=use_cache)
+    res = search(base, target=tgt, goals=g, data=ds, time_budget_s=time_budget_s, eval_limit=eval_limit, spec=spec,
+                 progress=progress, use_cache=use_cache)
     from slimforge.auto import report as rep
     from slimforge.plan.recipe import Recipe
+    from slimforge.report import write_report
 
     art_path: Path | None = None
     best = res.artifact
@@ -109,7 +109,8 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     recipe = Recipe(steps=res.best.candidate.steps if res.best else (),
                     runtime=res.best.candidate.runtime if res.best else res.baseline_measurement["runtime"],
                     baseline_runtime=res.baseline_measurement["runtime"],
-                    batch_sizes=tuple(sorted(res.best.latency)) if res.best else tuple(res.target.batch_sizes),
+                    batch_sizes=tuple(sorted(res.best.latency)) if res.best and res.best.latency else
+                    tuple(res.target.batch_sizes),
                     threads=res.target.threads, name=f"auto-{res.target.name}",
                     source=_source_of(base),
                     data=str(Path(data).resolve()) if isinstance(data, (str, Path)) else
@@ -117,7 +118,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     write_text(out_dir / "recipe.yaml", recipe.to_yaml())
     report = rep.build(res, recipe=recipe.to_dict(), artifact_path=art_path,
                        data_name=getattr(ds, "name", None))
-    paths = rep.write(report, out_dir)
+    paths = write_report(report, out_dir)
     paths["recipe"] = out_dir / "recipe.yaml"
     if art_path is not None:
         paths["artifact"] = art_path
@@ -130,7 +131,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
 
 def _source_of(art: Artifact) -> str | None:
     if art.source_id.startswith(("file:", "hf:")) and art.path is not None:
-        return str(art.path)
+        return str(Path(art.path).resolve())  # absolute: the recipe re-runs from any folder
     return None
 
 
@@ -193,7 +194,7 @@ def load_optimized(name: str | Path | Artifact | None = None, optimization: str 
     """
     if optimization != "auto":
         raise ConfigError(f"optimization must be 'auto' (the searched result), got {optimization!r}")
-    out = Path(output_dir) if output_dir else cache_root() / "outputs" / _sha(str(name), str(target))
+    out = Path(output_dir) if output_dir else cache_root() / "outputs" / digest(str(name), str(target))
     return auto_optimize(name, target=target, goals=goals, data=data, output_dir=out, time_budget_s=time_budget_s,
                          **kw).artifact
 

@@ -1,27 +1,30 @@
 """Candidates of the search, and the proposers that offer them.
 
 A proposer is a function ``(SearchSpace) -> Iterable[Candidate]`` registered with ``@proposer``; a technique joins the
-search by registering one (in its own module or here). Each candidate is a recipe: steps, and the runtime that runs
-the result. ``cost`` orders the search (cheap first); ``after`` names a candidate whose quality failure makes this one
-pointless (a more aggressive version of the same thing), so the planner skips it.
+search by registering one (in its own module or here). Each candidate is a ``Recipe`` (steps, and the runtime that
+runs the result) plus search hints: ``cost`` orders the search (cheap first); ``after`` names a candidate whose quality
+failure makes this one pointless (a more aggressive version of the same thing), so the planner skips it; ``unless``
+names a cheaper one whose success makes it unnecessary; ``optional`` steps stay only if they make it faster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from slimforge.core.artifact import Artifact, Format
 from slimforge.core.config import Config
+from slimforge.plan.recipe import Recipe
 
 _PROPOSERS: list[Callable[[SearchSpace], Iterable[Candidate]]] = []
 
 
 @dataclass(frozen=True)
 class Candidate:
-    name: str
-    steps: tuple[Config, ...]
-    runtime: str
+    """A recipe plus the hints that order and prune the search."""
+
+    recipe: Recipe
     precision: str = "fp32"
     cost: int = 1  # relative expense: 1 conversion, 2 dynamic quantization, 3 calibration, 10+ training
     trains: bool = False
@@ -29,21 +32,43 @@ class Candidate:
     unless: str | None = None  # skip when this (cheaper) candidate already met them
     optional: tuple[int, ...] = ()  # indices of steps kept only if they make the result faster (graph passes)
 
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    @property
+    def steps(self) -> tuple[Config, ...]:
+        return self.recipe.steps
+
+    @property
+    def runtime(self) -> str:
+        return self.recipe.runtime
+
+    def without(self, index: int) -> Candidate:
+        """This candidate without its step ``index`` (for the ablation of optional steps)."""
+        steps = self.steps[:index] + self.steps[index + 1:]
+        name = f"{self.name} without {self.steps[index].kind}"
+        return dataclasses.replace(self, recipe=dataclasses.replace(self.recipe, steps=steps, name=name), optional=())
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "runtime": self.runtime, "precision": self.precision, "cost": self.cost,
                 "steps": [s.to_dict() for s in self.steps], "trains": self.trains}
 
 
+def candidate(name: str, steps: Iterable[Config], runtime: str, precision: str = "fp32", **hints: Any) -> Candidate:
+    """A candidate from its name, steps and runtime, plus hints (``cost``, ``after``, ``unless``, ``optional``,
+    ``trains``)."""
+    return Candidate(Recipe(steps=tuple(steps), runtime=runtime, name=name), precision, **hints)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
-    """What proposers see: the model, the narrowed target, the machine, and what data there is."""
+    """What proposers see: the model, the narrowed target, whether training data exists, and facts about the model
+    (``extra``: the ONNX family and its sensitive nodes)."""
 
     art: Artifact
     target: Any  # targets.Target
-    machine: Any  # targets.Machine
-    has_labels: bool
     train_seconds: float | None  # estimated seconds of one training epoch on the data (None: no training data)
-    time_left_s: float
     quality_budget: float | None = None  # allowed cosine drop (for mixed precision), when the goals give one
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,11 +121,11 @@ def runtimes_fp32(space: SearchSpace) -> Iterable[Candidate]:
 
     if space.art.format is not Format.OPENVINO:
         onnx = _to_onnx(space)
-        yield Candidate("onnxruntime fp32", (*onnx, GraphOptConfig()), "onnxruntime", "fp32", cost=1,
+        yield candidate("onnxruntime fp32", (*onnx, GraphOptConfig()), "onnxruntime", "fp32", cost=1,
                         optional=(len(onnx),))
     ov = _to_openvino(space)
     if ov is not None and space.art.format is not Format.OPENVINO:
-        yield Candidate("openvino fp32", tuple(ov), "openvino", "fp32", cost=1)
+        yield candidate("openvino fp32", tuple(ov), "openvino", "fp32", cost=1)
 
 
 @proposer
@@ -118,38 +143,38 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
     ops = ("MatMul",) if space.text else ()
     if space.art.format is not Format.OPENVINO:
         # convolutions stay float under dynamic INT8 (ConvInteger is slow on CPUs); static QDQ quantizes them
-        yield Candidate("onnxruntime int8 dynamic", (*onnx, DynamicQuantConfig(per_channel=True, min_cosine=0.0)),
+        yield candidate("onnxruntime int8 dynamic", (*onnx, DynamicQuantConfig(per_channel=True, min_cosine=0.0)),
                         "onnxruntime", "int8", cost=2, optional=(g,))
-        yield Candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
+        yield candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
             calibration=Calibration.MINMAX, per_channel=True, op_types=ops, min_cosine=0.0)),
             "onnxruntime", "int8", cost=4, optional=(g,))
         family = space.extra.get("family")
         sensitive = tuple(space.extra.get("sensitive_nodes") or ())
         if family in ("cnn", "detector") and sensitive:
             # heads (the last layers, Sigmoid/Softmax regions) stay in float: where INT8 hurts detections most
-            yield Candidate("onnxruntime int8 static, head in float", (*onnx, StaticQuantConfig(
+            yield candidate("onnxruntime int8 static, head in float", (*onnx, StaticQuantConfig(
                 calibration=Calibration.MINMAX, per_channel=True, exclude=sensitive, min_cosine=0.0)),
                 "onnxruntime", "int8", cost=4, optional=(g,))
-        yield Candidate("onnxruntime int4 weights", (*onnx, WeightOnlyConfig(bits=4, min_cosine=0.0)),
+        yield candidate("onnxruntime int4 weights", (*onnx, WeightOnlyConfig(bits=4, min_cosine=0.0)),
                         "onnxruntime", "int4", cost=3, optional=(g,), after="onnxruntime int8 dynamic")
         if space.quality_budget is not None:
             from slimforge.techniques.quantize.mixed import MixedPrecisionConfig
 
-            yield Candidate("onnxruntime int8 dynamic, mixed precision", (*onnx, MixedPrecisionConfig(
+            yield candidate("onnxruntime int8 dynamic, mixed precision", (*onnx, MixedPrecisionConfig(
                 base="dynamic", max_drop=space.quality_budget, metric="cosine",
                 op_types=("MatMul",) if space.text else ())), "onnxruntime", "int8", cost=6,
                 optional=(g,), unless="onnxruntime int8 dynamic")
     if ov is not None:
-        yield Candidate("openvino int8 weights", (*ov, WeightOnlyConfig(bits=8, min_cosine=0.0)), "openvino",
+        yield candidate("openvino int8 weights", (*ov, WeightOnlyConfig(bits=8, min_cosine=0.0)), "openvino",
                         "int8-weight", cost=2)
-        yield Candidate("openvino int4 weights", (*ov, WeightOnlyConfig(bits=4, min_cosine=0.0)), "openvino",
+        yield candidate("openvino int4 weights", (*ov, WeightOnlyConfig(bits=4, min_cosine=0.0)), "openvino",
                         "int4", cost=3, after="openvino int8 weights")
-        yield Candidate("openvino bf16", (*ov, CastConfig(dtype="bf16", min_cosine=0.0)), "openvino", "bf16",
+        yield candidate("openvino bf16", (*ov, CastConfig(dtype="bf16", min_cosine=0.0)), "openvino", "bf16",
                         cost=2)
-        yield Candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
+        yield candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
             calibration=Calibration.MINMAX, per_channel=True, min_cosine=0.0)), "openvino", "int8", cost=5)
     if space.is_torch:
-        yield Candidate("torch int8 dynamic", (DynamicQuantConfig(per_channel=True, min_cosine=0.0),), "torch",
+        yield candidate("torch int8 dynamic", (DynamicQuantConfig(per_channel=True, min_cosine=0.0),), "torch",
                         "int8", cost=2)
 
 
@@ -169,8 +194,8 @@ def prune_and_distill(space: SearchSpace) -> Iterable[Candidate]:
     trained = (PruneConfig(ratio=0.5, round_to=8, min_cosine=0.0),
                DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3))
     onnx = [*_to_onnx(space), GraphOptConfig()]
-    yield Candidate("pruned 50% + distilled, onnxruntime fp32", (*trained, *onnx), "onnxruntime", "fp32", cost=20,
+    yield candidate("pruned 50% + distilled, onnxruntime fp32", (*trained, *onnx), "onnxruntime", "fp32", cost=20,
                     trains=True)
-    yield Candidate("pruned 50% + distilled, onnxruntime int8 static", (*trained, *onnx, StaticQuantConfig(
+    yield candidate("pruned 50% + distilled, onnxruntime int8 static", (*trained, *onnx, StaticQuantConfig(
         calibration=Calibration.MINMAX, per_channel=True, op_types=("MatMul",) if space.text else (),
         min_cosine=0.0)), "onnxruntime", "int8", cost=21, trains=True)

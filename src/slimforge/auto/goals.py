@@ -114,11 +114,6 @@ class Goals:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
-    @property
-    def has_quality_goal(self) -> bool:
-        return any(v is not None for v in (self.min_accuracy, self.max_accuracy_drop, self.min_cosine))
-
-
 @dataclass(frozen=True)
 class GoalResult:
     """One goal against one measurement: ``margin`` is how far inside (>= 0) or outside (< 0) the goal it is."""

@@ -1,5 +1,9 @@
-"""Latency, throughput and memory measurement, following one spec (warm-up, sync, many repeats, percentiles)."""
+"""Latency, throughput and memory measurement: one timing loop (interleaved rounds with intervals), one memory
+method (a fresh process), for every runtime."""
 
-from slimforge.bench.timing import BenchResult, BenchSpec, Timing, measure, time_session
+from slimforge.bench.compare import Comparison, Ratio, compare
+from slimforge.bench.measure import BenchResult, measure, measure_all
+from slimforge.bench.timing import BenchSpec, Timing, time_session
 
-__all__ = ["BenchResult", "BenchSpec", "Timing", "measure", "time_session"]
+__all__ = ["BenchResult", "BenchSpec", "Comparison", "Ratio", "Timing", "compare", "measure", "measure_all",
+           "time_session"]

@@ -7,12 +7,14 @@ when that is impossible the measurement falls back to sampling this process (and
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Mapping
 
@@ -23,7 +25,7 @@ from slimforge.core.scratch import child_env, die_with_parent, scratch_dir
 
 log = logging.getLogger(__name__)
 
-_RUNTIME_IMPORTS = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+_RUNTIME_IMPORTS = {"torch": ("torch",), "onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnx")}
 
 
 def peak_memory_mb(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], *, threads: int | None = None,
@@ -66,12 +68,45 @@ def _source_for(art: Artifact, tmp: Path) -> Path | None:
     return None
 
 
+class PeakRss:
+    """Samples this process's resident memory in a background thread; ``peak_mb`` is the rise over the start."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.start_rss = 0
+        self.peak_rss = 0
+
+    def __enter__(self) -> PeakRss:
+        gc.collect()
+        self.start_rss = self.peak_rss = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak_rss - self.start_rss) / 1e6
+
+
 def _in_process(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], *, threads: int | None,
                 precision: str | None) -> float:
-    from slimforge.bench.timing import _PeakRss
     from slimforge.runtimes import open_session
 
-    with _PeakRss() as mem:
+    with PeakRss() as mem:
         sess = open_session(art, runtime, threads=threads, precision=precision)
         for _ in range(3):
             sess.run(feeds)
@@ -108,15 +143,15 @@ def _peak_bytes() -> int:
 def _child(spec: dict) -> None:  # pragma: no cover - runs in the child process
     import importlib
 
-    import slimforge  # noqa: F401
+    for name in _RUNTIME_IMPORTS.get(spec["runtime"], ("torch",)):
+        importlib.import_module(name)
+    from slimforge.io.models import load  # the loaders and the runtime's module: imports do not count
+    from slimforge.runtimes import get_runtime, open_session
 
-    importlib.import_module(_RUNTIME_IMPORTS.get(spec["runtime"], "torch"))
+    get_runtime(spec["runtime"])
     feeds = dict(np.load(spec["feeds"]))
     _reset_peak()
     rss0 = _rss_bytes()
-    from slimforge.io.models import load
-    from slimforge.runtimes import open_session
-
     if spec["pickled"]:
         import torch
 

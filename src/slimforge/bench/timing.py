@@ -2,39 +2,42 @@
 
 from __future__ import annotations
 
-import gc
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from slimforge.core.artifact import Artifact
 from slimforge.errors import ConfigError
-from slimforge.runtimes import Session, open_session
-
-FeedsFn = Callable[[int], Mapping[str, np.ndarray]]
+from slimforge.runtimes import Session
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class BenchSpec:
     """How to time: ``warmup`` runs, then at least ``repeats`` runs and at least ``min_time_s`` seconds (capped by
-    ``max_time_s``)."""
+    ``max_time_s``). Side-by-side comparisons (``bench.compare``) spread the runs over at least ``rounds`` interleaved
+    rounds and add rounds, up to ``max_rounds`` or ``max_time_s``, until every interval is within ``rel_ci``
+    (relative half-width)."""
 
     warmup: int = 3
     repeats: int = 20
     min_time_s: float = 0.5
     max_time_s: float = 20.0
+    rounds: int = 5
+    max_rounds: int = 30
+    rel_ci: float = 0.03
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.repeats < 1:
             raise ConfigError("warmup must be >= 0 and repeats >= 1")
+        if self.rounds < 1 or self.max_rounds < self.rounds or self.rel_ci <= 0:
+            raise ConfigError("rounds must be >= 1, max_rounds >= rounds and rel_ci > 0")
 
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    """Latency statistics in milliseconds over ``n`` timed runs."""
+    """Latency statistics in milliseconds over ``n`` timed runs; ``lo``/``hi`` bound the median (95%, bootstrap
+    over ``rounds`` interleaved rounds; equal to ``p50`` when it was timed in one go)."""
 
     p50: float
     p95: float
@@ -42,6 +45,18 @@ class Timing:
     mean: float
     min: float
     n: int
+    lo: float = 0.0
+    hi: float = 0.0
+    rounds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lo == 0.0 and self.hi == 0.0:  # timed in one go: the interval is the median itself
+            object.__setattr__(self, "lo", self.p50)
+            object.__setattr__(self, "hi", self.p50)
+
+    def with_interval(self, lo: float, hi: float, rounds: int) -> Timing:
+        return Timing(self.p50, self.p95, self.p99, self.mean, self.min, self.n, min(lo, self.p50),
+                      max(hi, self.p50), rounds)
 
     @staticmethod
     def from_samples(seconds: Sequence[float]) -> Timing:
@@ -50,7 +65,8 @@ class Timing:
         return Timing(float(p50), float(p95), float(p99), float(ms.mean()), float(ms.min()), int(ms.size))
 
     def to_dict(self) -> dict[str, float]:
-        return {"p50": self.p50, "p95": self.p95, "p99": self.p99, "mean": self.mean, "min": self.min, "n": self.n}
+        return {"p50": self.p50, "p95": self.p95, "p99": self.p99, "mean": self.mean, "min": self.min, "n": self.n,
+                "ci": [round(self.lo, 6), round(self.hi, 6)], "rounds": self.rounds}
 
 
 def time_session(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchSpec) -> Timing:
@@ -59,6 +75,7 @@ def time_session(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchSpec
     Example:
         >>> import torch, slimforge
         >>> art = slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4))
+        >>> from slimforge.runtimes import open_session
         >>> time_session(open_session(art), art.examples, BenchSpec(repeats=5, min_time_s=0)).n >= 5
         True
     """
@@ -75,90 +92,3 @@ def time_session(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchSpec
         if time.perf_counter() - start > spec.max_time_s and len(samples) >= 3:
             break
     return Timing.from_samples(samples)
-
-
-@dataclass
-class BenchResult:
-    """One artifact measured on one runtime."""
-
-    name: str
-    runtime: str
-    device: str
-    threads: int
-    latency_ms: dict[int, Timing] = field(default_factory=dict)
-    throughput: dict[int, float] = field(default_factory=dict)  # items per second
-    peak_memory_mb: float = 0.0  # what loading and running the model adds to a process, at the largest batch
-    size_mb: float = 0.0
-    memory_method: str = "not measured"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "runtime": self.runtime, "device": self.device, "threads": self.threads,
-            "latency_ms": {str(b): t.to_dict() for b, t in self.latency_ms.items()},
-            "throughput": {str(b): v for b, v in self.throughput.items()},
-            "peak_memory_mb": self.peak_memory_mb, "memory_method": self.memory_method, "size_mb": self.size_mb,
-        }
-
-
-class _PeakRss:
-    """Samples this process's resident memory in a background thread; ``peak_mb`` is the rise over the start."""
-
-    def __init__(self, interval_s: float = 0.002) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self.start_rss = 0
-        self.peak_rss = 0
-
-    def __enter__(self) -> _PeakRss:
-        gc.collect()
-        self.start_rss = self.peak_rss = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
-            self._stop.wait(self._interval)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_rss = max(self.peak_rss, self._proc.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return (self.peak_rss - self.start_rss) / 1e6
-
-
-def measure(art: Artifact, runtime: str | None, feeds_for: FeedsFn, *, batch_sizes: Sequence[int] = (1, 32),
-            spec: BenchSpec = BenchSpec(), threads: int | None = None, device: str = "cpu",
-            precision: str | None = None, on_batch: Callable[[int], None] | None = None,
-            measure_memory: bool = True) -> BenchResult:
-    """Open ``art`` and time it at each batch size; memory is measured in a fresh process at the largest batch."""
-    import torch
-
-    from slimforge.runtimes import default_runtime
-
-    rt = runtime or default_runtime(art)
-    result = BenchResult(art.name, rt, device, threads or torch.get_num_threads(), size_mb=art.size_bytes() / 1e6)
-    feeds_by_batch = {b: feeds_for(b) for b in batch_sizes}
-    sess = open_session(art, rt, device=device, threads=threads, precision=precision)
-    try:
-        for b in batch_sizes:
-            timing = time_session(sess, feeds_by_batch[b], spec)
-            result.latency_ms[b] = timing
-            result.throughput[b] = b / (timing.p50 / 1000.0)
-            if on_batch is not None:
-                on_batch(b)
-    finally:
-        sess.close()
-    if measure_memory and device == "cpu":
-        from slimforge.bench.memory import peak_memory_mb
-
-        result.peak_memory_mb, result.memory_method = peak_memory_mb(
-            art, rt, feeds_by_batch[max(batch_sizes)], threads=threads, precision=precision)
-    return result

@@ -1,6 +1,7 @@
 """The ``slimforge`` command line: thin over the Python API."""
 
 from slimforge.cli import compress_cmds as _compress_cmds  # noqa: F401  (registers prune, distill, ...)
+from slimforge.cli import optimize_cmds as _optimize_cmds  # noqa: F401  (registers optimize, run)
 from slimforge.cli import serve_cmds as _serve_cmds  # noqa: F401  (registers serve, loadtest)
 from slimforge.cli.app import app, main
 

@@ -8,7 +8,9 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from slimforge.cli.app import InputShape, ModelArg, _batches, _load, print_checks, app, console, err_console
+from slimforge.cli.app import app
+from slimforge.cli.common import InputShape, ModelArg, load_model, parse_batches
+from slimforge.cli.render import console, err_console, print_checks
 
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Where to save the result (TorchScript .pt).")]
 Batch = Annotated[str, typer.Option(help="Batch sizes for the speed check.")]
@@ -64,14 +66,15 @@ def prune(model: ModelArg = None,
     """Prune a PyTorch model (structured: fewer channels, heads and FFN neurons; or unstructured sparsity)."""
     from slimforge.cli.progress import progress_bars
     from slimforge.compress import prune as api_prune
+    from slimforge.techniques.prune.torch_prune import PruneConfig
 
-    art = _load(model, input_shape)
+    art = load_model(model, input_shape)
     target = _output(output, art, "pruned")
     with progress_bars(err_console) as progress:
-        out = api_prune(art, ratio=ratio, structured=structured, criterion=criterion, global_pruning=global_pruning,
-                        round_to=round_to, iterative_steps=iterative, finetune_data=finetune_data,
-                        finetune_epochs=finetune_epochs, reconstruct=reconstruct, batch_sizes=_batches(batch),
-                        progress=progress)
+        out = api_prune(art, PruneConfig(ratio=ratio, structured=structured, criterion=criterion,
+                                         global_pruning=global_pruning, round_to=round_to, iterative_steps=iterative,
+                                         finetune_epochs=finetune_epochs, reconstruct=reconstruct),
+                        data=finetune_data, batch_sizes=parse_batches(batch), progress=progress)
     _report(art, out, target)
 
 
@@ -95,18 +98,20 @@ def distill(teacher: Annotated[Optional[str], typer.Option(help="Teacher model (
     """Distil a teacher into a smaller student; prints the held-out curve per epoch."""
     from slimforge.cli.progress import progress_bars
     from slimforge.compress import distill as api_distill
+    from slimforge.techniques.distill.torch_distill import DistillConfig
 
-    t = _load(teacher, input_shape)
+    cfg = DistillConfig(mode=mode, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
+                        hidden_layers=tuple(hidden_layers or ()), freeze=tuple(freeze or ()), augment=augment,
+                        device=device)
+    t = load_model(teacher, input_shape)
     target = _output(output, t, "distilled")
     s: Any = None
     if student and student.startswith("layers:"):
         s = int(student.split(":", 1)[1])
     elif student:
-        s = _load(student, input_shape)
+        s = load_model(student, input_shape)
     with progress_bars(err_console) as progress:
-        out = api_distill(t, s, data=data, mode=mode, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr,
-                          hidden_layers=tuple(hidden_layers or ()), freeze=tuple(freeze or ()), augment=augment,
-                          device=device, batch_sizes=_batches(batch), progress=progress)
+        out = api_distill(t, s, cfg, data=data, batch_sizes=parse_batches(batch), progress=progress)
     info = out.meta["distill"]
     console.print("held-out " + info["metric"] + " by epoch: " +
                   ", ".join(f"{row['epoch']}: {row[info['metric']]:.4f}" for row in info["curve"]), soft_wrap=True)
@@ -121,11 +126,13 @@ def lowrank(model: ModelArg = None,
             output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None) -> None:
     """Factorize Linear/Conv layers by truncated SVD."""
     from slimforge.compress import lowrank as api_lowrank
+    from slimforge.techniques.lowrank import LowRankConfig
 
-    art = _load(model, input_shape)
+    cfg = LowRankConfig(ratio=ratio if ratio is not None or energy is not None else 0.5, energy=energy,
+                        layers=tuple(layers or ("*",)))
+    art = load_model(model, input_shape)
     target = _output(output, art, "lowrank")
-    out = api_lowrank(art, ratio=ratio if ratio is not None or energy is not None else 0.5, energy=energy,
-                      layers=tuple(layers or ("*",)), batch_sizes=_batches(batch))
+    out = api_lowrank(art, cfg, batch_sizes=parse_batches(batch))
     _report(art, out, target)
 
 
@@ -134,7 +141,7 @@ def fuse(model: ModelArg = None, output: Output = None, batch: Batch = "1,32", i
     """Fold BatchNorm into Conv/Linear (outputs verified to 1e-5)."""
     from slimforge.compress import fuse as api_fuse
 
-    art = _load(model, input_shape)
+    art = load_model(model, input_shape)
     target = _output(output, art, "fused")
-    out = api_fuse(art, batch_sizes=_batches(batch))
+    out = api_fuse(art, batch_sizes=parse_batches(batch))
     _report(art, out, target)

@@ -1,4 +1,5 @@
-"""Terminal rendering of reports: the search's candidate table, baseline vs optimized, and step checks."""
+"""Terminal rendering of the one report document: every figure printed here is read from the document (nothing is
+recomputed), and the warnings are the document's own, in the same words as the HTML."""
 
 from __future__ import annotations
 
@@ -8,75 +9,116 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from slimforge.report.render import rows
+
 # markup off: user strings such as a path "[/x]" or a shape "[batch, 16]" print as they are
 console = Console(width=None if sys.stdout.isatty() else 160, markup=False)  # logs and pipes get wide tables
 err_console = Console(stderr=True, markup=False)
 
 
+def _ratio(r: dict[str, Any]) -> str:
+    if r["speedup"] == "":
+        return ""
+    if r["verdict"] == "":
+        return f"{r['speedup']:.2f}x"
+    return f"{r['speedup']:.2f}x [{r['speedup_lo']:.2f}-{r['speedup_hi']:.2f}] {r['verdict']}"
+
+
+def print_measurements(report: dict[str, Any], *, title: str = "measurements") -> None:
+    """One row per variant and batch size: file, method, median with its interval, p95/p99, speedup over the
+    baseline with its interval and verdict, input shapes, throughput, memory, size."""
+    table = Table(title=title)
+    for col in ("#", "variant", "file", "method", "batch", "p50 ms [95%]", "p95", "p99", "speedup vs B", "inputs",
+                "items/s", "peak MB", "size MB"):
+        table.add_column(col, overflow="fold", justify="left" if col in ("variant", "file", "method") else "right")
+    for r in rows(report):
+        shapes = r["shapes"].replace('"', "").replace(", ", " ").strip("{}")
+        table.add_row(str(r["id"]), r["variant"], _short(r["file"]), r["method"], str(r["batch"]),
+                      f"{r['p50_ms']:.3g} [{r['p50_lo_ms']:.3g}-{r['p50_hi_ms']:.3g}]", f"{r['p95_ms']:.3g}",
+                      f"{r['p99_ms']:.3g}", _ratio(r), shapes, _num(r["throughput_per_s"], ".1f"),
+                      _num(r["peak_memory_mb"], ".1f"), _num(r["size_mb"], ".1f"),
+                      style="bold red" if r["verdict"] == "slower" else "")
+    console.print(table)
+    print_warnings(report)
+
+
+def print_warnings(report: dict[str, Any]) -> None:
+    for w in report.get("warnings") or []:
+        console.print(f"warning: {w}", soft_wrap=True, highlight=False)
+    timing = report.get("timing") or {}
+    if timing.get("note") and not timing.get("noisy"):
+        console.print(f"timing: {timing['note']}", soft_wrap=True, highlight=False)
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 48 else "..." + path[-45:]
+
+
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else ""
+
+
 def print_search(report: dict[str, Any], *, from_cache: bool = False) -> None:
+    """Baseline vs chosen (latency p50/p95/p99 per batch size, size, memory, quality), then every candidate with
+    its status and the reason it lost."""
+    chosen = report.get("result")
+    if chosen is not None:
+        print_comparison(report)
     b = str(report["goal_batch"])
     qk = "accuracy" if "accuracy" in (report["baseline"].get("quality") or {}) else "cosine"
-    table = Table(title=f"target {report['target']['name']}: candidates (p50 ms at batch {b})"
-                        + (" [from cache]" if from_cache else ""))
-    for col in ("candidate", "runtime", "status", f"p50 b{b}", "MB", qk, "why"):
+    table = Table(title=f"target {report['target']['name']}: candidates (median ms at batch {b}, speedup over the "
+                        "baseline with its 95% interval)" + (" [from cache]" if from_cache else ""))
+    for col in ("candidate", "runtime", "status", f"p50 b{b}", "speedup", "MB", qk, "why"):
         table.add_column(col, overflow="fold")
     base = report["baseline"]
     table.add_row(f"baseline {base['name']}", base["runtime"], "baseline",
-                  f"{base['latency_ms'].get(b, {}).get('p50', float('nan')):.2f}", f"{base['size_mb']:.1f}",
-                  f"{(base.get('quality') or {}).get(qk, float('nan')):.4f}", "")
+                  _num(base["latency_ms"].get(b, {}).get("p50"), ".3g"), "1.00x", _num(base["size_mb"], ".1f"),
+                  _num((base.get("quality") or {}).get(qk), ".4f"), "")
     style = {"chosen": "bold green", "accepted": "green", "rejected": "", "failed": "red", "skipped": "dim"}
     for c in report["candidates"]:
-        lat = c["latency_ms"].get(b, {}).get("p50")
-        q = c["quality"].get(qk)
-        table.add_row(c["name"], c["runtime"], c["status"] + (" *" if c["pareto"] else ""),
-                      "" if lat is None else f"{lat:.2f}", "" if c["size_mb"] is None else f"{c['size_mb']:.1f}",
-                      "" if q is None else f"{q:.4f}", c["reason"], style=style.get(c["status"], ""))
+        r = (c.get("ratio") or {}).get(b)
+        ratio = f"{r['speedup']:.2f}x [{r['lo']:.2f}-{r['hi']:.2f}]" if r else ""
+        table.add_row(c["name"], c["runtime"], c["status"] + (" *" if c.get("pareto") else ""),
+                      _num(c["latency_ms"].get(b, {}).get("p50"), ".3g"), ratio, _num(c["size_mb"], ".1f"),
+                      _num(c["quality"].get(qk), ".4f"), c["reason"], style=style.get(c["status"], ""))
     console.print(table)
     for g in report["goal_results"]:
         console.print(("met    " if g["met"] else "missed ") + g["text"], highlight=False)
     if report.get("verification"):
         console.print(f"verified against the original: {report['verification']['detail']}", highlight=False)
     for n in report.get("notes", []):
-        console.print(f"note: {n}", highlight=False)
+        console.print(f"note: {n}", highlight=False, soft_wrap=True)
 
 
 def print_comparison(report: dict[str, Any]) -> None:
+    """Baseline against the chosen variant: p50/p95/p99 per batch size with the speedup and its interval,
+    throughput, size, memory, quality; then the document's warnings."""
     base, res = report["baseline"], report["result"]
-    console.print(f"{report['model']['name']}: baseline = {base['label']}, optimized = {res['label']}")
+    console.print(f"{report['model']['name']}: baseline = {base['label']}, chosen = {res['label']}"
+                  + (f" ({res['file']})" if res.get("file") else ""), soft_wrap=True)
     table = Table()
-    for col in ("metric", "baseline", "optimized", "ratio"):
+    for col in ("metric", "baseline", "chosen", "ratio"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for b in base["latency_ms"]:
+        r = (res.get("ratio") or {}).get(b)
         for p in ("p50", "p95", "p99"):
             x, y = base["latency_ms"][b][p], res["latency_ms"][b][p]
-            table.add_row(f"{p} ms, batch {b}", _ms(x), _ms(y), _ratio(x, y))
-    for b in base["throughput"]:
-        table.add_row(f"items/s, batch {b}", f"{base['throughput'][b]:.1f}", f"{res['throughput'][b]:.1f}", "")
-    table.add_row("size MB", f"{base['size_mb']:.1f}", f"{res['size_mb']:.1f}",
-                  f"{base['size_mb'] / res['size_mb']:.2f}x smaller" if res["size_mb"] else "")
-    table.add_row("peak memory MB", f"{base['peak_memory_mb']:.1f}", f"{res['peak_memory_mb']:.1f}",
-                  f"{base['peak_memory_mb'] / res['peak_memory_mb']:.2f}x less" if res["peak_memory_mb"] else "")
-    for k, v in res["quality"].items():
-        table.add_row(k, _fmt(base["quality"].get(k)), _fmt(v), "")
+            ratio = (f"{r['speedup']:.2f}x [{r['lo']:.2f}-{r['hi']:.2f}] {r['verdict']}" if p == "p50" and r else
+                     f"{x / y:.2f}x" if y else "")
+            table.add_row(f"{p} ms, batch {b}", _num(x, ".3g"), _num(y, ".3g"), ratio)
+    for b in base.get("throughput") or {}:
+        table.add_row(f"items/s, batch {b}", _num(base["throughput"][b], ".1f"),
+                      _num((res.get("throughput") or {}).get(b), ".1f"), "")
+    table.add_row("size MB", _num(base["size_mb"], ".1f"), _num(res["size_mb"], ".1f"),
+                  f"{report['comparison']['size_ratio']:.2f}x smaller" if report["comparison"].get("size_ratio")
+                  else "")
+    table.add_row("peak memory MB", _num(base.get("peak_memory_mb"), ".1f"), _num(res.get("peak_memory_mb"), ".1f"),
+                  "")
+    for k, v in (res.get("quality") or {}).items():
+        table.add_row(k, _num((base.get("quality") or {}).get(k), ".4f"), _num(v, ".4f"), "")
     console.print(table)
-    slower = [b for b in base["latency_ms"] if res["latency_ms"][b]["p50"] > base["latency_ms"][b]["p50"]]
-    if slower:
-        console.print(f"warning: the optimized model is SLOWER than the baseline at batch "
-                      f"{', '.join(slower)} (p50); do not ship it for that workload", soft_wrap=True)
-
-
-def _ms(v: float) -> str:
-    return f"{v:.2f}" if v >= 1 else f"{v:.3g}"
-
-
-def _ratio(base: float, new: float) -> str:
-    if new <= 0 or base <= 0:
-        return ""
-    return f"{base / new:.2f}x faster" if base >= new else f"{new / base:.2f}x slower"
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    if report["kind"] != "search":
+        print_warnings(report)
 
 
 def print_checks(art: Any) -> None:

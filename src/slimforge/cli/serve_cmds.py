@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from slimforge.cli.app import Force, _duration, app, console, err_console
+from slimforge.cli.app import app
+from slimforge.cli.common import Force, parse_duration
+from slimforge.cli.render import console, err_console
 from slimforge.errors import ConfigError
 
 
@@ -83,7 +85,7 @@ def loadtest(url: Annotated[str, typer.Argument(help="Server URL (http://127.0.0
             body = json.loads(payload.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{payload}: not a readable JSON request body ({exc})") from None
-    s = run_load(url, concurrency=concurrency, duration_s=_duration(duration), max_requests=requests, payload=body,
+    s = run_load(url, concurrency=concurrency, duration_s=parse_duration(duration), max_requests=requests, payload=body,
                  token=token, out_dir=output_dir, force=force)
     lat = s["latency_ms"]
     console.print(f"{s['requests']} requests in {s['duration_s']:.1f} s at concurrency {s['concurrency']}: "

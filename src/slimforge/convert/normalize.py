@@ -21,11 +21,12 @@ import numpy as np
 
 from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.scratch import scratch_dir
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, VerificationError, require
-from slimforge.convert.info import check_onnx_file
+from slimforge.io.onnx_file import check_onnx_file, copy_onnx
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def _shapes(onnx: Any, src: Path, dst: Path) -> str:
 
 @implements(NormalizeConfig, fmt=Format.ONNX)
 def _normalize(art: Artifact, cfg: NormalizeConfig, ctx: RunContext) -> Artifact:
-    from slimforge.convert.optimize import _copy_onnx, _verify_onnx
+    from slimforge.convert.optimize import _verify_onnx
     from slimforge.convert.verify import verification_cases
 
     onnx = require("onnx", extra="onnx")
@@ -194,7 +195,7 @@ def _normalize(art: Artifact, cfg: NormalizeConfig, ctx: RunContext) -> Artifact
             checks.append(Check(name, False, {}, f"skipped: {type(exc).__name__}: {str(exc)[:200]}"))
     ctx.report_progress("normalise", len(passes), len(passes))
     with atomic_path(final) as tmp:
-        _copy_onnx(current.path, tmp)
+        copy_onnx(current.path, tmp)
     shutil.rmtree(work, ignore_errors=True)
     after = onnx.load(str(final), load_external_data=False)
     new_opset = next((o.version for o in after.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -17,12 +17,13 @@ import torch
 
 from slimforge.core.artifact import Artifact, Format, IOSpec, Step, TensorSpec
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, VerificationError, require
-from slimforge.convert.info import check_onnx_file
+from slimforge.io.onnx_file import check_onnx_file
 from slimforge.convert.verify import verification_cases, verify
-from slimforge.runtimes.torch_eager import set_training
+from slimforge.torch_utils import set_training
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _default_dim_name(axis: int) -> str:
     return {0: "batch", 1: "sequence", 2: "height", 3: "width"}.get(axis, f"dim{axis}")
 
 
-@implements(ExportConfig, fmt=(Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT))
+@implements(ExportConfig, fmt=(Format.TORCH, Format.TORCHSCRIPT, Format.TORCH_EXPORT), produces=Format.ONNX)
 def _export_torch(art: Artifact, cfg: ExportConfig, ctx: RunContext) -> Artifact:
     require("onnx", extra="onnx")
     module = art.handle
@@ -153,7 +154,7 @@ def _with_meta(art: Artifact, **meta: Any) -> Artifact:
 
 def _verify_against_torch(src: Artifact, onnx_art: Artifact, cfg: ExportConfig, module: Any):
     from slimforge.runtimes import open_session
-    from slimforge.runtimes.torch_eager import run_module
+    from slimforge.torch_utils import run_module
 
     sess = open_session(onnx_art, "onnxruntime")
     try:

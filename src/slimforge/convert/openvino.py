@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from slimforge.convert.verify import verification_cases, verify
 from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, require
 
@@ -34,7 +35,7 @@ class OpenVinoConvertConfig(Config):
             raise ConfigError("atol and rtol must be >= 0")
 
 
-@implements(OpenVinoConvertConfig, fmt=Format.ONNX)
+@implements(OpenVinoConvertConfig, fmt=Format.ONNX, produces=Format.OPENVINO)
 def _convert_openvino(art: Artifact, cfg: OpenVinoConvertConfig, ctx: RunContext) -> Artifact:
     ov = require("openvino", extra="openvino")
     from slimforge.runtimes import open_session

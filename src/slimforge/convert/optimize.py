@@ -12,11 +12,12 @@ from pathlib import Path
 
 from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.scratch import scratch_dir
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, VerificationError, require
-from slimforge.convert.info import check_onnx_file
+from slimforge.io.onnx_file import check_onnx_file, copy_onnx
 from slimforge.convert.verify import verification_cases, verify
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def _graph_optimize(art: Artifact, cfg: GraphOptConfig, ctx: RunContext) -> Arti
             checks.append(Check(f"{name}", False, {}, f"skipped: {type(exc).__name__}: {str(exc)[:200]}"))
     ctx.report_progress("graph optimisation", len(passes), len(passes))
     with atomic_path(final) as tmp:
-        _copy_onnx(current.path, tmp)
+        copy_onnx(current.path, tmp)
     shutil.rmtree(work, ignore_errors=True)
     result = dataclasses.replace(child, path=final, meta={**child.meta, "graph_passes": kept})
     for c in checks:
@@ -128,13 +129,3 @@ def _save(onnx, model, dst: Path) -> None:
                     location=f"{dst.name}.data" if big else None)
 
 
-def _copy_onnx(src: Path, dst: Path) -> None:
-    """Copy an ONNX model, re-pointing external data (if any) to a file named after ``dst``."""
-    onnx = require("onnx", extra="onnx")
-    model = onnx.load(str(src), load_external_data=False)
-    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
-        model = onnx.load(str(src), load_external_data=True)
-        onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{dst.name}.data", size_threshold=1024)
-    else:
-        shutil.copyfile(src, dst)

@@ -49,7 +49,7 @@ class Config:
         """Rebuild a config from ``to_dict`` output (or hand-written YAML)."""
         if not isinstance(data, dict) or "type" not in data:
             raise ConfigError(f"a step must be a mapping with a 'type' key, got {data!r}")
-        _ensure_loaded()
+        load_plugins()
         cls = _CONFIG_TYPES.get(str(data["type"]))
         if cls is None:
             raise ConfigError(f"unknown step type {data['type']!r}; known: {', '.join(sorted(_CONFIG_TYPES))}")
@@ -75,12 +75,24 @@ def coerce_fields(cfg: Config) -> None:
 
 def config_types() -> dict[str, type[Config]]:
     """All registered config kinds (after importing the built-in techniques)."""
-    _ensure_loaded()
+    load_plugins()
     return dict(_CONFIG_TYPES)
 
 
-def _ensure_loaded() -> None:
-    import slimforge.techniques  # noqa: F401  (registers built-in configs and handlers)
+def load_plugins() -> None:
+    """Import every package registered under the ``slimforge.techniques`` entry point group (the built-in
+    techniques are one: see pyproject.toml); importing a technique registers its configs and handlers."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="slimforge.techniques"):
+        ep.load()
+
+
+_LOADED = False
 
 
 def _plain(value: Any) -> Any:
@@ -137,3 +149,21 @@ def _scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is str and not isinstance(value, str):
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value
+
+
+def with_fields(config: Any, fields: dict[str, Any], *, what: str = "") -> Any:
+    """``config`` (a frozen dataclass, or its class for the defaults) with ``fields`` replaced: the keyword shortcuts
+    of the public API are the config's own fields, checked by name (lists become tuples).
+
+    Example:
+        >>> from slimforge.convert.onnx import ExportConfig
+        >>> with_fields(ExportConfig, {"opset": 18}).opset
+        18
+    """
+    base = config() if isinstance(config, type) else config
+    names = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ConfigError(f"{what or type(base).__name__}: unknown setting(s) {unknown}; allowed: {sorted(names)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return dataclasses.replace(base, **clean) if clean else base

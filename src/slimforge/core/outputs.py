@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -227,8 +228,6 @@ def write_text(path: Path, text: str) -> Path:
         >>> write_text(Path(tempfile.mkdtemp()) / "a.txt", "hi").read_text()
         'hi'
     """
-    from slimforge.core.context import atomic_path
-
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
@@ -297,3 +296,54 @@ def describe_os_error(exc: OSError, path: Path | str | None = None) -> str:
            errno.ENAMETOOLONG: "the name is too long",
            errno.ENOENT: "no such file or folder"}.get(exc.errno or 0, exc.strerror or str(exc))
     return f"{where}: {why}"
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path with the same name as ``final`` in a private folder beside it (same file system);
+    flush it to disk and rename it (and any side files written next to it, such as ONNX external data or an
+    OpenVINO ``.bin``) into place only if the block succeeds. On failure nothing is left behind; a killed run's
+    temporary folder carries its PID and is swept by the next run that writes there. An existing folder is
+    replaced only where slimforge made it; names are recorded in the folder's manifest before they appear.
+
+    Example:
+        >>> with atomic_path(Path("/tmp/slimforge-doc/x.txt")) as tmp:
+        ...     _ = tmp.write_text("hi")
+    """
+    from slimforge.core.scratch import TMP_PREFIX, note_temporary
+    final = Path(final)
+    with writing(final):
+        make_dirs(final.parent)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-{final.name[:40]}.", dir=final.parent))
+    note_temporary(tmpdir)
+    tmp = tmpdir / final.name
+    try:
+        try:
+            yield tmp
+        except Exception as exc:
+            cause = storage_error(exc)
+            if cause is not None:  # a full disk or a read-only folder, whatever wrapped it: name the output
+                raise OutputError(describe_os_error(cause, final)) from exc
+            raise
+        if not tmp.exists():
+            raise FileNotFoundError(f"the step did not write {final.name}")
+        with writing(final):
+            siblings = sorted(tmpdir.iterdir(), key=lambda p: p == tmp)  # the main file last
+            owned = read_manifest(final.parent)
+            for sibling in siblings:
+                target = final.parent / sibling.name
+                if target.is_dir() and not target.is_symlink():
+                    if sibling.name not in (owned or ()) and read_manifest(target) is None:
+                        raise OutputError(f"{target}: is a folder slimforge did not write; it is left as it is")
+                elif owned is not None and sibling.name not in owned and (target.exists() or target.is_symlink()):
+                    raise OutputError(f"{target}: the file exists and slimforge did not write it; it is left as "
+                                      "it is (choose another output folder)")
+                fsync_tree(sibling)
+                record(final.parent, sibling.name)
+            for sibling in siblings:
+                target = final.parent / sibling.name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                os.replace(sibling, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

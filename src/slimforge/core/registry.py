@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from slimforge.core.artifact import Artifact, Format
-from slimforge.core.config import Config, _ensure_loaded
+from slimforge.core.config import Config, load_plugins
 from slimforge.core.context import RunContext
 from slimforge.errors import UnsupportedModelError
 
@@ -21,14 +21,15 @@ class Handler:
     config_type: type[Config]
     fmt: Format
     fn: HandlerFn
-    needs_data: bool = False
+    produces: Format | None = None  # the format of the result, when it differs from the input's
 
 
 _HANDLERS: dict[tuple[type[Config], Format], Handler] = {}
 
 
-def implements(config_type: type[Config], *, fmt: Format | tuple[Format, ...], needs_data: bool = False):
-    """Register ``fn`` as the handler of ``config_type`` on artifacts of format ``fmt``.
+def implements(config_type: type[Config], *, fmt: Format | tuple[Format, ...], produces: Format | None = None):
+    """Register ``fn`` as the handler of ``config_type`` on artifacts of format ``fmt``; ``produces`` names the
+    result's format when the step converts (so that a recipe can be checked before any work).
 
     Example:
         >>> from slimforge.core.registry import handlers
@@ -43,19 +44,19 @@ def implements(config_type: type[Config], *, fmt: Format | tuple[Format, ...], n
             key = (config_type, f)
             if key in _HANDLERS and _HANDLERS[key].fn.__qualname__ != fn.__qualname__:
                 raise TypeError(f"{config_type.__name__} on {f.value} registered twice")
-            _HANDLERS[key] = Handler(config_type, f, fn, needs_data)
+            _HANDLERS[key] = Handler(config_type, f, fn, produces)
         return fn
 
     return deco
 
 
 def handlers() -> list[Handler]:
-    _ensure_loaded()
+    load_plugins()
     return list(_HANDLERS.values())
 
 
 def lookup(cfg: Config, fmt: Format) -> Handler:
-    _ensure_loaded()
+    load_plugins()
     handler = _HANDLERS.get((type(cfg), fmt))
     if handler is None:
         fmts = sorted(f.value for (c, f) in _HANDLERS if c is type(cfg))
@@ -63,6 +64,24 @@ def lookup(cfg: Config, fmt: Format) -> Handler:
             f"'{cfg.kind}' cannot be applied to a {fmt.value} model; it supports: {', '.join(fmts) or 'nothing yet'}"
         )
     return handler
+
+
+def check_steps(fmt: Format, steps: tuple[Config, ...] | list[Config]) -> Format:
+    """The format after ``steps`` applied to a model of format ``fmt``; raises, naming the step, when one has no
+    handler for the format it would receive. Runs no step.
+
+    Example:
+        >>> from slimforge.convert.onnx import ExportConfig
+        >>> check_steps(Format.TORCH, [ExportConfig()]).value
+        'onnx'
+    """
+    for i, cfg in enumerate(steps, 1):
+        try:
+            handler = lookup(cfg, fmt)
+        except UnsupportedModelError as exc:
+            raise UnsupportedModelError(f"step {i} ({cfg.kind}): {exc}") from None
+        fmt = handler.produces or fmt
+    return fmt
 
 
 def apply(art: Artifact, cfg: Config, ctx: RunContext) -> Artifact:

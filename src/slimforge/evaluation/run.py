@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
@@ -64,8 +63,4 @@ def evaluate(candidate: Artifact, data: Dataset, *, reference: Artifact | None =
     return quality_metrics(task, cand, ref, labels, k=k)
 
 
-def metrics_dict(metrics: dict[str, Metric]) -> dict[str, Any]:
-    return {k: v.value for k, v in metrics.items()}
-
-
-__all__ = ["collect_outputs", "cosine_similarity", "evaluate", "metrics_dict", "quality_metrics"]
+__all__ = ["collect_outputs", "cosine_similarity", "evaluate", "quality_metrics"]

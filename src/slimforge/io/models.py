@@ -29,6 +29,21 @@ def default_model_path() -> Path:
     return Path(pkg.get_model_path())
 
 
+def format_of(source: str | Path) -> Format:
+    """The format a path would load as, from its name alone (a folder is a Hugging Face model): cheap enough to
+    check a recipe before loading anything."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return Format.TORCH
+    fmt = {".onnx": Format.ONNX, ".xml": Format.OPENVINO, ".pt2": Format.TORCH_EXPORT}.get(path.suffix.lower())
+    if fmt is None and path.suffix.lower() in _LOADERS:
+        return Format.TORCHSCRIPT
+    if fmt is None:
+        raise UnsupportedModelError(f"{path}: unknown model file type '{path.suffix}'; expected one of "
+                                    f"{', '.join(sorted(_LOADERS))} or a Hugging Face folder")
+    return fmt
+
+
 def load(source: str | Path | nn.Module, *, example_inputs: ExampleInputs | None = None,
          input_names: Sequence[str] | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
          name: str | None = None, task: str | None = None) -> Artifact:
@@ -80,7 +95,7 @@ def _with_sidecar(art: Artifact, path: Path, *, name: str | None, task: str | No
     """Restore the metadata (task, preprocessing) slimforge saved beside the file, unless overridden."""
     import dataclasses
 
-    from slimforge.io.save import read_sidecar
+    from slimforge.io.sidecar import read_sidecar
 
     saved = read_sidecar(path).get("meta") or {}
     if not saved:
@@ -157,7 +172,7 @@ def _load_torch_export(path: Path, *, example_inputs, input_names, input_shapes,
 
 
 def _load_onnx(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
-    from slimforge.convert.info import onnx_io, check_onnx_file
+    from slimforge.io.onnx_file import check_onnx_file, onnx_io
 
     check_onnx_file(path)
     io = onnx_io(path)
@@ -178,7 +193,7 @@ def _load_openvino(path: Path, *, example_inputs, input_names, input_shapes, nam
 
     def spec(port: Any, i: int, prefix: str) -> TensorSpec:
         pshape = port.get_partial_shape()
-        shape = tuple(d.get_length() if d.is_static else (f"batch" if a == 0 else f"{prefix}{i}_d{a}")
+        shape = tuple(d.get_length() if d.is_static else ("batch" if a == 0 else f"{prefix}{i}_d{a}")
                       for a, d in enumerate(pshape))
         names = port.get_names()
         return TensorSpec(sorted(names)[0] if names else f"{prefix}{i}", shape,
@@ -201,7 +216,7 @@ _LOADERS = {".pt": _load_torchscript, ".pth": _load_torchscript, ".ts": _load_to
 
 def _torch_artifact(module: nn.Module, examples: dict[str, np.ndarray], *, fmt: Format, path: Path | None,
                     meta: dict[str, Any], source_id: str) -> Artifact:
-    from slimforge.runtimes.torch_eager import run_module
+    from slimforge.torch_utils import run_module
 
     try:
         outputs = run_module(module, examples)

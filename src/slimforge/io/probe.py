@@ -14,7 +14,7 @@ def infer_dynamic_axes(module: Any, examples: Mapping[str, np.ndarray], base_out
     An axis is dynamic when the model runs with a different size there; output axes are dynamic where their size
     followed the probe. Returns the input axes by name and the output axes by output index.
     """
-    from slimforge.runtimes.torch_eager import run_module
+    from slimforge.torch_utils import run_module
 
     if base_out is None:
         base_out = run_module(module, examples)

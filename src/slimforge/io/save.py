@@ -6,41 +6,19 @@ checks, so a reloaded model keeps its tokenizer or image preprocessing and its h
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from slimforge.core.artifact import Artifact, Format
-from slimforge.core.context import atomic_path
-from slimforge.core.outputs import SIDECAR_SUFFIX, prepare_output_file
+from slimforge.core.outputs import atomic_path
+from slimforge.core.outputs import prepare_output_file
 from slimforge.errors import ConfigError, TechniqueFailed
+from slimforge.io.sidecar import write_sidecar
 
 _SUFFIXES = {Format.ONNX: (".onnx",), Format.OPENVINO: (".xml",), Format.TORCHSCRIPT: (".pt", ".pth", ".ts"),
              Format.TORCH_EXPORT: (".pt2",), Format.TORCH: (".pt", ".pth", ".ts")}
-
-
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    side = sidecar_path(path)
-    if not side.is_file():
-        return {}
-    try:
-        return json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def write_sidecar(art: Artifact, path: Path) -> None:
-    doc = {"format": art.format.value, "meta": dict(art.meta), "lineage": [s.to_dict() for s in art.lineage],
-           "checks": [c.to_dict() for c in art.checks], "io": art.io.to_dict()}
-    with atomic_path(sidecar_path(path)) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
 
 
 def save(art: Artifact, path: str | Path) -> Artifact:
@@ -72,9 +50,9 @@ def save(art: Artifact, path: str | Path) -> Artifact:
 
 def _write(art: Artifact, tmp: Path) -> None:
     if art.format is Format.ONNX:
-        from slimforge.convert.optimize import _copy_onnx
+        from slimforge.io.onnx_file import copy_onnx
 
-        _copy_onnx(art.path, tmp)
+        copy_onnx(art.path, tmp)
     elif art.format is Format.OPENVINO:
         shutil.copyfile(art.path, tmp)
         shutil.copyfile(art.path.with_suffix(".bin"), tmp.with_suffix(".bin"))
@@ -83,7 +61,7 @@ def _write(art: Artifact, tmp: Path) -> None:
     else:
         import torch
 
-        from slimforge.runtimes.torch_eager import set_training
+        from slimforge.torch_utils import set_training
 
         set_training(art.handle, False)
         args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in art.examples.values())

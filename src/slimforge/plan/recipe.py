@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ class Recipe:
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: int | None = None
     name: str = "default"
-    source: str | None = None  # the model it was made for (a path); ``slimforge run`` uses it when given no model
-    data: str | None = None  # the calibration data it was made with: a path, or "synthesized"
+    source: str | None = None  # the model it was made for: an absolute path, or one relative to the recipe file
+    data: str | None = None  # the calibration data it was made with: a path (as source), or "synthesized"
 
     def __post_init__(self) -> None:
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
@@ -79,7 +80,21 @@ class Recipe:
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             raise ConfigError(f"{path}: not valid YAML/JSON ({getattr(exc, 'problem', None) or exc}{where})") \
                 from None
-        return Recipe.from_dict(data)
+        recipe = Recipe.from_dict(data)
+        return dataclasses.replace(recipe, source=_beside(recipe.source, path),
+                                   data=recipe.data if recipe.data == "synthesized" else _beside(recipe.data, path))
+
+
+def _beside(value: str | None, recipe_file: Path) -> str | None:
+    """A relative path in a recipe is relative to the recipe's folder (so a recipe travels with its model); an old
+    recipe whose path only exists relative to the working folder still works."""
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    near = recipe_file.resolve().parent / p
+    return str(near) if near.exists() or not p.exists() else str(p.resolve())
 
 
 def default_recipe(art: Artifact, *, batch_sizes: tuple[int, ...] = (1, 32), threads: int | None = None) -> Recipe:

@@ -1,7 +1,9 @@
-"""Rendering a report: JSON, CSV, HTML and PNG plots, each written atomically."""
+"""Renderers of the one report document: JSON, CSV, PNG plots and one self-contained HTML page (plots embedded),
+each written atomically. Nothing here measures or recomputes a figure: everything comes from the document."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
@@ -9,153 +11,148 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimforge.core.context import atomic_path
-from slimforge.core.outputs import write_text
+from slimforge.core.outputs import atomic_path, write_text
+from slimforge.report.plots import quality_key, render_plots, variants
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write ``report.json``, ``report.csv``, the PNG plots and ``report.html`` into ``out_dir``.
+def write_report(report: dict[str, Any], out_dir: Path, *, stem: str = "report") -> dict[str, Path]:
+    """Write ``report.json``, ``report.csv``, the PNG plots and ``report.html`` (self-contained) into ``out_dir``.
 
     Example:
         >>> # paths = write_report(report, Path("slimforge-out")); paths["html"]
     """
     out_dir = Path(out_dir)
-    paths = {"json": out_dir / "report.json", "csv": out_dir / "report.csv", "html": out_dir / "report.html"}
+    paths = {"json": out_dir / f"{stem}.json", "csv": out_dir / f"{stem}.csv", "html": out_dir / f"{stem}.html"}
     write_text(paths["json"], json.dumps(report, indent=2, default=str))
-    write_text(paths["csv"], _csv(report))
-    paths.update(_plots(report, out_dir))
-    write_text(paths["html"], _html(report, {k: v.name for k, v in paths.items() if k.startswith("plot_")}))
+    write_text(paths["csv"], to_csv(report))
+    plots = render_plots(report)
+    for key, (name, png) in plots.items():
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(png)
+        paths[key] = out_dir / name
+    write_text(paths["html"], to_html(report, plots))
     return paths
 
 
-def _rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for v in report["variants"]:
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant and batch size: file, method, timing with its interval, ratio to the baseline."""
+    out = []
+    for i, v in enumerate(variants(report)):
         for b, t in v["latency_ms"].items():
-            row = {"variant": v["label"], "format": v["format"], "runtime": v["runtime"], "threads": v["threads"],
-                   "batch": int(b), "p50_ms": t["p50"], "p95_ms": t["p95"], "p99_ms": t["p99"], "mean_ms": t["mean"],
-                   "n": t["n"], "throughput_per_s": v["throughput"].get(b), "peak_memory_mb": v["peak_memory_mb"],
-                   "size_mb": v["size_mb"]}
-            row.update({f"q_{k}": q for k, q in v["quality"].items()})
-            rows.append(row)
-    return rows
-
-
-def _csv(report: dict[str, Any]) -> str:
-    rows = _rows(report)
-    fields: list[str] = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def _plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants = report["variants"]
-    labels = [v["label"] for v in variants]
-    batches = sorted({int(b) for v in variants for b in v["latency_ms"]})
-    out: dict[str, Path] = {}
-
-    fig, axes = plt.subplots(1, len(batches), figsize=(4.5 * len(batches), 3.6), squeeze=False)
-    for ax, b in zip(axes[0], batches):
-        p50 = [v["latency_ms"].get(str(b), {}).get("p50", 0) for v in variants]
-        p95 = [v["latency_ms"].get(str(b), {}).get("p95", 0) for v in variants]
-        bars = ax.bar(labels, p50, color=_colors(len(labels)))
-        ax.errorbar(labels, p50, yerr=[[0] * len(p50), [max(h - m, 0) for h, m in zip(p95, p50)]], fmt="none",
-                    ecolor="black", capsize=4, label="p95")
-        ax.bar_label(bars, fmt="%.1f", label_type="center", color="white", fontweight="bold")
-        ax.set_title(f"latency p50 (ms), batch {b}; whisker: p95")
-        ax.tick_params(axis="x", rotation=15)
-    fig.tight_layout()
-    out["plot_latency"] = _save(fig, out_dir / "latency.png", plt)
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.6))
-    bars = ax.bar(labels, [v["size_mb"] for v in variants], color=_colors(len(labels)))
-    ax.bar_label(bars, fmt="%.1f")
-    ax.set_title("size on disk (MB)")
-    fig.tight_layout()
-    out["plot_size"] = _save(fig, out_dir / "size.png", plt)
-
-    qkey = _quality_key(report)
-    if qkey:
-        b = str(batches[-1])
-        fig, ax = plt.subplots(figsize=(5, 3.8))
-        for v, c in zip(variants, _colors(len(variants))):
-            q = v["quality"].get(qkey, 1.0 if v is report["baseline"] else None)
-            if q is None or v["latency_ms"].get(b) is None:
-                continue
-            ax.scatter(v["latency_ms"][b]["p50"], float(q), s=80, color=c, label=v["label"])
-            ax.annotate(v["label"], (v["latency_ms"][b]["p50"], float(q)), textcoords="offset points", xytext=(6, 4))
-        ax.margins(x=0.3, y=0.2)
-        ax.set_xlabel(f"latency p50 at batch {b} (ms)")
-        ax.set_ylabel(qkey)
-        ax.set_title("latency vs quality")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out["plot_tradeoff"] = _save(fig, out_dir / "latency_vs_quality.png", plt)
+            r = (v.get("ratio") or {}).get(b) or {}
+            ci = t.get("ci") or [t["p50"], t["p50"]]
+            row = {"id": "B" if i == 0 else i, "variant": v["label"], "file": v.get("file") or "",
+                   "method": v.get("method", v["runtime"]), "runtime": v["runtime"], "status": v["status"],
+                   "threads": v.get("threads"), "batch": int(b), "p50_ms": t["p50"], "p50_lo_ms": ci[0],
+                   "p50_hi_ms": ci[1], "p95_ms": t["p95"], "p99_ms": t["p99"], "mean_ms": t.get("mean"),
+                   "n": t.get("n"), "speedup": r.get("speedup", 1.0 if i == 0 else ""), "speedup_lo": r.get("lo", ""),
+                   "speedup_hi": r.get("hi", ""), "verdict": r.get("verdict", ""),
+                   "shapes": json.dumps((v.get("shapes") or {}).get(b, {})),
+                   "throughput_per_s": (v.get("throughput") or {}).get(b), "peak_memory_mb": v.get("peak_memory_mb"),
+                   "size_mb": v["size_mb"], "reason": v.get("reason", "")}
+            row.update({f"q_{k}": q for k, q in (v.get("quality") or {}).items()})
+            out.append(row)
     return out
 
 
-def _quality_key(report: dict[str, Any]) -> str | None:
-    keys = list(report["result"]["quality"])
-    for k in ("accuracy", "cosine", "top10_agreement"):
-        if k in keys:
-            return k
-    return keys[0] if keys else None
-
-
-def _colors(n: int) -> list[str]:
-    palette = ["#7f8c8d", "#2e86de", "#10ac84", "#ee5253", "#ff9f43", "#5f27cd", "#01a3a4"]
-    return [palette[i % len(palette)] for i in range(n)]
-
-
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
-
-
-def _html(report: dict[str, Any], plots: dict[str, str]) -> str:
-    e = html.escape
-    env = report["environment"]
-    head = ("<tr><th>variant</th><th>runtime</th><th>batch</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th>"
-            "<th>items/s</th><th>peak MB</th><th>size MB</th><th>quality</th></tr>")
-    body = []
-    for r in _rows(report):
-        q = ", ".join(f"{k[2:]}={_fmt(v)}" for k, v in r.items() if k.startswith("q_"))
-        body.append(f"<tr><td>{e(r['variant'])}</td><td>{e(r['runtime'])}</td><td>{r['batch']}</td>"
-                    f"<td>{r['p50_ms']:.2f}</td><td>{r['p95_ms']:.2f}</td><td>{r['p99_ms']:.2f}</td>"
-                    f"<td>{_fmt(r['throughput_per_s'])}</td><td>{_fmt(r['peak_memory_mb'])}</td>"
-                    f"<td>{_fmt(r['size_mb'])}</td><td>{e(q)}</td></tr>")
-    checks = "".join(f"<tr><td>{e(c['name'])}</td><td>{'pass' if c['passed'] else 'FAIL'}</td>"
-                     f"<td>{e(c['detail'][:300])}</td></tr>" for c in report["checks"])
-    steps = "".join(f"<li><code>{e(s['name'])}</code> {e(json.dumps(s['config']))}</li>" for s in report["lineage"])
-    imgs = "".join(f'<img src="{e(p)}" alt="{e(k)}">' for k, p in plots.items())
-    speed = ", ".join(f"batch {b}: {v}x" for b, v in report["comparison"]["speedup_p50"].items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>slimforge report: {e(report['model']['name'])}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}}th{{background:#f3f3f3}}img{{max-width:100%;margin:8px}}</style>
-</head><body><h1>slimforge report: {e(report['model']['name'])}</h1>
-<p>Speed-up (p50): {e(speed)}. Size: {report['baseline']['size_mb']:.1f} MB &rarr; {report['result']['size_mb']:.1f} MB.</p>
-<h2>Measurements</h2><table>{head}{''.join(body)}</table>
-<h2>Plots</h2>{imgs}
-<h2>Recipe</h2><ol>{steps}</ol>
-<h2>Checks</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>{checks}</table>
-<h2>Environment</h2><pre>{e(json.dumps(env, indent=2))}</pre>
-<p><small>schema {e(report['schema'])} v{report['schema_version']}, created {e(report['created'])}</small></p>
-</body></html>"""
+def to_csv(report: dict[str, Any]) -> str:
+    rs = rows(report)
+    fields: list[str] = []
+    for r in rs:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields or ["variant"])
+    w.writeheader()
+    w.writerows(rs)
+    return buf.getvalue()
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
+
+
+def _table(headers: list[str], body: list[list[Any]], classes: list[str] | None = None) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    trs = "".join(f"<tr class='{e(classes[i]) if classes else ''}'>" + "".join(f"<td>{e(_fmt(c))}</td>" for c in r)
+                  + "</tr>" for i, r in enumerate(body))
+    return f"<table><tr>{head}</tr>{trs}</table>"
+
+
+def _measurements(report: dict[str, Any]) -> str:
+    body, classes = [], []
+    for r in rows(report):
+        ratio = "" if r["speedup"] == "" else (f"{r['speedup']:.2f}x" + (
+            f" [{r['speedup_lo']:.2f}, {r['speedup_hi']:.2f}] {r['verdict']}" if r["verdict"] else ""))
+        q = ", ".join(f"{k[2:]}={_fmt(v)}" for k, v in r.items() if k.startswith("q_"))
+        body.append([r["id"], r["variant"], r["file"], r["method"], r["status"], r["batch"],
+                     f"{r['p50_ms']:.3g} [{r['p50_lo_ms']:.3g}, {r['p50_hi_ms']:.3g}]", r["p95_ms"], r["p99_ms"],
+                     ratio, r["shapes"], r["throughput_per_s"], r["peak_memory_mb"], r["size_mb"], q])
+        classes.append(r["status"] + (" slower" if r["verdict"] == "slower" else ""))
+    return _table(["#", "variant", "file", "method", "status", "batch", "p50 ms [95% interval]", "p95 ms", "p99 ms",
+                   "speedup vs baseline", "input shapes", "items/s", "peak MB", "size MB", "quality"], body, classes)
+
+
+def _env(env: dict[str, Any]) -> str:
+    flat: list[list[Any]] = []
+
+    def walk(prefix: str, v: Any) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+        else:
+            flat.append([prefix, ", ".join(map(str, v)) if isinstance(v, list) else v])
+
+    walk("", env)
+    return _table(["", "value"], flat)
+
+
+def to_html(report: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> str:
+    e = html.escape
+    warn = "".join(f"<li>{e(w)}</li>" for w in report.get("warnings") or [])
+    chosen = report.get("chosen")
+    speed = ", ".join(f"batch {b}: {v}x" for b, v in (report["comparison"]["speedup_p50"] or {}).items())
+    head = (f"Chosen: <b>{e(chosen['name'])}</b> on {e(chosen['runtime'])}; speed-up (p50) {e(speed)}; size "
+            f"{report['baseline']['size_mb']:.1f} MB &rarr; {report['result']['size_mb']:.1f} MB." if chosen else
+            "No variant was chosen." + (" The original model is handed back." if report["kind"] == "search" else ""))
+    cands = [[i + 1, c["name"], c.get("file") or "", c.get("method", ""), c["status"], c.get("reason", "")]
+             for i, c in enumerate(report["candidates"])]
+    goals = "".join(f"<li class='{'met' if g['met'] else 'missed'}'>{e(g['text'])}</li>"
+                    for g in report.get("goal_results") or [])
+    checks = _table(["check", "result", "detail"], [[c["name"], "pass" if c["passed"] else "FAIL",
+                                                     str(c.get("detail", ""))[:300]] for c in report.get("checks")])
+    steps = "".join(f"<li><code>{e(s.get('type', s.get('name', '')))}</code> {e(json.dumps(s))}</li>"
+                    for s in (report.get("recipe") or {}).get("steps", []))
+    imgs = "".join(f'<figure><img alt="{e(name)}" title="{e(name)}" src="data:image/png;base64,'
+                   f'{base64.b64encode(png).decode()}"><figcaption>{e(name)}</figcaption></figure>'
+                   for name, png in plots.values())
+    ver = report.get("verification") or {}
+    notes = "".join(f"<li>{e(n)}</li>" for n in report.get("notes") or [])
+    timing = report.get("timing") or {}
+    title = f"slimforge {report['kind']}: {report['model'].get('name', '')}"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:left}}th{{background:#f3f3f3}}
+img{{max-width:100%}}figure{{display:inline-block;margin:6px}}.warnings{{background:#fde2e2;border:2px solid #c00;
+padding:.5em 1em}}tr.chosen{{background:#fde2e2}}tr.accepted{{background:#e6f4e6}}tr.slower td{{color:#b00;
+font-weight:bold}}tr.skipped,tr.failed{{color:#888}}li.missed{{color:#b00;font-weight:bold}}li.met{{color:#060}}
+</style></head><body><h1>{e(title)}</h1>
+{f'<div class="warnings"><b>Warnings</b><ul>{warn}</ul></div>' if warn else ''}
+<p>{head}</p>
+{f"<p>Goals:</p><ul>{goals}</ul>" if goals else ''}
+{f"<p>Verification against the original: {e(str(ver.get('detail')))}</p>" if ver else ''}
+<h2>Measurements</h2><p>{e(timing.get('method', ''))}{'; ' if timing.get('note') else ''}{e(timing.get('note', ''))}</p>
+{_measurements(report)}
+<h2>Plots</h2>{imgs}
+<h2>Variants</h2>{_table(["#", "variant", "file", "method", "status", "why"], cands)}
+{f"<h2>Recipe</h2><ol>{steps}</ol>" if steps else ''}
+{f"<h2>Checks</h2>{checks}" if report.get("checks") else ''}
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ''}
+<h2>Environment</h2>{_env(report.get("environment") or {})}
+<p><small>schema {e(report['schema'])} v{report['schema_version']}, created {e(report['created'])}</small></p>
+</body></html>"""
+
+
+__all__ = ["quality_key", "rows", "to_csv", "to_html", "write_report"]

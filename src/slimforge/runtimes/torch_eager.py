@@ -11,45 +11,7 @@ from torch import nn
 
 from slimforge.core.artifact import Artifact, Format
 from slimforge.runtimes.base import check_feeds, register_runtime
-
-
-def _outputs_to_list(out: object) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict) or hasattr(out, "to_tuple"):
-        out = tuple(out.values()) if isinstance(out, dict) else out.to_tuple()
-    if isinstance(out, (tuple, list)):
-        flat: list[torch.Tensor] = []
-        for o in out:
-            flat.extend(_outputs_to_list(o))
-        return flat
-    raise TypeError(f"model returned {type(out).__name__}; expected tensors")
-
-
-def set_training(module: object, mode: bool) -> None:
-    """Set a module's mode where it has one (programs from ``torch.export`` refuse ``train()``/``eval()``)."""
-    try:
-        module.train(mode)  # type: ignore[attr-defined]
-    except (AttributeError, NotImplementedError):
-        pass
-
-
-def run_module(module: nn.Module, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a module once in eval mode on numpy feeds (positional, in order) without changing its training flag, on
-    the device its parameters are on (outputs come back as numpy arrays)."""
-    was_training = getattr(module, "training", False)
-    param = next(module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    try:
-        if was_training:
-            set_training(module, False)
-        with torch.inference_mode():
-            out = module(*[torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in feeds.values()])
-        return [t.detach().cpu().float().numpy() if t.dtype in (torch.float16, torch.bfloat16)
-                else t.detach().cpu().numpy() for t in _outputs_to_list(out)]
-    finally:
-        if was_training:
-            set_training(module, True)
+from slimforge.torch_utils import outputs_to_list, set_training
 
 
 class TorchSession:
@@ -69,7 +31,7 @@ class TorchSession:
                 t = t.to(self.dtype)
             tensors.append(t)
         with torch.inference_mode():
-            out = _outputs_to_list(self.module(*tensors))
+            out = outputs_to_list(self.module(*tensors))
         return [o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for o in out]
 
     def sync(self) -> None:

@@ -264,9 +264,9 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
     # ---- Open Inference Protocol (KServe v2) ----
     @app.get("/v2")
     async def v2_server() -> Any:
-        import slimforge
+        from slimforge.version import __version__
 
-        return {"name": "slimforge", "version": slimforge.__version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "slimforge", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live")
     async def v2_live() -> Any:

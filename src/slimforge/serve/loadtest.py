@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from slimforge.core.context import atomic_path
+from slimforge.core.outputs import atomic_path
 from slimforge.core.outputs import check_output_dir, prepare_output_dir, write_text
 from slimforge.errors import ConfigError
 

@@ -1,4 +1,5 @@
-"""Built-in techniques. Importing this package registers every config and handler."""
+"""Built-in techniques. Importing this package registers every config and handler; the package is the
+``builtin`` entry of the ``slimforge.techniques`` entry point group (pyproject.toml), which the registry loads."""
 
 from slimforge.convert import onnx as _export_onnx  # noqa: F401
 from slimforge.convert import openvino as _convert_openvino  # noqa: F401
@@ -14,7 +15,6 @@ from slimforge.techniques.quantize import torch_dynamic as _q_torch_dynamic  # n
 from slimforge.techniques.quantize import torch_fp8 as _q_torch_fp8  # noqa: F401
 from slimforge.techniques.quantize import torch_pt2e as _q_torch_pt2e  # noqa: F401
 from slimforge.techniques.quantize import weight_only as _q_weight_only  # noqa: F401
-from slimforge.train import trainer as _trainer  # noqa: F401  (registers TrainConfig)
 from slimforge.techniques import fuse as _fuse  # noqa: F401
 from slimforge.techniques import lowrank as _lowrank  # noqa: F401
 from slimforge.techniques.prune import torch_prune as _prune  # noqa: F401

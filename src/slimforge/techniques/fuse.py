@@ -19,7 +19,7 @@ from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed
-from slimforge.runtimes.torch_eager import run_module, set_training
+from slimforge.torch_utils import run_module, set_training
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

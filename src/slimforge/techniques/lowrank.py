@@ -21,7 +21,7 @@ from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed
 from slimforge.evaluation.fidelity import fidelity_check
-from slimforge.runtimes.torch_eager import set_training
+from slimforge.torch_utils import set_training
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -24,7 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import ProgressEvent, ProgressFn, atomic_path
+from slimforge.core.context import ProgressEvent, ProgressFn
+from slimforge.core.outputs import atomic_path
 from slimforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class TrainConfig(Config):
         'cosine'
     """
 
-    kind = "train"
+    kind = ""  # not a recipe step: the settings of the shared trainer
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3

@@ -25,7 +25,7 @@ from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, UnsupportedModelError
-from slimforge.runtimes.torch_eager import run_module, set_training
+from slimforge.torch_utils import run_module, set_training
 from slimforge.train import TrainConfig, train
 from slimforge.train.trainer import resolve_device
 from slimforge.train.data import collect, mask_index
@@ -268,7 +268,7 @@ def heldout_score(model: nn.Module, heldout: Subset, mode: DistillMode, has_labe
     return scores / max(n, 1)
 
 
-@implements(DistillConfig, fmt=Format.TORCH, needs_data=True)
+@implements(DistillConfig, fmt=Format.TORCH)
 def _distill_torch(art: Artifact, cfg: DistillConfig, ctx: RunContext) -> Artifact:
     teacher = ctx.baseline if ctx.baseline is not None else art
     if teacher.format is not Format.TORCH:

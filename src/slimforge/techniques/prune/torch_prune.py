@@ -29,7 +29,7 @@ from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.techniques.prune.importance import DataImportance
-from slimforge.runtimes.torch_eager import run_module, set_training
+from slimforge.torch_utils import run_module, set_training
 from slimforge.train import TrainConfig, train
 from slimforge.train.data import collect, mask_index, supervised_loss, tensor_dataset
 
@@ -106,10 +106,7 @@ def _fix_attention_heads(blocks: list[nn.Module]) -> None:
         head = getattr(att, "attention_head_size", None) or att.query.out_features // att.num_attention_heads
         att.num_attention_heads = att.query.out_features // head
         if hasattr(att, "all_head_size"):
-            att.all_head_size = att.query.out_features
-        cfg = getattr(att, "config", None)
-        if cfg is not None and hasattr(cfg, "num_attention_heads"):
-            pass  # the shared config keeps the original count; each block carries its own
+            att.all_head_size = att.query.out_features  # the shared config keeps the original count
 
 
 def _output_layers(module: nn.Module, art: Artifact) -> list[nn.Module]:

@@ -13,7 +13,8 @@ import torch
 
 from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, UnsupportedModelError, require
 from slimforge.evaluation.fidelity import fidelity_check
@@ -53,7 +54,7 @@ class CastConfig(Config):
 
 @implements(CastConfig, fmt=Format.TORCH)
 def _cast_torch(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
-    from slimforge.runtimes.torch_eager import set_training
+    from slimforge.torch_utils import set_training
 
     dtype = torch.float16 if cfg.dtype is HalfType.FP16 else torch.bfloat16
     module = copy.deepcopy(art.handle).to(dtype)

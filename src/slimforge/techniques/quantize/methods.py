@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+from dataclasses import dataclass
 
 from slimforge.core.artifact import Artifact, Format
 from slimforge.core.config import Config
@@ -34,7 +36,6 @@ class Method(str, enum.Enum):
             raise ConfigError(f"unknown method {value!r}; choose one of {[m.value for m in cls]}") from None
 
 
-NEEDS_DATA = {Method.STATIC}
 RUNTIMES = ("torch", "torch_compile", "onnxruntime", "openvino")
 
 
@@ -133,3 +134,32 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
     else:
         steps.append(WeightOnlyConfig(bits=4 if method is Method.INT4 else 8, **fid))
     return steps
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeOptions:
+    """What ``slimforge.quantize`` is asked for; ``steps`` turns it into the recipe steps for a runtime.
+
+    Example:
+        >>> QuantizeOptions(method="static", num_samples=64).method
+        <Method.STATIC: 'static'>
+    """
+
+    method: Method | str = Method.DYNAMIC
+    calibration: str = "minmax"
+    per_channel: bool = True
+    num_samples: int = 128
+    exclude: tuple[str, ...] = ()
+    min_cosine: float | None = None
+    max_drop: float | None = None
+    metric: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", Method.parse(self.method))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+
+    def steps(self, art: Artifact, runtime: str) -> list[Config]:
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "method"}
+        return quantize_steps(art, self.method, runtime=runtime, **kw)

@@ -22,7 +22,8 @@ import numpy as np
 
 from slimforge.core.artifact import Artifact, Check, Format, Step
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.core.scratch import scratch_dir
 from slimforge.errors import ConfigError, DataError, TechniqueFailed, require
@@ -73,7 +74,7 @@ class MixedPrecisionConfig(Config):
             raise ConfigError("max_float_layers, eval_samples and num_samples must be >= 1")
 
 
-@implements(MixedPrecisionConfig, fmt=Format.ONNX, needs_data=True)
+@implements(MixedPrecisionConfig, fmt=Format.ONNX)
 def _mixed_onnx(art: Artifact, cfg: MixedPrecisionConfig, ctx: RunContext) -> Artifact:
     onnx = require("onnx", extra="onnx")
     if ctx.calibration_data is None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.env import has_vnni
 from slimforge.errors import ConfigError, TechniqueFailed, require

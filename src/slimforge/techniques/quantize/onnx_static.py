@@ -17,7 +17,8 @@ from pathlib import Path
 
 from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.core.scratch import child_env, die_with_parent, scratch_dir
 from slimforge.errors import ConfigError, TechniqueFailed, require
@@ -59,7 +60,7 @@ class StaticQuantConfig(Config):
 _CHUNK = 16
 
 
-@implements(StaticQuantConfig, fmt=Format.ONNX, needs_data=True)
+@implements(StaticQuantConfig, fmt=Format.ONNX)
 def _quantize_static_onnx(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext) -> Artifact:
     child = art.derive(Step("quantize_static", cfg.to_dict()),
                        meta={"precision": "int8-static", "calibration": cfg.calibration.value})

@@ -11,7 +11,8 @@ import io
 import logging
 
 from slimforge.core.artifact import Artifact, Format, Step
-from slimforge.core.context import RunContext, atomic_path
+from slimforge.core.context import RunContext
+from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
@@ -56,7 +57,7 @@ def _is_transformer(art: Artifact) -> bool:
     return (art.meta.get("preprocess") or {}).get("kind") == "text" or art.meta.get("task") == "embedding"
 
 
-@implements(StaticQuantConfig, fmt=Format.OPENVINO, needs_data=True)
+@implements(StaticQuantConfig, fmt=Format.OPENVINO)
 def _quantize_static_openvino(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext) -> Artifact:
     ov = require("openvino", extra="openvino")
     nncf = require("nncf", extra="openvino")

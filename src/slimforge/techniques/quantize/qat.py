@@ -20,7 +20,7 @@ from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed
 from slimforge.evaluation.fidelity import fidelity_check
-from slimforge.runtimes.torch_eager import run_module, set_training
+from slimforge.torch_utils import run_module, set_training
 from slimforge.techniques.quantize.calibration import Calibration
 from slimforge.techniques.quantize.torch_pt2e import export_for_quantization, x86_config
 from slimforge.train import TrainConfig, train
@@ -60,7 +60,7 @@ def _training_set(art: Artifact, ctx: RunContext, limit: int) -> tuple[TensorDat
                           teacher=lambda feeds: run_module(art.handle, feeds)[0])
 
 
-@implements(QatConfig, fmt=Format.TORCH, needs_data=True)
+@implements(QatConfig, fmt=Format.TORCH)
 def _qat_torch(art: Artifact, cfg: QatConfig, ctx: RunContext) -> Artifact:
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e

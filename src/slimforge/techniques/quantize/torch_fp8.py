@@ -96,7 +96,7 @@ def _fp8_torch(art: Artifact, cfg: Fp8Config, ctx: RunContext) -> Artifact:
     require("torchao", extra="torch")
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
-    from slimforge.runtimes.torch_eager import set_training
+    from slimforge.torch_utils import set_training
 
     device = torch.device("cuda")
     module = copy.deepcopy(art.handle).to(device, torch.bfloat16)

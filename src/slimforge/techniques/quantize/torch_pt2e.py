@@ -17,7 +17,7 @@ from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
-from slimforge.runtimes.torch_eager import set_training
+from slimforge.torch_utils import set_training
 from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds
 from slimforge.techniques.quantize.onnx_static import StaticQuantConfig
 
@@ -53,7 +53,7 @@ def export_for_quantization(module: torch.nn.Module, art: Artifact) -> torch.nn.
         return torch.export.export(module, args).module()
 
 
-@implements(StaticQuantConfig, fmt=Format.TORCH, needs_data=True)
+@implements(StaticQuantConfig, fmt=Format.TORCH)
 def _quantize_static_torch(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext) -> Artifact:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 

@@ -1,0 +1,166 @@
+"""Selection: the runoff, the no-slowdown rule, the Pareto front, the choice and the ablation of optional steps.
+
+The no-slowdown rule lives in one function, ``slowdowns``: a candidate is slower than the baseline at a batch size
+only when the interval of its speedup lies wholly below 1.0 (``bench.compare.Ratio.verdict``). Inside the noise it is
+a tie, and ties are decided by size, then by simplicity (fewer steps)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from slimforge.auto.evaluate import Evaluated, Evaluator
+from slimforge.bench import BenchSpec, measure_all
+from slimforge.bench.compare import SLOWER
+from slimforge.errors import SlimforgeError
+
+log = logging.getLogger(__name__)
+
+BUILD_ERRORS = (SlimforgeError, RuntimeError, ValueError, OSError, ImportError)
+RUNOFF_SPEC = BenchSpec(warmup=2, repeats=10, min_time_s=0.6, max_time_s=30.0, rounds=5, max_rounds=12,
+                        rel_ci=0.03)
+
+
+def slowdowns(ev: Evaluated) -> str:
+    """The batch sizes at which ``ev`` is slower than the baseline, with the figures ("" when none): THE rule."""
+    return ", ".join(f"{b} ({ev.latency[b]['p50']:.3g} ms, {r.describe()} the baseline's speed)"
+                     for b, r in sorted(ev.ratio.items()) if r.verdict == SLOWER)
+
+
+def speedup(ev: Evaluated) -> float:
+    """Geometric mean over the measured batch sizes of the speedup over the baseline."""
+    vals = [r.value for r in ev.ratio.values()]
+    return float(np.exp(np.mean(np.log(vals)))) if vals else 0.0
+
+
+def failure(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def runoff(accepted: list[Evaluated], ev: Evaluator, base_runtime: str, *, finalists: int = 6,
+           spec: BenchSpec = RUNOFF_SPEC) -> str:
+    """Time the leading candidates and the baseline side by side (the one timing loop) so that neither the choice
+    between close candidates nor the no-slowdown rule is decided by noise; returns the timing's note."""
+    lead = sorted(accepted, key=lambda e: -speedup(e))[:finalists]
+    if not lead:
+        return ""
+    items = [(ev.model, base_runtime), *[(e.artifact, e.candidate.runtime) for e in lead]]
+    ev.ctx.report_progress("runoff of the leading candidates", 0, spec.max_rounds)
+    try:
+        results, comp = measure_all(items, ev.feeds, batch_sizes=ev.batch_sizes, spec=spec, threads=ev.threads,
+                                    measure_memory=False,
+                                    on_round=lambda r, n: ev.ctx.report_progress("runoff of the leading candidates",
+                                                                                 r, n))
+    except (SlimforgeError, RuntimeError, ValueError) as exc:
+        log.warning("runoff skipped: %s", exc)
+        return ""
+    ev.base_doc["latency"] = {b: t.to_dict() for b, t in results[0].latency_ms.items()}
+    for e, r in zip(lead, results[1:]):
+        e.latency = {b: t.to_dict() for b, t in r.latency_ms.items()}
+        e.ratio = dict(r.ratio)
+        e.runoff = True
+    return comp.note() + (" (too noisy to decide)" if comp.noisy else "")
+
+
+def apply_no_slowdown(evaluated: list[Evaluated]) -> None:
+    """Reject every accepted candidate that ``slowdowns`` finds slower than the baseline somewhere."""
+    for ev in evaluated:
+        slower = slowdowns(ev) if ev.status == "accepted" else ""
+        if slower:
+            how = "when timed side by side" if ev.runoff else "(timed alone; it was not a finalist)"
+            ev.status, ev.reason = "rejected", f"slower than the baseline {how} at batch {slower}"
+
+
+def mark_pareto(evaluated: list[Evaluated], batch: int, labelled: bool) -> None:
+    """Pareto front over (latency, quality, size) among the candidates that were measured."""
+    pts = [e for e in evaluated if batch in e.latency]
+
+    def q(e: Evaluated) -> float:
+        return e.quality.get("accuracy" if labelled else "cosine", 0.0)
+
+    for e in pts:
+        lat, qe, s = e.latency[batch]["p50"], q(e), e.size_mb or 0.0
+        e.pareto = not any(
+            (o.latency[batch]["p50"] <= lat and q(o) >= qe and (o.size_mb or 0.0) <= s)
+            and (o.latency[batch]["p50"] < lat or q(o) > qe or (o.size_mb or 0.0) < s) for o in pts if o is not e)
+
+
+def _tied(a: Evaluated, b: Evaluated) -> bool:
+    """``b`` is as fast as ``a`` within the noise: at every batch size, b's speedup reaches a's interval."""
+    return all(b.ratio.get(k) is not None and b.ratio[k].value >= r.lo and r.value <= b.ratio[k].hi
+               for k, r in a.ratio.items())
+
+
+def choose(evaluated: list[Evaluated]) -> Evaluated | None:
+    """Among candidates that meet the quality goals and never slow down: all goals met first, then the fewest and
+    smallest misses (relative), then the highest speedup; candidates tied with it within the noise are decided by
+    size, then by fewer steps."""
+    ok = [e for e in evaluated if e.status == "accepted"]
+    if not ok:
+        return None
+
+    def misses(e: Evaluated) -> tuple:
+        missed = [g for g in e.goals if not g.met]
+        return len(missed), round(sum(abs(g.margin or 0) / max(abs(g.target), 1e-9) for g in missed), 6)
+
+    best_misses = min(misses(e) for e in ok)
+    pool = sorted((e for e in ok if misses(e) == best_misses), key=lambda e: -speedup(e))
+    fastest = pool[0]
+    tied = [e for e in pool if e is fastest or _tied(fastest, e)]
+    return min(tied, key=lambda e: (round(e.size_mb or 0.0, 1), len(e.candidate.steps), -speedup(e)))
+
+
+def ablate(best: Evaluated, evaluated: list[Evaluated], ev: Evaluator,
+           run: Callable[[Evaluated], Any]) -> Evaluated:
+    """Keep an optional step of the winner only if the winner is measurably faster with it: the variant without it
+    is timed side by side with the winner, and a tie goes to the simpler variant. The variant must itself meet
+    the quality goals and never be slower than the baseline."""
+    for idx in sorted(best.candidate.optional, reverse=True):
+        if idx >= len(best.candidate.steps):
+            continue
+        step = best.candidate.steps[idx].kind
+        other = Evaluated(best.candidate.without(idx))
+        evaluated.append(other)
+        try:
+            missed = run(other)
+        except BUILD_ERRORS as exc:
+            other.status, other.reason = "failed", failure(exc)
+            continue
+        verdict = _side_by_side(best, other, ev)
+        if missed:
+            other.status, other.reason = "rejected", "ablation: " + "; ".join(g.describe() for g in missed)
+        elif slowdowns(other):
+            other.status = "rejected"
+            other.reason = f"ablation: without '{step}' it is slower than the baseline at batch {slowdowns(other)}"
+        elif verdict != SLOWER:
+            other.status = "accepted"
+            best.status, best.reason = "rejected", f"its step '{step}' did not measurably help ({verdict} without it)"
+            best = other
+        else:
+            other.status, other.reason = "rejected", f"ablation: without '{step}' it is slower than with it"
+    return best
+
+
+def _side_by_side(best: Evaluated, other: Evaluated, ev: Evaluator) -> str:
+    """The verdict on ``other`` against ``best``, timed together: slower, faster or tie (the worst batch size)."""
+    try:
+        results, _ = measure_all([(best.artifact, best.candidate.runtime), (other.artifact, other.candidate.runtime)],
+                                 ev.feeds, batch_sizes=ev.batch_sizes, spec=RUNOFF_SPEC, threads=ev.threads,
+                                 measure_memory=False)
+    except (SlimforgeError, RuntimeError, ValueError) as exc:
+        log.warning("ablation timing failed: %s", exc)
+        return SLOWER
+    verdicts = [r.verdict for r in results[1].ratio.values()]
+    return SLOWER if SLOWER in verdicts else ("faster" if all(v == "faster" for v in verdicts) else "tie")
+
+
+def lost_to(ev: Evaluated, best: Evaluated) -> str:
+    parts = ", ".join(f"batch {b}: {v['p50']:.3g} vs {best.latency[b]['p50']:.3g} ms" for b, v in ev.latency.items()
+                      if b in best.latency)
+    if _tied(best, ev) or _tied(ev, best):
+        return f"meets the quality goals; tied with the chosen '{best.candidate.name}' within the noise, which is " \
+               f"smaller or simpler ({parts})"
+    return f"meets the quality goals; the chosen '{best.candidate.name}' is faster ({parts})"

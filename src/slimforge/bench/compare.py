@@ -1,0 +1,185 @@
+"""The one timing loop: sessions timed side by side on the same feeds, interleaved in rounds, until the medians and
+the ratios between them are known to a stated precision or a time cap is reached.
+
+Each round runs every session at every batch size (the order rotates between rounds, so that no variant always
+runs first or last), a few runs each. A variant's latency is the median over all its runs; its interval and the
+interval of each ratio come from a bootstrap over rounds (ratios are paired within a round, so drift of the machine
+between rounds cancels). A ratio is a verdict only when its interval excludes 1.0: "slower" needs the whole interval
+below 1.0, "faster" above it; anything else is a tie. When the intervals stay wide (a busy machine) the comparison
+says that it was too noisy to decide.
+
+Example:
+    >>> import torch, slimforge
+    >>> from slimforge.runtimes import open_session
+    >>> art = slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4))
+    >>> s = open_session(art)
+    >>> c = compare({"a": s}, {1: art.examples}, BenchSpec(repeats=6, min_time_s=0, rounds=3))
+    >>> c.timing("a", 1).n >= 6
+    True
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from slimforge.bench.timing import BenchSpec, Timing
+from slimforge.runtimes import Session
+
+TIE, FASTER, SLOWER = "tie", "faster", "slower"
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """``reference latency / variant latency`` (above 1: the variant is faster) with its interval."""
+
+    value: float
+    lo: float
+    hi: float
+
+    @property
+    def verdict(self) -> str:
+        """The no-slowdown rule, decided here only: slower or faster only when the interval excludes 1.0."""
+        if self.hi < 1.0:
+            return SLOWER
+        if self.lo > 1.0:
+            return FASTER
+        return TIE
+
+    @property
+    def width(self) -> float:
+        """Relative half-width of the interval."""
+        return (self.hi - self.lo) / 2.0 / max(self.value, 1e-12)
+
+    def describe(self) -> str:
+        return f"{self.value:.2f}x [{self.lo:.2f}, {self.hi:.2f}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"speedup": round(self.value, 4), "lo": round(self.lo, 4), "hi": round(self.hi, 4),
+                "verdict": self.verdict}
+
+    @staticmethod
+    def between(ref: Timing, var: Timing) -> Ratio:
+        """A ratio of two independent measurements: the conservative interval from the two latency intervals."""
+        return Ratio(ref.p50 / var.p50, ref.lo / max(var.hi, 1e-12), ref.hi / max(var.lo, 1e-12))
+
+
+@dataclass
+class Comparison:
+    """Per (variant, batch): every run's seconds and each round's median; ratios against ``reference``."""
+
+    names: list[str]
+    batches: list[int]
+    reference: str | None
+    runs: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    rounds: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    noisy: bool = False
+    confidence: float = 0.95
+
+    def timing(self, name: str, batch: int) -> Timing:
+        lo, hi = _bootstrap(np.asarray(self.rounds[(name, batch)]), None, self.confidence)
+        t = Timing.from_samples(self.runs[(name, batch)])
+        return t.with_interval(lo * 1000.0, hi * 1000.0, len(self.rounds[(name, batch)]))
+
+    def ratio(self, name: str, batch: int, reference: str | None = None) -> Ratio:
+        ref = reference or self.reference
+        if ref is None:
+            raise ValueError("no reference to compare with")
+        a, b = np.asarray(self.rounds[(ref, batch)]), np.asarray(self.rounds[(name, batch)])
+        value = float(np.median(self.runs[(ref, batch)]) / np.median(self.runs[(name, batch)]))
+        lo, hi = _bootstrap(a, b, self.confidence)
+        return Ratio(value, min(lo, value), max(hi, value))
+
+    def widest(self) -> float:
+        """The widest relative interval: of the ratios when there is a reference, else of the medians."""
+        widths = []
+        for n in self.names:
+            for b in self.batches:
+                if self.reference is not None and n != self.reference:
+                    widths.append(self.ratio(n, b).width)
+                elif self.reference is None:
+                    t = self.timing(n, b)
+                    widths.append((t.hi - t.lo) / 2.0 / max(t.p50, 1e-12))
+        return max(widths, default=0.0)
+
+    def note(self) -> str:
+        """One line on how the timing went, e.g. for a warning."""
+        n = min(len(v) for v in self.rounds.values()) if self.rounds else 0
+        how = (f"{n} interleaved rounds, {self.confidence:.0%} intervals of +-{self.widest():.0%}")
+        return ("the machine was too noisy to decide: " + how) if self.noisy else how
+
+
+def _bootstrap(a: np.ndarray, b: np.ndarray | None, confidence: float, n: int = 2000) -> tuple[float, float]:
+    """Interval of median(a) (or of median(a) / median(b), resampling rounds in pairs) by the percentile bootstrap."""
+    if len(a) < 2:
+        v = float(np.median(a) / (np.median(b) if b is not None else 1.0))
+        return v, v
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(a), size=(n, len(a)))
+    stat = np.median(a[idx], axis=1)
+    if b is not None:
+        stat = stat / np.median(b[idx], axis=1)
+    q = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(stat, [q, 1.0 - q])
+    return float(lo), float(hi)
+
+
+def _runs_per_round(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchSpec) -> int:
+    """Warm up, then size a round so that each variant runs about ``min_time_s / rounds`` seconds in it."""
+    for _ in range(max(spec.warmup, 1)):
+        sess.sync()
+        t0 = time.perf_counter()
+        sess.run(feeds)
+        sess.sync()
+    one = max(time.perf_counter() - t0, 1e-6)
+    want = spec.min_time_s / max(spec.rounds, 1)
+    return int(min(max(-(-spec.repeats // spec.rounds), round(want / one), 1), 200))
+
+
+def compare(sessions: Mapping[str, Session], feeds: Mapping[Any, Any], spec: BenchSpec = BenchSpec(), *,
+            reference: str | None = None, on_round: Callable[[int, int], None] | None = None) -> Comparison:
+    """Time ``sessions`` interleaved; see the module docstring. ``feeds`` maps batch size -> feeds shared by every
+    session, or session name -> {batch size -> feeds} (models with inputs of their own). ``reference`` names the
+    session every ratio is taken against (the baseline)."""
+    names = list(sessions)
+    shared = all(isinstance(k, int) for k in feeds)
+    per_session = {n: (feeds if shared else feeds[n]) for n in names}
+    batches = list(next(iter(per_session.values())))
+    comp = Comparison(names, batches, reference)
+    if reference is not None and reference not in sessions:
+        raise ValueError(f"reference {reference!r} is not among the sessions")
+    per = {(n, b): _runs_per_round(sessions[n], per_session[n][b], spec) for b in batches for n in names}
+    start = time.perf_counter()
+    r = 0
+    while True:
+        order = names[r % len(names):] + names[:r % len(names)]
+        for b in batches:
+            for n in order:
+                comp.runs.setdefault((n, b), [])
+                these = _time_runs(sessions[n], per_session[n][b], per[(n, b)])
+                comp.runs[(n, b)].extend(these)
+                comp.rounds.setdefault((n, b), []).append(float(np.median(these)))
+        r += 1
+        if on_round is not None:
+            on_round(r, spec.max_rounds)
+        elapsed = time.perf_counter() - start
+        if r >= spec.rounds and (comp.widest() <= spec.rel_ci or r >= spec.max_rounds or elapsed > spec.max_time_s):
+            break
+    comp.seconds = time.perf_counter() - start
+    comp.noisy = comp.widest() > max(spec.rel_ci * 3, 0.1)
+    return comp
+
+
+def _time_runs(sess: Session, feeds: Mapping[str, np.ndarray], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        sess.sync()
+        t0 = time.perf_counter()
+        sess.run(feeds)
+        sess.sync()
+        out.append(time.perf_counter() - t0)
+    return out

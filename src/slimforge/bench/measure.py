@@ -1,0 +1,110 @@
+"""Measuring artifacts: latency through the one timing loop (``bench.compare``), throughput, size, the input shapes
+used, and peak memory measured the same way for every runtime (a fresh process, ``bench.memory``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from slimforge.bench.compare import Comparison, Ratio, compare
+from slimforge.bench.timing import BenchSpec, Timing
+from slimforge.core.artifact import Artifact
+from slimforge.runtimes import open_session
+
+FeedsFn = Callable[[int], Mapping[str, np.ndarray]]
+
+
+@dataclass
+class BenchResult:
+    """One artifact measured on one runtime; ``ratio`` holds its speedup over the reference it was timed beside."""
+
+    name: str
+    runtime: str
+    device: str
+    threads: int
+    latency_ms: dict[int, Timing] = field(default_factory=dict)
+    throughput: dict[int, float] = field(default_factory=dict)  # items per second
+    peak_memory_mb: float = 0.0  # what loading and running the model adds to a process, at the largest batch
+    size_mb: float = 0.0
+    memory_method: str = "not measured"
+    file: str | None = None
+    precision: str = "fp32"
+    shapes: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    ratio: dict[int, Ratio] = field(default_factory=dict)
+    timing_note: str = ""
+    noisy: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "file": self.file, "runtime": self.runtime, "precision": self.precision,
+            "device": self.device, "threads": self.threads,
+            "latency_ms": {str(b): t.to_dict() for b, t in self.latency_ms.items()},
+            "throughput": {str(b): v for b, v in self.throughput.items()},
+            "ratio": {str(b): r.to_dict() for b, r in self.ratio.items()},
+            "shapes": {str(b): v for b, v in self.shapes.items()},
+            "peak_memory_mb": self.peak_memory_mb, "memory_method": self.memory_method, "size_mb": self.size_mb,
+            "timing": self.timing_note, "noisy": self.noisy,
+        }
+
+
+def shapes_of(feeds: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    return {k: [int(d) for d in np.shape(v)] for k, v in feeds.items()}
+
+
+def measure_all(items: Sequence[tuple[Artifact, str | None]], feeds_for: FeedsFn | Sequence[FeedsFn], *,
+                batch_sizes: Sequence[int] = (1, 32), spec: BenchSpec = BenchSpec(), threads: int | None = None,
+                device: str = "cpu", precision: str | None = None, measure_memory: bool = True,
+                on_round: Callable[[int, int], None] | None = None) -> tuple[list[BenchResult], Comparison]:
+    """Time every ``(artifact, runtime)`` side by side (the first is the reference of the ratios) and measure each
+    one's memory; ``feeds_for`` is one function for all, or one per item."""
+    import torch
+
+    from slimforge.runtimes import default_runtime
+
+    fns = list(feeds_for) if isinstance(feeds_for, (list, tuple)) else [feeds_for] * len(items)
+    keys = [f"{i}" for i in range(len(items))]
+    feeds = {k: {b: fn(b) for b in batch_sizes} for k, fn in zip(keys, fns)}
+    runtimes = [rt or default_runtime(art) for art, rt in items]
+    sessions: dict[str, Any] = {}
+    try:
+        for k, (art, _), rt in zip(keys, items, runtimes):
+            sessions[k] = open_session(art, rt, device=device, threads=threads, precision=precision)
+        comp = compare(sessions, feeds, spec, reference=keys[0] if len(keys) > 1 else None, on_round=on_round)
+    finally:
+        for s in sessions.values():
+            s.close()
+    results = []
+    for k, (art, _), rt in zip(keys, items, runtimes):
+        r = BenchResult(art.name, rt, device, threads or torch.get_num_threads(), size_mb=art.size_bytes() / 1e6,
+                        file=str(art.path) if art.path else None,
+                        precision=str(precision or art.meta.get("precision") or "fp32"), timing_note=comp.note(),
+                        noisy=comp.noisy)
+        for b in batch_sizes:
+            r.latency_ms[b] = comp.timing(k, b)
+            r.throughput[b] = b / (r.latency_ms[b].p50 / 1000.0)
+            r.shapes[b] = shapes_of(feeds[k][b])
+            if comp.reference is not None and k != comp.reference:
+                r.ratio[b] = comp.ratio(k, b)
+        if measure_memory and device == "cpu":
+            from slimforge.bench.memory import peak_memory_mb
+
+            r.peak_memory_mb, r.memory_method = peak_memory_mb(art, rt, feeds[k][max(batch_sizes)], threads=threads,
+                                                               precision=precision)
+        results.append(r)
+    return results, comp
+
+
+def measure(art: Artifact, runtime: str | None, feeds_for: FeedsFn, *, batch_sizes: Sequence[int] = (1, 32),
+            spec: BenchSpec = BenchSpec(), threads: int | None = None, device: str = "cpu",
+            precision: str | None = None, on_batch: Callable[[int], None] | None = None,
+            measure_memory: bool = True) -> BenchResult:
+    """Open ``art`` and time it at each batch size (in interleaved rounds, with the median's interval); memory is
+    measured in a fresh process at the largest batch."""
+    results, _ = measure_all([(art, runtime)], feeds_for, batch_sizes=batch_sizes, spec=spec, threads=threads,
+                             device=device, precision=precision, measure_memory=measure_memory)
+    if on_batch is not None:
+        for b in batch_sizes:
+            on_batch(b)
+    return results[0]

@@ -1,0 +1,48 @@
+"""Helpers for torch modules shared by every layer: run a module on numpy feeds, set its mode, flatten outputs."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def outputs_to_list(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict) or hasattr(out, "to_tuple"):
+        out = tuple(out.values()) if isinstance(out, dict) else out.to_tuple()
+    if isinstance(out, (tuple, list)):
+        flat: list[torch.Tensor] = []
+        for o in out:
+            flat.extend(outputs_to_list(o))
+        return flat
+    raise TypeError(f"model returned {type(out).__name__}; expected tensors")
+
+
+def set_training(module: object, mode: bool) -> None:
+    """Set a module's mode where it has one (programs from ``torch.export`` refuse ``train()``/``eval()``)."""
+    try:
+        module.train(mode)  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        pass
+
+
+def run_module(module: nn.Module, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a module once in eval mode on numpy feeds (positional, in order) without changing its training flag, on
+    the device its parameters are on (outputs come back as numpy arrays)."""
+    was_training = getattr(module, "training", False)
+    param = next(module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        if was_training:
+            set_training(module, False)
+        with torch.inference_mode():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in feeds.values()])
+        return [t.detach().cpu().float().numpy() if t.dtype in (torch.float16, torch.bfloat16)
+                else t.detach().cpu().numpy() for t in outputs_to_list(out)]
+    finally:
+        if was_training:
+            set_training(module, True)
