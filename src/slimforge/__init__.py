@@ -35,7 +35,6 @@ _LAZY = {
         "TechniqueFailed", "UnsupportedModelError", "VerificationError")},
 }
 
-
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
@@ -44,17 +43,15 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
-
 
 __all__ = [
     "Artifact",
     "AutoResult",
     "Goals",
     "Target",
-    "auto_optimize",
+
     "auto_optimize_for_deployment",
     "load_optimized",
     "BenchResult",

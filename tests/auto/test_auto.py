@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import slimforge
 from slimforge.auto import Goals, auto_optimize, get_target, load_optimized
-from slimforge.auto.candidates import _PROPOSERS, Candidate, proposer
+from slimforge.auto.candidates import _PROPOSERS, candidate, proposer
 from slimforge.auto.goals import assess, parse_amount
 from slimforge.auto.targets import Machine, feasible
 from slimforge.cli.app import app
@@ -79,12 +79,11 @@ def test_digits_search_finds_pruned_distilled_int8_never_slower_and_caches(digit
     assert chain["status"] in ("chosen", "accepted", "rejected") and chain["latency_ms"], chain
     assert [s["type"] for s in chain["steps"]][:2] == ["prune", "distill"] and chain["steps"][-1]["type"] == \
         "quantize_static"
-    base = rep["baseline"]["latency_ms"]
-    for c in rep["candidates"]:  # never a slowdown: every candidate that can win beats the baseline everywhere
-        if c["status"] in ("chosen", "accepted"):
-            assert all(v["p50"] <= base[b]["p50"] for b, v in c["latency_ms"].items()), c
+    for c in rep["candidates"]:  # never a slowdown: no candidate that can win is slower than the baseline anywhere
+        if c["status"] in ("chosen", "accepted"):  # (slower: the whole interval of its speedup below 1.0)
+            assert all(r["verdict"] != "slower" and r["hi"] >= 1.0 for r in c["ratio"].values()), c
         if c["status"] == "rejected" and "slower than the baseline" in c["reason"]:
-            assert " vs " in c["reason"] and " ms" in c["reason"]  # the timings it lost on are quoted
+            assert "x [" in c["reason"] and " ms" in c["reason"]  # the timings it lost on are quoted
         assert c["status"] == "chosen" or c["reason"], c  # every loser says why
     assert res.goals_met and rep["chosen"] and res.paths["artifact"].exists()
     assert rep["verification"]["passed"] and (tmp_path / "a" / "pareto.png").stat().st_size > 10_000
@@ -111,7 +110,7 @@ def test_impossible_goal_saves_best_effort_names_misses_and_exits_3(digits, tmp_
     res = runner.invoke(app, ["optimize", str(digits["onnx"].path), "--target", "cpu", "--max-latency-ms", "0.0001",
                               "--data", str(digits["test"]), "--time-budget", "5m", "-o", str(out)])
     assert res.exit_code == 3, res.output
-    rep = json.loads((out / "search.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
     assert not rep["goals_met"]
     missed = [g for g in rep["goal_results"] if not g["met"]]
     assert missed and missed[0]["name"].startswith("latency") and missed[0]["margin"] < 0
@@ -131,7 +130,7 @@ def test_onnx_without_data_skips_what_needs_data_and_a_new_proposer_joins(mlp_on
 
     @proposer
     def extra(space):
-        yield Candidate("onnxruntime fp32, extended graph passes", (GraphOptConfig(ort_level="extended"),),
+        yield candidate("onnxruntime fp32, extended graph passes", (GraphOptConfig(ort_level="extended"),),
                         "onnxruntime", "fp32", cost=1)
 
     try:
@@ -167,19 +166,45 @@ def test_seed_shape_is_expressible(mlp_onnx, tmp_path):
 
 
 def test_no_slowdown_rule_is_applied_again_to_every_accepted_candidate_after_the_runoff():
-    from slimforge.auto.search import Evaluated, _recheck_no_slowdown
+    from slimforge.auto.evaluate import Evaluated
+    from slimforge.auto.select import apply_no_slowdown
+    from slimforge.bench import Ratio
 
-    def ev(name, p50s, runoff):
-        e = Evaluated(Candidate(name=name, runtime="onnxruntime", precision="fp32", steps=()))
-        e.status = "accepted"
-        e.latency = {b: {"p50": v, **({"runoff": True} if runoff else {})} for b, v in zip((1, 32), p50s)}
+    def ev(name, ratios, runoff):
+        e = Evaluated(candidate(name, (), "onnxruntime"))
+        e.status, e.runoff = "accepted", runoff
+        e.latency = {b: {"p50": 1.0} for b in (1, 32)}
+        e.ratio = {b: Ratio(*r) for b, r in zip((1, 32), ratios)}
         return e
 
-    base = {1: 1.0, 32: 10.0}  # the baseline as the runoff re-timed it
-    finalist_ok, finalist_slow = ev("a", (0.5, 5.0), True), ev("b", (0.9, 10.5), True)
-    straggler_ok, straggler_slow = ev("c", (0.8, 9.0), False), ev("d", (1.2, 8.0), False)
-    _recheck_no_slowdown([finalist_ok, finalist_slow, straggler_ok, straggler_slow], base.__getitem__)
-    assert [e.status for e in (finalist_ok, finalist_slow, straggler_ok, straggler_slow)] == \
+    # (speedup, lo, hi) over the baseline: slower only when the whole interval is below 1.0
+    finalist_ok, finalist_slow = ev("a", ((2.0, 1.9, 2.1), (2.0, 1.8, 2.2)), True), \
+        ev("b", ((1.1, 1.0, 1.2), (0.95, 0.93, 0.97)), True)
+    straggler_tie, straggler_slow = ev("c", ((0.97, 0.9, 1.05), (1.0, 0.95, 1.05)), False), \
+        ev("d", ((0.8, 0.7, 0.9), (1.2, 1.1, 1.3)), False)
+    apply_no_slowdown([finalist_ok, finalist_slow, straggler_tie, straggler_slow])
+    assert [e.status for e in (finalist_ok, finalist_slow, straggler_tie, straggler_slow)] == \
         ["accepted", "rejected", "accepted", "rejected"]
-    assert finalist_slow.reason == "slower than the baseline when timed side by side at batch 32 (10.50 vs 10.00 ms)"
-    assert "not a finalist" in straggler_slow.reason and "1 (1.20 vs 1.00 ms)" in straggler_slow.reason
+    assert finalist_slow.reason.startswith("slower than the baseline when timed side by side at batch 32")
+    assert "0.95x [0.93, 0.97]" in finalist_slow.reason
+    assert "not a finalist" in straggler_slow.reason and "0.80x [0.70, 0.90]" in straggler_slow.reason
+
+
+def test_ties_inside_the_noise_go_to_the_smaller_then_simpler_candidate():
+    from slimforge.auto.evaluate import Evaluated
+    from slimforge.auto.select import choose
+    from slimforge.bench import Ratio
+    from slimforge.convert.optimize import GraphOptConfig
+
+    def ev(name, ratio, size, steps=()):
+        e = Evaluated(candidate(name, steps, "onnxruntime"))
+        e.status, e.size_mb = "accepted", size
+        e.ratio = {1: Ratio(*ratio)}
+        return e
+
+    fast_big = ev("fp32", (2.05, 1.9, 2.2), 90.0)
+    tied_small = ev("int8", (2.0, 1.85, 2.15), 23.0)
+    clearly_slower_smaller = ev("int4", (1.3, 1.2, 1.4), 15.0)
+    assert choose([fast_big, tied_small, clearly_slower_smaller]) is tied_small
+    plain, with_pass = ev("plain", (2.0, 1.9, 2.1), 23.0), ev("pass", (2.02, 1.9, 2.1), 23.0, (GraphOptConfig(),))
+    assert choose([with_pass, plain]) is plain

@@ -51,7 +51,9 @@ def test_benchmark_json(mlp_onnx, tmp_path):
     res = runner.invoke(app, ["benchmark", str(mlp_onnx), "--batch", "1,4", "--repeats", "5", "--json", str(out)])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert set(data[0]["latency_ms"]) == {"1", "4"} and data[0]["runtime"] == "onnxruntime"
+    assert data["schema"] == "slimforge.report" and data["kind"] == "benchmark"
+    assert set(data["baseline"]["latency_ms"]) == {"1", "4"} and data["baseline"]["runtime"] == "onnxruntime"
+    assert data["baseline"]["shapes"]["4"] == {"input": [4, 16]}
     assert "p99 ms" in res.output
 
 

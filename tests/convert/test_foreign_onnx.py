@@ -76,7 +76,7 @@ def test_optimize_without_data_never_slower_and_verifies_every_output(files, key
                               "-o", str(out)])
     assert res.exit_code == 0, res.output[-3000:]
     assert "Traceback" not in res.output
-    rep = json.loads((out / "search.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
     n_out = len(slimforge.load(files[key]).io.outputs)
     base = rep["baseline"]["latency_ms"]["1"]["p50"]
     if rep["chosen"] is not None:
@@ -129,12 +129,12 @@ def test_divergence_names_the_node_with_a_corrupted_scale(files, tmp_path):
 
 
 def test_stateful_model_calibrates_on_consecutive_steps(files):
-    from slimforge.auto.search import _Synthetic
+    from slimforge.io.inputs import SyntheticData
     from slimforge.io.synth import state_pairs
 
     art = slimforge.load(files["stateful"])
     assert state_pairs(art.io) == {"state": 1}
-    batches = [b.feeds for b in _Synthetic(art, n=12, steps=3).batches(4)]
+    batches = [b.feeds for b in SyntheticData(art, n=12, steps=3).batches(4)]
     assert len(batches) == 3 and not batches[0]["state"].any()  # a sequence starts from a zero state
     assert int(batches[0]["sample_rate"]) == 16000 and batches[0]["audio"].std() > 0.1
     sess = slimforge.open_session(art)

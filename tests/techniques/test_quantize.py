@@ -79,7 +79,10 @@ def test_no_slowdown_check_is_recorded(digits, tmp_path):
     check = q.checks[-1]
     assert check.name == "no_slowdown"
     assert set(check.metrics) >= {"speedup_b1", "speedup_b8", "p50_ms_b1", "reference_p50_ms_b1"}
-    assert check.passed == all(check.metrics[f"speedup_b{b}"] >= 1.0 for b in (1, 8))
+    # slower only when the whole interval of the speedup is below 1.0; inside the noise it is a tie
+    assert check.passed == all(check.metrics[f"speedup_hi_b{b}"] >= 1.0 for b in (1, 8))
+    assert all(check.metrics[f"speedup_lo_b{b}"] <= check.metrics[f"speedup_b{b}"] <= check.metrics[f"speedup_hi_b{b}"]
+               for b in (1, 8))
     assert ("SLOWER" in check.detail) != check.passed
 
 

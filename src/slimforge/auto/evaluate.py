@@ -139,6 +139,18 @@ class Evaluator:
         return [g for g in assess(self.quality_goals, ev.measurement(), self.base_doc, self.goal_batch)
                 if not g.met]
 
+    def memory(self, art: Artifact, runtime: str) -> float | None:
+        """Peak memory of loading and running ``art`` at the largest batch, in a fresh process (as every runtime
+        is measured); None when it cannot be measured."""
+        from slimforge.bench.memory import peak_memory_mb
+
+        try:
+            mb, _ = peak_memory_mb(art, runtime, self.feeds(max(self.batch_sizes)), threads=self.threads)
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("memory measurement failed: %s", exc)
+            return None
+        return mb
+
     def verify(self, art: Artifact, runtime: str) -> Check:
         """The final artifact, run afresh, against the original model's outputs (every output) on the evaluation
         data."""

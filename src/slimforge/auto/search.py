@@ -73,6 +73,11 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     select.mark_pareto(evaluated, ev.goal_batch, ev.labels is not None)
     best = _finish_choice(evaluated, ev)
     verification = ev.verify(best.artifact, best.candidate.runtime) if best and best.artifact else None
+    if best is not None and best.artifact is not None and best.peak_memory_mb is None:  # baseline vs chosen
+        ev.ctx.report_progress("peak memory, baseline and chosen", 0, 2)
+        base_doc["peak_memory_mb"] = base_doc.get("peak_memory_mb") or ev.memory(model, base_rt)
+        best.peak_memory_mb = ev.memory(best.artifact, best.candidate.runtime)
+        ev.ctx.report_progress("peak memory, baseline and chosen", 2, 2)
     goal_results = best.goals if best is not None else assess(goals, base_doc, base_doc, ev.goal_batch)
     fallback = model if best is None else best.artifact
     if best is None:

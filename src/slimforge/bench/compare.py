@@ -3,8 +3,8 @@ the ratios between them are known to a stated precision or a time cap is reached
 
 Each round runs every session at every batch size (the order rotates between rounds, so that no variant always
 runs first or last), a few runs each. A variant's latency is the median over all its runs; its interval and the
-interval of each ratio come from a bootstrap over rounds (ratios are paired within a round, so drift of the machine
-between rounds cancels). A ratio is a verdict only when its interval excludes 1.0: "slower" needs the whole interval
+interval of each ratio are distribution-free intervals of the median over rounds (order statistics; ratios are
+paired within a round, so drift of the machine between rounds cancels). A ratio is a verdict only when its interval excludes 1.0: "slower" needs the whole interval
 below 1.0, "faster" above it; anything else is a tie. When the intervals stay wide (a busy machine) the comparison
 says that it was too noisy to decide.
 
@@ -81,7 +81,7 @@ class Comparison:
     confidence: float = 0.95
 
     def timing(self, name: str, batch: int) -> Timing:
-        lo, hi = _bootstrap(np.asarray(self.rounds[(name, batch)]), None, self.confidence)
+        lo, hi = _interval(np.asarray(self.rounds[(name, batch)]), None, self.confidence)
         t = Timing.from_samples(self.runs[(name, batch)])
         return t.with_interval(lo * 1000.0, hi * 1000.0, len(self.rounds[(name, batch)]))
 
@@ -91,7 +91,7 @@ class Comparison:
             raise ValueError("no reference to compare with")
         a, b = np.asarray(self.rounds[(ref, batch)]), np.asarray(self.rounds[(name, batch)])
         value = float(np.median(self.runs[(ref, batch)]) / np.median(self.runs[(name, batch)]))
-        lo, hi = _bootstrap(a, b, self.confidence)
+        lo, hi = _interval(a, b, self.confidence)
         return Ratio(value, min(lo, value), max(hi, value))
 
     def widest(self) -> float:
@@ -113,19 +113,29 @@ class Comparison:
         return ("the machine was too noisy to decide: " + how) if self.noisy else how
 
 
-def _bootstrap(a: np.ndarray, b: np.ndarray | None, confidence: float, n: int = 2000) -> tuple[float, float]:
-    """Interval of median(a) (or of median(a) / median(b), resampling rounds in pairs) by the percentile bootstrap."""
-    if len(a) < 2:
-        v = float(np.median(a) / (np.median(b) if b is not None else 1.0))
-        return v, v
-    rng = np.random.default_rng(0)
-    idx = rng.integers(0, len(a), size=(n, len(a)))
-    stat = np.median(a[idx], axis=1)
-    if b is not None:
-        stat = stat / np.median(b[idx], axis=1)
-    q = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(stat, [q, 1.0 - q])
-    return float(lo), float(hi)
+def _median_interval(x: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Distribution-free interval of the median of ``x``: the order statistics whose binomial coverage is at least
+    ``confidence`` (with few rounds, the extremes; never narrower than the data can support)."""
+    from math import comb
+
+    v = np.sort(np.asarray(x, dtype=np.float64))
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan")
+    k = 0  # the largest k with P(Binomial(n, 1/2) <= k - 1) <= (1 - confidence) / 2
+    tail = 0.0
+    while k < n // 2:
+        nxt = tail + comb(n, k) / 2.0 ** n
+        if nxt > (1.0 - confidence) / 2.0:
+            break
+        tail, k = nxt, k + 1
+    k = max(k, 1)
+    return float(v[k - 1]), float(v[n - k])
+
+
+def _interval(a: np.ndarray, b: np.ndarray | None, confidence: float) -> tuple[float, float]:
+    """Interval of the median of ``a`` (per-round medians), or of the per-round ratio ``a / b`` (paired)."""
+    return _median_interval(a / b if b is not None else a, confidence)
 
 
 def _runs_per_round(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchSpec) -> int:

@@ -36,7 +36,7 @@ class BenchSpec:
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    """Latency statistics in milliseconds over ``n`` timed runs; ``lo``/``hi`` bound the median (95%, bootstrap
+    """Latency statistics in milliseconds over ``n`` timed runs; ``lo``/``hi`` bound the median (95%, order statistics
     over ``rounds`` interleaved rounds; equal to ``p50`` when it was timed in one go)."""
 
     p50: float

@@ -205,6 +205,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TORCH_LOGS", "-torch")  # torch sets its loggers' levels when imported (later, lazily)
     _DEBUG["on"] = os.environ.get("SLIMFORGE_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("torchao", "root", "sentence_transformers", "transformers", "torch"):

@@ -28,7 +28,7 @@ def print_measurements(report: dict[str, Any], *, title: str = "measurements") -
     """One row per variant and batch size: file, method, median with its interval, p95/p99, speedup over the
     baseline with its interval and verdict, input shapes, throughput, memory, size."""
     table = Table(title=title)
-    for col in ("#", "variant", "file", "method", "batch", "p50 ms [95%]", "p95", "p99", "speedup vs B", "inputs",
+    for col in ("#", "variant", "file", "method", "batch", "p50 ms [95%]", "p95 ms", "p99 ms", "speedup vs B", "inputs",
                 "items/s", "peak MB", "size MB"):
         table.add_column(col, overflow="fold", justify="left" if col in ("variant", "file", "method") else "right")
     for r in rows(report):

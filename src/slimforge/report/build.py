@@ -58,14 +58,21 @@ def variant(name: str, *, runtime: str, label: str | None = None, art: Artifact 
         "latency_ms": lat, "ratio": {str(b): r.to_dict() for b, r in rat.items()},
         "shapes": {str(b): v for b, v in bench.shapes.items()} if bench is not None else extra.pop("shapes", {}),
         "throughput": {b: round(int(b) / (v["p50"] / 1000.0), 3) for b, v in lat.items() if v.get("p50")},
-        "size_mb": round(size_mb if size_mb is not None else (bench.size_mb if bench is not None else
-                                                               art.size_bytes() / 1e6 if art is not None else 0.0), 3),
+        "size_mb": _size(size_mb, bench, art),
         "peak_memory_mb": peak_memory_mb if peak_memory_mb is not None else
         (bench.peak_memory_mb if bench is not None else None),
         "memory_method": bench.memory_method if bench is not None else extra.pop("memory_method", "not measured"),
         "quality": {k: _finite(m.value if isinstance(m, Metric) else m) for k, m in (quality or {}).items()},
         **extra,
     }
+
+
+def _size(size_mb: float | None, bench: BenchResult | None, art: Artifact | None) -> float | None:
+    if size_mb is None and bench is not None:
+        size_mb = bench.size_mb
+    if size_mb is None and art is not None:
+        size_mb = art.size_bytes() / 1e6
+    return None if size_mb is None else round(size_mb, 3)
 
 
 _RUNTIME_NAMES = {"torch": "PyTorch", "torch_compile": "torch.compile", "onnxruntime": "ONNX Runtime",
@@ -164,7 +171,7 @@ def timing_section(results: Sequence[BenchResult]) -> dict[str, Any]:
     """How the variants were timed: the one loop's note and whether it was too noisy to decide."""
     noisy = any(r.noisy for r in results)
     note = next((r.timing_note for r in results if r.noisy), results[0].timing_note if results else "")
-    return {"method": "interleaved rounds, bootstrap 95% intervals of the median and of each ratio",
+    return {"method": "interleaved rounds; 95% distribution-free intervals of each median and each ratio",
             "note": note, "noisy": noisy}
 
 
