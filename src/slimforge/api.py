@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from slimforge.bench import BenchResult, BenchSpec, measure_all
 from slimforge.bench.compare import FASTER, SLOWER
-from slimforge.core.artifact import Artifact, Check
+from slimforge.core.artifact import Artifact, Check, Format
 from slimforge.core.config import with_fields
 from slimforge.core.context import ProgressFn, RunContext
 from slimforge.core.outputs import claim_output_dir, prepare_output_file, write_text
@@ -261,7 +261,7 @@ def _run_recipe(base: Artifact, ds: Dataset | None, recipe: Recipe, out_dir: Pat
         [(base, recipe.baseline_runtime), (result, recipe.runtime)], feeds_for(base, ds),
         batch_sizes=recipe.batch_sizes, spec=spec, threads=recipe.threads,
         on_round=lambda r, n: ctx.report_progress("benchmark, side by side", r, n))
-    suffix = {"onnxruntime": ".onnx", "openvino": ".xml"}.get(recipe.runtime)
+    suffix = {Format.ONNX: ".onnx", Format.OPENVINO: ".xml"}.get(result.format)
     if suffix:  # the file is checked to reload with identical outputs; the artifact keeps its lineage and checks
         result = dataclasses.replace(result, path=save(result, out_dir / f"{base.name}-optimized{suffix}").path)
         r_bench.file = str(result.path)

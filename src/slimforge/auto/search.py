@@ -25,7 +25,8 @@ from slimforge.errors import SlimforgeError
 from slimforge.io.inputs import SyntheticData, feeds_for, split_data
 from slimforge.plan.cache import MeasureCache, StepCache, cache_root, data_fingerprint
 
-FAST_SPEC = BenchSpec(warmup=2, repeats=10, min_time_s=0.3, max_time_s=6.0, rounds=3, max_rounds=6, rel_ci=0.05)
+# each candidate alone: a quick estimate (3 rounds); the runoff times the leaders side by side more carefully
+FAST_SPEC = BenchSpec(warmup=2, repeats=10, min_time_s=0.3, max_time_s=6.0, rounds=3, max_rounds=3, rel_ci=0.05)
 
 
 @dataclass
@@ -68,7 +69,8 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     ev.ctx.report_progress("baseline", 1, 1)
     space = _space(model, tgt, goals, ev, data, train_ds, notes)
     evaluated = _evaluate_all(propose(space), ev, data, space.train_seconds, deadline=t0 + time_budget_s)
-    timing_note = select.runoff([e for e in evaluated if e.status == "accepted"], ev, base_rt)
+    timing_note = select.runoff([e for e in evaluated if e.status == "accepted"], ev, base_rt,
+                                spec=select.runoff_spec(time_budget_s))
     select.apply_no_slowdown(evaluated)
     select.mark_pareto(evaluated, ev.goal_batch, ev.labels is not None)
     best = _finish_choice(evaluated, ev)

@@ -19,8 +19,14 @@ from slimforge.errors import SlimforgeError
 log = logging.getLogger(__name__)
 
 BUILD_ERRORS = (SlimforgeError, RuntimeError, ValueError, OSError, ImportError)
-RUNOFF_SPEC = BenchSpec(warmup=2, repeats=10, min_time_s=0.6, max_time_s=40.0, rounds=5, max_rounds=12,
-                        rel_ci=0.03)
+ABLATION_SPEC = BenchSpec(warmup=1, repeats=6, min_time_s=0.3, max_time_s=6.0, rounds=3, max_rounds=5, rel_ci=0.04)
+
+
+def runoff_spec(time_budget_s: float) -> BenchSpec:
+    """The runoff's timing: at least 5 interleaved rounds, more while the intervals are wide, for about 5% of the
+    search's time budget (8 to 60 s)."""
+    return BenchSpec(warmup=2, repeats=10, min_time_s=0.45, max_time_s=min(max(0.05 * time_budget_s, 8.0), 60.0),
+                     rounds=5, max_rounds=15, rel_ci=0.04)
 
 
 def slowdowns(ev: Evaluated) -> str:
@@ -40,8 +46,8 @@ def failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
-def runoff(accepted: list[Evaluated], ev: Evaluator, base_runtime: str, *, finalists: int = 6,
-           spec: BenchSpec = RUNOFF_SPEC) -> str:
+def runoff(accepted: list[Evaluated], ev: Evaluator, base_runtime: str, *, spec: BenchSpec,
+           finalists: int = 5) -> str:
     """Time the leading candidates and the baseline side by side (the one timing loop) so that neither the choice
     between close candidates nor the no-slowdown rule is decided by noise; returns the timing's note."""
     lead = sorted(accepted, key=lambda e: -speedup(e))[:finalists]
@@ -148,7 +154,7 @@ def _side_by_side(best: Evaluated, other: Evaluated, ev: Evaluator) -> str:
     """The verdict on ``other`` against ``best``, timed together: slower, faster or tie (the worst batch size)."""
     try:
         results, _ = measure_all([(best.artifact, best.candidate.runtime), (other.artifact, other.candidate.runtime)],
-                                 ev.feeds, batch_sizes=ev.batch_sizes, spec=RUNOFF_SPEC, threads=ev.threads,
+                                 ev.feeds, batch_sizes=ev.batch_sizes, spec=ABLATION_SPEC, threads=ev.threads,
                                  measure_memory=False)
     except (SlimforgeError, RuntimeError, ValueError) as exc:
         log.warning("ablation timing failed: %s", exc)

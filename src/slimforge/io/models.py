@@ -5,22 +5,28 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from slimforge.core.artifact import Artifact, Format, IOSpec, TensorSpec
 from slimforge.errors import ConfigError, ModelLoadError, UnsupportedModelError, require
-from slimforge.io import hf
 from slimforge.io.probe import infer_dynamic_axes
 from slimforge.io.synth import synthesize
 
+if TYPE_CHECKING:  # torch is imported only when a torch model is loaded: ONNX/OpenVINO files and errors stay fast
+    from torch import nn
+
 log = logging.getLogger(__name__)
 
-ExampleInputs = torch.Tensor | np.ndarray | Sequence[Any] | Mapping[str, Any]
+ExampleInputs = Any  # a tensor, an array, a sequence of them, or a {name: tensor} mapping
+
+
+def _is_module(source: object) -> bool:
+    torch = sys.modules.get("torch")  # an nn.Module exists only once torch is imported
+    return torch is not None and isinstance(source, torch.nn.Module)
 
 
 def default_model_path() -> Path:
@@ -44,7 +50,7 @@ def format_of(source: str | Path) -> Format:
     return fmt
 
 
-def load(source: str | Path | nn.Module, *, example_inputs: ExampleInputs | None = None,
+def load(source: str | Path | "nn.Module", *, example_inputs: ExampleInputs | None = None,
          input_names: Sequence[str] | None = None, input_shapes: Mapping[str, tuple[int, ...]] | None = None,
          name: str | None = None, task: str | None = None) -> Artifact:
     """Load a model into an Artifact.
@@ -64,7 +70,7 @@ def load(source: str | Path | nn.Module, *, example_inputs: ExampleInputs | None
         >>> art.io.outputs[0].shape
         ('batch', 8, 'height', 'width')
     """
-    if isinstance(source, nn.Module):
+    if _is_module(source):
         examples = _examples_from(example_inputs, input_names or _forward_names(source), input_shapes, source)
         return _torch_artifact(source, examples, fmt=Format.TORCH, path=None, meta=_meta(name, task, source),
                                source_id=f"module:{id(source)}:{_module_digest(source)}")
@@ -105,6 +111,8 @@ def _with_sidecar(art: Artifact, path: Path, *, name: str | None, task: str | No
 
 
 def _load_folder(path: Path, *, name: str | None, task: str | None) -> Artifact:
+    from slimforge.io import hf
+
     if hf.is_sentence_transformers(path):
         module, meta = hf.load_sentence_transformers(path)
     elif hf.is_transformers(path):
@@ -137,6 +145,8 @@ def _text_examples(pre: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def _load_torchscript(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
     try:
+        import torch
+
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot be read as TorchScript; the file is truncated, corrupt, or not "
@@ -153,6 +163,8 @@ def _load_torchscript(path: Path, *, example_inputs, input_names, input_shapes, 
 
 def _load_torch_export(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
     try:
+        import torch
+
         program = torch.export.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot be read as a torch.export program (.pt2); the file is truncated, "
@@ -294,7 +306,8 @@ def _examples_for_spec(io: IOSpec, example_inputs: ExampleInputs | None,
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
         return value
