@@ -44,8 +44,10 @@ def export(model: ModelLike, output: str | Path | None = None, config: Any = Non
     """
     from slimforge.convert.onnx import ExportConfig
 
+    loading = {k: fields.pop(k) for k in ("example_inputs", "input_names", "input_shapes", "name", "task")
+               if k in fields}  # how to load a module or file; the rest are ExportConfig's fields
     cfg = with_fields(config or ExportConfig, fields)
-    art = as_artifact(model, **(load_kw or {}))
+    art = as_artifact(model, **{**(load_kw or {}), **loading})
     if output is not None:
         output = prepare_output_file(output, inputs=[art.path])
     out = run_steps(art, Recipe(steps=(cfg,), runtime="onnxruntime"), RunContext(workdir=workdir, progress=progress),

@@ -6,6 +6,8 @@ import time
 import numpy as np
 import pytest
 
+import slimforge
+
 from slimforge.bench import BenchSpec, Ratio, compare
 from slimforge.bench.compare import FASTER, SLOWER, TIE
 
@@ -62,4 +64,6 @@ def test_ratio_verdict_needs_the_interval_to_exclude_one():
     assert Ratio(0.9, 0.7, 1.02).verdict == TIE
     assert Ratio(1.5, 1.2, 1.8).verdict == FASTER
     with pytest.raises(ValueError):
-        compare({"a": Sleeper(1.0)}, {1: {}}, BenchSpec(repeats=1, min_time_s=0, rounds=1), reference="zz")
+        compare({"a": Sleeper(1.0)}, {1: {}}, BenchSpec(repeats=1, min_time_s=0, rounds=2), reference="zz")
+    with pytest.raises(slimforge.ConfigError, match="rounds must be >= 2"):
+        BenchSpec(rounds=1)

@@ -83,8 +83,11 @@ def test_optimize_without_data_never_slower_and_verifies_every_output(files, key
         ver = rep["verification"]
         assert ver["passed"] and sum(k.endswith("_cosine") for k in ver["metrics"]) == n_out
         chosen = next(c for c in rep["candidates"] if c["status"] == "chosen")
-        assert chosen["latency_ms"]["1"]["p50"] <= base  # never slower
-        assert rep["chosen"]["speedup_p50"]["1"] >= 1.0
+        # never slower: its speedup interval is not below 1.0 (a tie inside the noise is not a slowdown), and it
+        # measurably helps: faster, or smaller
+        r = chosen["ratio"]["1"]
+        assert r["verdict"] != "slower" and r["hi"] >= 1.0 and base > 0
+        assert r["verdict"] == "faster" or chosen["size_mb"] < 0.95 * rep["baseline"]["size_mb"]
     else:
         assert "no gain on this target" in " ".join(rep["notes"])
     assert any(out.glob(f"{files[key].stem}-cpu.*"))

@@ -70,7 +70,7 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
     """
     t0 = time.perf_counter()
     base = as_artifact(model)
-    ds = as_data(data, base, default_text=True)  # a text model without data: the bundled English sentences
+    ds = as_data(data, base, default_text=model is None)  # the bundled model: the bundled sentences
     tgt = get_target(target)
     g = goals if isinstance(goals, Goals) else Goals.from_mapping(dict(goals or {}))
     if time_budget_s <= 0:

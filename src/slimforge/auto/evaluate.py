@@ -87,7 +87,8 @@ class Evaluator:
         self.goals, self.goal_batch, self.target_key = goals, goal_batch, target_key
         self.quality_goals = Goals(**{k: v for k, v in goals.to_dict().items() if k in QUALITY_GOALS})
         self.task = str(model.meta.get("task") or "generic")
-        self.mkey = (batch_sizes, threads, data_key, len(eval_ds), spec.repeats, spec.rounds, self.task)
+        self.mkey = (batch_sizes, threads, data_key, len(eval_ds), eval_limit, spec, self.task,
+                     goals.max_memory_mb is not None)
         self.base_doc: dict[str, Any] = {}
         self.ref_outs: list[np.ndarray] = []
         self.labels: np.ndarray | None = None
@@ -159,9 +160,12 @@ class Evaluator:
 
         out, _ = collect_outputs(art, self.eval_ds, runtime=runtime, limit=self.eval_limit)
         ref = self.ref_outs
-        if len(ref) != len(out):
+        if len(ref) != len(out) or not ref:
             return Check("verify_against_original", False, {}, f"{len(out)} outputs, the original has {len(ref)}")
-        per = [fidelity_metrics([r], [o]) for r, o in zip(ref, out)]
+        try:
+            per = [fidelity_metrics([r], [o]) for r, o in zip(ref, out)]
+        except ValueError as exc:  # shapes that do not match
+            return Check("verify_against_original", False, {}, f"outputs cannot be compared: {exc}")
         metrics = {f"output{i}_cosine": p["cosine"] for i, p in enumerate(per)}
         metrics.update({f"output{i}_max_abs": p["max_abs"] for i, p in enumerate(per)})
         worst = min(p["cosine"] for p in per)

@@ -26,7 +26,7 @@ def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_
     candidates = [_variant(e, artifact_path) for e in res.evaluated]
     timing = {"method": "each candidate timed alone (median with its 95% interval), then the leading candidates and "
                         "the baseline side by side in interleaved rounds", "note": res.timing_note,
-              "noisy": "too noisy" in res.timing_note}
+              "noisy": res.noisy}
     return document(
         "search", baseline=baseline, candidates=candidates, chosen=res.best.candidate.name if res.best else None,
         threads=res.target.threads, timing=timing, notes=res.notes,

@@ -45,6 +45,7 @@ class SearchResult:
     seconds: float
     machine: dict[str, Any]
     timing_note: str = ""
+    noisy: bool = False
     steps_built: int = 0
     steps_cached: int = 0
 
@@ -69,9 +70,10 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     ev.ctx.report_progress("baseline", 1, 1)
     space = _space(model, tgt, goals, ev, data, train_ds, notes)
     evaluated = _evaluate_all(propose(space), ev, data, space.train_seconds, deadline=t0 + time_budget_s)
-    timing_note = select.runoff([e for e in evaluated if e.status == "accepted"], ev, base_rt,
-                                spec=select.runoff_spec(time_budget_s))
+    timing_note, noisy = select.runoff([e for e in evaluated if e.status == "accepted"], ev, base_rt,
+                                       spec=select.runoff_spec(time_budget_s))
     select.apply_no_slowdown(evaluated)
+    select.require_gain(evaluated, base_doc.get("size_mb"))
     select.mark_pareto(evaluated, ev.goal_batch, ev.labels is not None)
     best = _finish_choice(evaluated, ev)
     verification = ev.verify(best.artifact, best.candidate.runtime) if best and best.artifact else None
@@ -87,7 +89,7 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     return SearchResult(artifact=fallback, baseline=model, target=tgt, goals=goals, goal_batch=ev.goal_batch,
                         baseline_measurement=ev.base_doc, evaluated=evaluated, best=best, goal_results=goal_results,
                         notes=notes, verification=verification, seconds=time.perf_counter() - t0,
-                        machine=machine.to_dict(), timing_note=timing_note, steps_built=ev.cache.built,
+                        machine=machine.to_dict(), timing_note=timing_note, noisy=noisy, steps_built=ev.cache.built,
                         steps_cached=ev.cache.hits)
 
 
@@ -117,7 +119,7 @@ def _evaluator(model: Artifact, tgt: Target, goals: Goals, data: Any, eval_limit
     ev = Evaluator(model, ctx=ctx, cache=StepCache(root), measures=MeasureCache(root), eval_ds=eval_ds,
                    eval_limit=eval_limit, feeds=feeds_for(model, data), batch_sizes=batch_sizes, spec=spec,
                    threads=tgt.threads, goals=goals, goal_batch=goal_batch, data_key=data_fingerprint(data),
-                   target_key=f"threads={tgt.threads}")
+                   target_key=f"threads={tgt.threads};calibration={data_fingerprint(train_ds)}")
     return ev, train_ds
 
 
@@ -193,7 +195,7 @@ def _evaluate_all(candidates: list[Any], ev: Evaluator, data: Any, train_s: floa
             e.reason += f"; {hint}" if hint else ""
         else:
             e.status = "accepted"
-    select.apply_no_slowdown(evaluated)
+            select.apply_no_slowdown([e])  # clearly slower, timed alone: out now (so 'unless' skips stay right)
     ev.ctx.report_progress("search", len(candidates), len(candidates))
     return evaluated
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from slimforge.auto.evaluate import Evaluated, Evaluator
 from slimforge.bench import BenchSpec, measure_all
-from slimforge.bench.compare import SLOWER
+from slimforge.bench.compare import FASTER, SLOWER
 from slimforge.errors import SlimforgeError
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,10 @@ ABLATION_SPEC = BenchSpec(warmup=1, repeats=6, min_time_s=0.3, max_time_s=6.0, r
 
 
 def runoff_spec(time_budget_s: float) -> BenchSpec:
-    """The runoff's timing: at least 5 interleaved rounds, more while the intervals are wide, for about 5% of the
+    """The runoff's timing: at least 6 interleaved rounds (95% intervals), more while the intervals are wide, for about 5% of the
     search's time budget (8 to 60 s)."""
     return BenchSpec(warmup=2, repeats=10, min_time_s=0.45, max_time_s=min(max(0.05 * time_budget_s, 8.0), 60.0),
-                     rounds=5, max_rounds=15, rel_ci=0.04)
+                     rounds=6, max_rounds=15, rel_ci=0.04)
 
 
 def slowdowns(ev: Evaluated) -> str:
@@ -47,12 +47,13 @@ def failure(exc: BaseException) -> str:
 
 
 def runoff(accepted: list[Evaluated], ev: Evaluator, base_runtime: str, *, spec: BenchSpec,
-           finalists: int = 5) -> str:
+           finalists: int = 5) -> tuple[str, bool]:
     """Time the leading candidates and the baseline side by side (the one timing loop) so that neither the choice
-    between close candidates nor the no-slowdown rule is decided by noise; returns the timing's note."""
+    between close candidates nor the no-slowdown rule is decided by noise; the finalists' goals are assessed again
+    on these timings. Returns the timing's note and whether it was too noisy to decide."""
     lead = sorted(accepted, key=lambda e: -speedup(e))[:finalists]
     if not lead:
-        return ""
+        return "", False
     items = [(ev.model, base_runtime), *[(e.artifact, e.candidate.runtime) for e in lead]]
     ev.ctx.report_progress("runoff of the leading candidates", 0, spec.max_rounds)
     try:
@@ -62,13 +63,14 @@ def runoff(accepted: list[Evaluated], ev: Evaluator, base_runtime: str, *, spec:
                                                                                  r, n))
     except (SlimforgeError, RuntimeError, ValueError) as exc:
         log.warning("runoff skipped: %s", exc)
-        return ""
+        return "", False
     ev.base_doc["latency"] = {b: t.to_dict() for b, t in results[0].latency_ms.items()}
     for e, r in zip(lead, results[1:]):
         e.latency = {b: t.to_dict() for b, t in r.latency_ms.items()}
         e.ratio = dict(r.ratio)
         e.runoff = True
-    return comp.note() + (" (too noisy to decide)" if comp.noisy else "")
+        ev.judge(e)  # latency and speedup goals on the side-by-side timings
+    return comp.note(), comp.noisy
 
 
 def apply_no_slowdown(evaluated: list[Evaluated]) -> None:
@@ -76,8 +78,23 @@ def apply_no_slowdown(evaluated: list[Evaluated]) -> None:
     for ev in evaluated:
         slower = slowdowns(ev) if ev.status == "accepted" else ""
         if slower:
-            how = "when timed side by side" if ev.runoff else "(timed alone; it was not a finalist)"
+            how = "when timed side by side" if ev.runoff else "(timed alone)"
             ev.status, ev.reason = "rejected", f"slower than the baseline {how} at batch {slower}"
+
+
+def require_gain(evaluated: list[Evaluated], base_size_mb: float | None) -> None:
+    """Keep only what measurably helps: an accepted candidate must be faster than the baseline (its interval above
+    1.0) at some batch size, or at least 5% smaller; a tie on both is no gain and is not handed back."""
+    for ev in evaluated:
+        if ev.status != "accepted":
+            continue
+        faster = any(r.verdict == FASTER for r in ev.ratio.values())
+        smaller = base_size_mb is not None and ev.size_mb is not None and ev.size_mb < 0.95 * base_size_mb
+        if not (faster or smaller):
+            ev.status = "rejected"
+            ev.reason = ("no measurable gain: as fast as the baseline within the noise ("
+                         + ", ".join(f"batch {b}: {r.describe()}" for b, r in sorted(ev.ratio.items()))
+                         + ") and not smaller")
 
 
 def mark_pareto(evaluated: list[Evaluated], batch: int, labelled: bool) -> None:
@@ -96,8 +113,8 @@ def mark_pareto(evaluated: list[Evaluated], batch: int, labelled: bool) -> None:
 
 def _tied(a: Evaluated, b: Evaluated) -> bool:
     """``b`` is as fast as ``a`` within the noise: at every batch size, b's speedup reaches a's interval."""
-    return all(b.ratio.get(k) is not None and b.ratio[k].value >= r.lo and r.value <= b.ratio[k].hi
-               for k, r in a.ratio.items())
+    return bool(a.ratio) and all(b.ratio.get(k) is not None and b.ratio[k].value >= r.lo and r.value <= b.ratio[k].hi
+                                 for k, r in a.ratio.items())
 
 
 def choose(evaluated: list[Evaluated]) -> Evaluated | None:
@@ -105,6 +122,8 @@ def choose(evaluated: list[Evaluated]) -> Evaluated | None:
     smallest misses (relative), then the highest speedup; candidates tied with it within the noise are decided by
     size, then by fewer steps."""
     ok = [e for e in evaluated if e.status == "accepted"]
+    if any(e.runoff for e in ok):  # the finalists were timed side by side: the choice is among them
+        ok = [e for e in ok if e.runoff]
     if not ok:
         return None
 
@@ -135,13 +154,15 @@ def ablate(best: Evaluated, evaluated: list[Evaluated], ev: Evaluator,
         except BUILD_ERRORS as exc:
             other.status, other.reason = "failed", failure(exc)
             continue
-        verdict = _side_by_side(best, other, ev)
         if missed:
             other.status, other.reason = "rejected", "ablation: " + "; ".join(g.describe() for g in missed)
-        elif slowdowns(other):
+            continue
+        if slowdowns(other):
             other.status = "rejected"
             other.reason = f"ablation: without '{step}' it is slower than the baseline at batch {slowdowns(other)}"
-        elif verdict != SLOWER:
+            continue
+        verdict = _side_by_side(best, other, ev)
+        if verdict != SLOWER:
             other.status = "accepted"
             best.status, best.reason = "rejected", f"its step '{step}' did not measurably help ({verdict} without it)"
             best = other
@@ -166,7 +187,7 @@ def _side_by_side(best: Evaluated, other: Evaluated, ev: Evaluator) -> str:
 def lost_to(ev: Evaluated, best: Evaluated) -> str:
     parts = ", ".join(f"batch {b}: {v['p50']:.3g} vs {best.latency[b]['p50']:.3g} ms" for b, v in ev.latency.items()
                       if b in best.latency)
-    if speedup(ev) > speedup(best) and _tied(ev, best):
+    if speedup(ev) >= speedup(best):  # it lost a tie (within the noise) on size or simplicity
         return f"meets the quality goals; as fast as the chosen '{best.candidate.name}' within the noise, which " \
                f"is smaller or simpler ({parts})"
     return f"meets the quality goals; the chosen '{best.candidate.name}' is faster overall ({parts})"

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -30,6 +31,9 @@ from slimforge.bench.timing import BenchSpec, Timing
 from slimforge.runtimes import Session
 
 TIE, FASTER, SLOWER = "tie", "faster", "slower"
+MARGIN = 0.02  # differences under 2% are ties even when measured precisely: no one acts on them, and such biases
+# (cache state, the order within a round) come and go between runs
+BUSY = 0.25  # other processes using more than this share of the CPUs while timing: too noisy to decide
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +46,11 @@ class Ratio:
 
     @property
     def verdict(self) -> str:
-        """The no-slowdown rule, decided here only: slower or faster only when the interval excludes 1.0."""
-        if self.hi < 1.0:
+        """The no-slowdown rule, decided here only: slower or faster only when the whole interval lies below (above)
+        1.0, by more than ``MARGIN``."""
+        if self.hi < 1.0 - MARGIN:
             return SLOWER
-        if self.lo > 1.0:
+        if self.lo > 1.0 + MARGIN:
             return FASTER
         return TIE
 
@@ -79,6 +84,7 @@ class Comparison:
     seconds: float = 0.0
     noisy: bool = False
     confidence: float = 0.95
+    others_cpu: float = 0.0  # share of the machine's CPU time other processes used while timing
 
     def timing(self, name: str, batch: int) -> Timing:
         lo, hi = _interval(np.asarray(self.rounds[(name, batch)]), None, self.confidence)
@@ -109,27 +115,42 @@ class Comparison:
     def note(self) -> str:
         """One line on how the timing went, e.g. for a warning."""
         n = min(len(v) for v in self.rounds.values()) if self.rounds else 0
-        how = (f"{n} interleaved rounds, {self.confidence:.0%} intervals of +-{self.widest():.0%}")
+        how = f"{n} interleaved rounds, intervals of +-{self.widest():.0%} ({coverage(n, self.confidence):.0%} coverage)"
+        if self.others_cpu > BUSY:
+            how += f"; other processes used {self.others_cpu:.0%} of the CPUs meanwhile"
         return ("the machine was too noisy to decide: " + how) if self.noisy else how
 
 
-def _median_interval(x: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Distribution-free interval of the median of ``x``: the order statistics whose binomial coverage is at least
-    ``confidence`` (with few rounds, the extremes; never narrower than the data can support)."""
+def coverage(n: int, confidence: float = 0.95) -> float:
+    """The coverage of the median interval ``_median_interval`` gives with ``n`` rounds (the extremes cover
+    ``1 - 2**(1-n)``: 75% at 3 rounds, 94% at 5, 97% at 6)."""
     from math import comb
 
-    v = np.sort(np.asarray(x, dtype=np.float64))
-    n = len(v)
-    if n == 0:
-        return float("nan"), float("nan")
-    k = 0  # the largest k with P(Binomial(n, 1/2) <= k - 1) <= (1 - confidence) / 2
-    tail = 0.0
+    k = _order(n, confidence)
+    return 1.0 - 2.0 * sum(comb(n, i) for i in range(k)) / 2.0 ** n
+
+
+def _order(n: int, confidence: float) -> int:
+    """The largest k >= 1 with P(Binomial(n, 1/2) <= k - 1) <= (1 - confidence) / 2."""
+    from math import comb
+
+    k, tail = 0, 0.0
     while k < n // 2:
         nxt = tail + comb(n, k) / 2.0 ** n
         if nxt > (1.0 - confidence) / 2.0:
             break
         tail, k = nxt, k + 1
-    k = max(k, 1)
+    return max(k, 1)
+
+
+def _median_interval(x: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Distribution-free interval of the median of ``x``: the order statistics whose binomial coverage is at least
+    ``confidence`` (with few rounds, the extremes, whose coverage is lower: see ``coverage``)."""
+    v = np.sort(np.asarray(x, dtype=np.float64))
+    n = len(v)
+    if n < 2:  # one round says nothing about the spread
+        return float("-inf"), float("inf")
+    k = _order(n, confidence)
     return float(v[k - 1]), float(v[n - k])
 
 
@@ -138,8 +159,9 @@ def _interval(a: np.ndarray, b: np.ndarray | None, confidence: float) -> tuple[f
     return _median_interval(a / b if b is not None else a, confidence)
 
 
-def _runs_per_round(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchSpec) -> int:
-    """Warm up, then size a round so that each variant runs about ``min_time_s / rounds`` seconds in it."""
+def _runs_per_round(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchSpec, share: int) -> int:
+    """Warm up, then size a round so that each variant runs about ``min_time_s / rounds`` seconds in it, and all
+    ``share`` (variant, batch) pairs together fit ``max_time_s`` in ``rounds`` rounds (at least one run each)."""
     for _ in range(max(spec.warmup, 1)):
         sess.sync()
         t0 = time.perf_counter()
@@ -147,7 +169,8 @@ def _runs_per_round(sess: Session, feeds: Mapping[str, np.ndarray], spec: BenchS
         sess.sync()
     one = max(time.perf_counter() - t0, 1e-6)
     want = spec.min_time_s / max(spec.rounds, 1)
-    return int(min(max(-(-spec.repeats // spec.rounds), round(want / one), 1), 200))
+    cap = spec.max_time_s / (max(spec.rounds, 1) * max(share, 1) * one)
+    return int(max(min(max(-(-spec.repeats // spec.rounds), round(want / one)), cap, 200), 1))
 
 
 def compare(sessions: Mapping[str, Session], feeds: Mapping[Any, Any], spec: BenchSpec = BenchSpec(), *,
@@ -156,13 +179,17 @@ def compare(sessions: Mapping[str, Session], feeds: Mapping[Any, Any], spec: Ben
     session, or session name -> {batch size -> feeds} (models with inputs of their own). ``reference`` names the
     session every ratio is taken against (the baseline)."""
     names = list(sessions)
-    shared = all(isinstance(k, int) for k in feeds)
+    shared = all(isinstance(k, numbers.Integral) for k in feeds)
     per_session = {n: (feeds if shared else feeds[n]) for n in names}
     batches = list(next(iter(per_session.values())))
     comp = Comparison(names, batches, reference)
     if reference is not None and reference not in sessions:
         raise ValueError(f"reference {reference!r} is not among the sessions")
-    per = {(n, b): _runs_per_round(sessions[n], per_session[n][b], spec) for b in batches for n in names}
+    if any(set(per_session[n]) != set(batches) for n in names):
+        raise ValueError("every session needs feeds at the same batch sizes")
+    share = len(names) * len(batches)
+    per = {(n, b): _runs_per_round(sessions[n], per_session[n][b], spec, share) for b in batches for n in names}
+    cpu0 = _cpu_times()
     start = time.perf_counter()
     r = 0
     while True:
@@ -180,8 +207,27 @@ def compare(sessions: Mapping[str, Session], feeds: Mapping[Any, Any], spec: Ben
         if r >= spec.rounds and (comp.widest() <= spec.rel_ci or r >= spec.max_rounds or elapsed > spec.max_time_s):
             break
     comp.seconds = time.perf_counter() - start
-    comp.noisy = comp.widest() > max(spec.rel_ci * 3, 0.1)
+    comp.others_cpu = _others_share(cpu0, _cpu_times(), comp.seconds)
+    comp.noisy = comp.widest() > max(spec.rel_ci * 3, 0.1) or comp.others_cpu > BUSY
     return comp
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(CPU seconds used by the whole machine, by this process and its threads)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = sum(getattr(t, k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
+    own = psutil.Process().cpu_times()
+    return busy, own.user + own.system
+
+
+def _others_share(t0: tuple[float, float], t1: tuple[float, float], wall: float) -> float:
+    """The share of the machine's CPU capacity that other processes used between ``t0`` and ``t1``."""
+    import psutil
+
+    others = (t1[0] - t0[0]) - (t1[1] - t0[1])
+    return max(others, 0.0) / max(wall * (psutil.cpu_count() or 1), 1e-9)
 
 
 def _time_runs(sess: Session, feeds: Mapping[str, np.ndarray], n: int) -> list[float]:

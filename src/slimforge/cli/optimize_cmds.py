@@ -54,6 +54,10 @@ def optimize(model: ModelArg = None,
     if given is not None:  # refused in milliseconds, before the model is even loaded
         check_recipe(format_of(model or default_model_path()), given, name=model or "the bundled model")
     art = load_model(model, input_shape)
+    if model is None and data is None:  # the bundled model: evaluate, calibrate and time on the bundled sentences
+        from slimforge.io.data import bundled_sentences_path
+
+        data = bundled_sentences_path()
     if target is not None or goal_args:
         _auto(art, target or "cpu", goal_args, latency_stat, batch, threads, data, output_dir,
               parse_duration(time_budget), cache, dry_run, force)

@@ -85,11 +85,15 @@ def load_plugins() -> None:
     global _LOADED
     if _LOADED:
         return
-    _LOADED = True
     from importlib.metadata import entry_points
 
-    for ep in entry_points(group="slimforge.techniques"):
-        ep.load()
+    found = list(entry_points(group="slimforge.techniques"))
+    if not found:
+        raise ConfigError("no techniques are registered: slimforge's package metadata is missing (install it with "
+                          "`pip install -e .` or `pip install slimforge`)")
+    for ep in found:
+        ep.load()  # an import error names the plugin; the next call tries again
+    _LOADED = True
 
 
 _LOADED = False

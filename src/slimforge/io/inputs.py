@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from torch import nn
 
 from slimforge.core.artifact import Artifact
 from slimforge.errors import DataError
@@ -15,7 +14,7 @@ from slimforge.io.data import Batch, Dataset, bundled_sentences_path, load_data
 from slimforge.io.models import default_model_path, load
 from slimforge.io.synth import state_pairs, synthesize
 
-ModelLike = str | Path | nn.Module | Artifact
+ModelLike = Any  # a path, an nn.Module (with example inputs) or an Artifact
 
 
 def as_artifact(model: ModelLike | None, **load_kw: Any) -> Artifact:

@@ -39,6 +39,8 @@ def format_of(source: str | Path) -> Format:
     """The format a path would load as, from its name alone (a folder is a Hugging Face model): cheap enough to
     check a recipe before loading anything."""
     path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file or folder")
     if path.is_dir():
         return Format.TORCH
     fmt = {".onnx": Format.ONNX, ".xml": Format.OPENVINO, ".pt2": Format.TORCH_EXPORT}.get(path.suffix.lower())

@@ -64,8 +64,10 @@ def data_fingerprint(ds: Any) -> str:
 
 
 def model_key(art: Artifact) -> str:
-    """The key a chain of steps starts from."""
-    return digest(fingerprint(art), CACHE_VERSION)
+    """The key a chain of steps starts from: the model's content and its inputs (names, dtypes, shapes, and the
+    example shapes an export traces with)."""
+    examples = {k: list(getattr(v, "shape", ())) for k, v in (art.examples or {}).items()}
+    return digest(fingerprint(art), art.io.to_dict(), examples, CACHE_VERSION)
 
 
 def step_key(parent: str, step: Config, target: str) -> str:
@@ -136,7 +138,8 @@ class MeasureCache:
             with np.load(f, allow_pickle=False) as z:
                 doc = json.loads(str(z["doc"]))
                 outs = [z[f"out{i}"] for i in range(int(doc["n_out"]))]
-        except (OSError, ValueError, KeyError):
+        except Exception:  # noqa: BLE001 - a corrupt or truncated cache file (BadZipFile, EOFError, ...): measure again
+            f.unlink(missing_ok=True)
             return None
         return doc, outs
 

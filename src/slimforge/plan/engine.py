@@ -77,9 +77,9 @@ def check_recipe(base: Artifact | Format, recipe: Recipe, *, name: str = "") -> 
     name = base.name if isinstance(base, Artifact) else (name or "the model")
     if not recipe.baseline_runtime:
         recipe = dataclasses.replace(recipe, baseline_runtime=_runtimes_for(fmt)[0] if _runtimes_for(fmt) else "")
-    for role, name in (("runtime", recipe.runtime), ("baseline_runtime", recipe.baseline_runtime)):
+    for role, runtime in (("runtime", recipe.runtime), ("baseline_runtime", recipe.baseline_runtime)):
         try:
-            get_runtime(name)
+            get_runtime(runtime)
         except ConfigError as exc:
             raise ConfigError(f"recipe {role}: {exc}") from None
     if fmt not in get_runtime(recipe.baseline_runtime).formats:

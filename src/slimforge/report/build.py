@@ -56,7 +56,7 @@ def variant(name: str, *, runtime: str, label: str | None = None, art: Artifact 
         "device": bench.device if bench is not None else "cpu", "threads": bench.threads if bench else None,
         "steps": [s if isinstance(s, dict) else s.to_dict() for s in steps], "status": status, "reason": reason,
         "latency_ms": lat, "ratio": {str(b): r.to_dict() for b, r in rat.items()},
-        "shapes": {str(b): v for b, v in bench.shapes.items()} if bench is not None else extra.pop("shapes", {}),
+        "shapes": {str(b): v for b, v in (bench.shapes if bench is not None else extra.pop("shapes", {})).items()},
         "throughput": {b: round(int(b) / (v["p50"] / 1000.0), 3) for b, v in lat.items() if v.get("p50")},
         "size_mb": _size(size_mb, bench, art),
         "peak_memory_mb": peak_memory_mb if peak_memory_mb is not None else
@@ -142,7 +142,8 @@ def comparison(baseline: Mapping[str, Any], result: Mapping[str, Any] | None) ->
     if result is None:
         return {"speedup_p50": {}, "ratio": {}, "size_ratio": None}
     return {"speedup_p50": speedups(baseline, result), "ratio": dict(result.get("ratio") or {}),
-            "size_ratio": round(baseline["size_mb"] / result["size_mb"], 3) if result["size_mb"] else None}
+            "size_ratio": round(baseline["size_mb"] / result["size_mb"], 3)
+            if result["size_mb"] and baseline["size_mb"] else None}
 
 
 def warnings(doc: Mapping[str, Any]) -> list[str]:

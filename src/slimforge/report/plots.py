@@ -11,8 +11,10 @@ STATUS_COLORS = {"baseline": "#1f77b4", "chosen": "#d62728", "accepted": "#2ca02
 
 
 def variants(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The baseline, then every measured candidate."""
-    return [{**report["baseline"], "status": "baseline"}, *[c for c in report["candidates"] if c["latency_ms"]]]
+    """The baseline (id "B"), then every measured candidate (id: its number in the report's candidate list, as in
+    every table and plot)."""
+    return [{**report["baseline"], "status": "baseline", "id": "B"},
+            *[{**c, "id": str(i + 1)} for i, c in enumerate(report["candidates"]) if c["latency_ms"]]]
 
 
 def quality_key(report: dict[str, Any]) -> str | None:
@@ -41,12 +43,13 @@ def render_plots(report: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
     out = {"plot_latency": ("latency.png", _latency(vs, plt)), "plot_size": ("size.png", _size(vs, plt))}
     qk = quality_key(report)
     if qk is not None:
-        out["plot_tradeoff"] = ("pareto.png", _pareto(report, vs, qk, plt))
+        name = "pareto.png" if report.get("kind") == "search" else "latency_vs_quality.png"
+        out["plot_tradeoff"] = (name, _pareto(report, vs, qk, plt))
     return out
 
 
 def _numbered(vs: list[dict[str, Any]]) -> list[str]:
-    return [f"{i}" if i else "B" for i in range(len(vs))]
+    return [v["id"] for v in vs]
 
 
 def _latency(vs: list[dict[str, Any]], plt: Any) -> bytes:

@@ -37,15 +37,16 @@ def write_report(report: dict[str, Any], out_dir: Path, *, stem: str = "report")
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per variant and batch size: file, method, timing with its interval, ratio to the baseline."""
     out = []
-    for i, v in enumerate(variants(report)):
+    for v in variants(report):
         for b, t in v["latency_ms"].items():
             r = (v.get("ratio") or {}).get(b) or {}
             ci = t.get("ci") or [t["p50"], t["p50"]]
-            row = {"id": "B" if i == 0 else i, "variant": v["label"], "file": v.get("file") or "",
+            base = v["id"] == "B"
+            row = {"id": v["id"], "variant": v["label"], "file": v.get("file") or "",
                    "method": v.get("method", v["runtime"]), "runtime": v["runtime"], "status": v["status"],
                    "threads": v.get("threads"), "batch": int(b), "p50_ms": t["p50"], "p50_lo_ms": ci[0],
                    "p50_hi_ms": ci[1], "p95_ms": t["p95"], "p99_ms": t["p99"], "mean_ms": t.get("mean"),
-                   "n": t.get("n"), "speedup": r.get("speedup", 1.0 if i == 0 else ""), "speedup_lo": r.get("lo", ""),
+                   "n": t.get("n"), "speedup": r.get("speedup", 1.0 if base else ""), "speedup_lo": r.get("lo", ""),
                    "speedup_hi": r.get("hi", ""), "verdict": r.get("verdict", ""),
                    "shapes": json.dumps((v.get("shapes") or {}).get(b, {})),
                    "throughput_per_s": (v.get("throughput") or {}).get(b), "peak_memory_mb": v.get("peak_memory_mb"),
@@ -115,7 +116,7 @@ def to_html(report: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> str:
     chosen = report.get("chosen")
     speed = ", ".join(f"batch {b}: {v}x" for b, v in (report["comparison"]["speedup_p50"] or {}).items())
     head = (f"Chosen: <b>{e(chosen['name'])}</b> on {e(chosen['runtime'])}; speed-up (p50) {e(speed)}; size "
-            f"{report['baseline']['size_mb']:.1f} MB &rarr; {report['result']['size_mb']:.1f} MB." if chosen else
+            f"{_fmt(report['baseline']['size_mb'])} MB &rarr; {_fmt(report['result']['size_mb'])} MB." if chosen else
             "No variant was chosen." + (" The original model is handed back." if report["kind"] == "search" else ""))
     cands = [[i + 1, c["name"], c.get("file") or "", c.get("method", ""), c["status"], c.get("reason", "")]
              for i, c in enumerate(report["candidates"])]
