@@ -151,8 +151,8 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
     opts = with_fields(options if isinstance(options, QuantizeOptions) else QuantizeOptions(method=options), fields)
     art = as_artifact(model)
     rt = runtime or default_runtime_for(art, opts.method)
+    ds = as_data(data, art, default_text=True)  # bad data is refused before any technique is imported
     steps = opts.steps(art, rt)
-    ds = as_data(data, art, default_text=True)
     if output is not None:
         output = prepare_output_file(output, inputs=[art.path])
     ctx = RunContext(workdir=workdir, progress=progress, calibration_data=ds)

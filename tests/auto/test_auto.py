@@ -187,7 +187,7 @@ def test_no_slowdown_rule_is_applied_again_to_every_accepted_candidate_after_the
         ["accepted", "rejected", "accepted", "rejected"]
     assert finalist_slow.reason.startswith("slower than the baseline when timed side by side at batch 32")
     assert "0.95x [0.93, 0.97]" in finalist_slow.reason
-    assert "not a finalist" in straggler_slow.reason and "0.80x [0.70, 0.90]" in straggler_slow.reason
+    assert "(timed alone)" in straggler_slow.reason and "0.80x [0.70, 0.90]" in straggler_slow.reason
 
 
 def test_ties_inside_the_noise_go_to_the_smaller_then_simpler_candidate():

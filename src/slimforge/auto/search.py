@@ -79,8 +79,14 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     verification = ev.verify(best.artifact, best.candidate.runtime) if best and best.artifact else None
     if best is not None and best.artifact is not None and best.peak_memory_mb is None:  # baseline vs chosen
         ev.ctx.report_progress("peak memory, baseline and chosen", 0, 2)
-        base_doc["peak_memory_mb"] = base_doc.get("peak_memory_mb") or ev.memory(model, base_rt)
-        best.peak_memory_mb = ev.memory(best.artifact, best.candidate.runtime)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as pool:  # two fresh processes at once: each measures only itself
+            base_mem = pool.submit(ev.memory, model, base_rt) if base_doc.get("peak_memory_mb") is None else None
+            best_mem = pool.submit(ev.memory, best.artifact, best.candidate.runtime)
+            if base_mem is not None:
+                base_doc["peak_memory_mb"] = base_mem.result()
+            best.peak_memory_mb = best_mem.result()
         ev.ctx.report_progress("peak memory, baseline and chosen", 2, 2)
     goal_results = best.goals if best is not None else assess(goals, base_doc, base_doc, ev.goal_batch)
     fallback = model if best is None else best.artifact

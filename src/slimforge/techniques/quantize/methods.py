@@ -59,7 +59,6 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         >>> # [s.kind for s in quantize_steps(torch_art, "static", runtime="openvino")]
         >>> # ['export_onnx', 'convert_openvino', 'quantize_static']
     """
-    from slimforge.convert.onnx import ExportConfig
     from slimforge.convert.openvino import OpenVinoConvertConfig
     from slimforge.techniques.quantize.cast import CastConfig
     from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
@@ -100,6 +99,8 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         raise UnsupportedModelError(f"'{method.value}' for PyTorch is not available; choose runtime "
                                     "onnxruntime or openvino")
     if art.format in torch_formats:
+        from slimforge.convert.onnx import ExportConfig
+
         steps.append(ExportConfig())
     elif art.format is Format.OPENVINO and runtime != "openvino":
         raise UnsupportedModelError(f"{art.name} is OpenVINO IR; it can only be quantized for runtime openvino")
