@@ -18,7 +18,7 @@ def test_timing_percentiles():
 
 def test_measure_batches_and_throughput(mlp_onnx):
     art = slimforge.load(mlp_onnx)
-    spec = BenchSpec(warmup=1, repeats=7, min_time_s=0)
+    spec = BenchSpec(warmup=1, repeats=7, min_time_s=0, max_rounds=8)
     r = measure(art, "onnxruntime", lambda b: {"input": np.ones((b, 16), np.float32)}, batch_sizes=(1, 8),
                 spec=spec, threads=1, measure_memory=False)
     assert set(r.latency_ms) == {1, 8}
@@ -41,7 +41,7 @@ def test_peak_memory_in_fresh_process_grows_with_the_model(tmp_path):
 
 
 def test_benchmark_api_several_models(mlp_art, mlp_onnx):
-    spec = BenchSpec(warmup=1, repeats=3, min_time_s=0)
+    spec = BenchSpec(warmup=1, repeats=3, min_time_s=0, rounds=3, max_rounds=4)
     results = slimforge.benchmark([mlp_art, mlp_onnx], batch_sizes=(2,), spec=spec)
     assert [r.runtime for r in results] == ["torch", "onnxruntime"]
     assert all(r.latency_ms[2].p50 > 0 for r in results)

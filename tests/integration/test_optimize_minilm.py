@@ -7,7 +7,7 @@ from slimforge.bench.timing import BenchSpec
 
 
 def test_optimize_minilm_default(tmp_path, minilm):
-    res = slimforge.optimize(minilm, output_dir=tmp_path, spec=BenchSpec(warmup=1, repeats=3, min_time_s=0),
+    res = slimforge.optimize(minilm, output_dir=tmp_path, spec=BenchSpec(warmup=1, repeats=3, min_time_s=0, rounds=3, max_rounds=4),
                              eval_limit=200)
     report = json.loads((tmp_path / "report.json").read_text())
     assert [s["name"] for s in report["lineage"]] == ["export_onnx", "graph_optimize", "quantize_dynamic"]

@@ -8,7 +8,7 @@ import slimforge
 from slimforge.bench.timing import BenchSpec
 from tests.digits import DigitsCNN
 
-FAST = BenchSpec(warmup=2, repeats=30, min_time_s=0.2)
+FAST = BenchSpec(warmup=2, repeats=30, min_time_s=0.2, max_rounds=8)
 
 
 def _acc(art, test):
@@ -125,6 +125,7 @@ def test_hidden_state_distillation_pairs_layers_and_removes_its_hooks(digits, tr
                           freeze=("no.such.layer",), workdir=tmp_path)
 
 
+@pytest.mark.slow  # 80 s on 2 cores; the refit on small models runs in the default suite
 def test_minilm_pruning_with_data_refits_layers_by_least_squares(minilm, tmp_path):
     """Heads and FFN neurons pruned in 2 steps (6 of 12 heads left, not over-pruned by the step schedule); with data,
     every layer that reads pruned features is refitted against the original and the held-out cosine rises a lot."""

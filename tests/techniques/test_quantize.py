@@ -6,7 +6,7 @@ import pytest
 import slimforge
 from slimforge.bench.timing import BenchSpec
 
-FAST = BenchSpec(warmup=1, repeats=5, min_time_s=0)
+FAST = BenchSpec(warmup=1, repeats=5, min_time_s=0, rounds=3, max_rounds=5)
 
 
 def _accuracy(art, test):

@@ -23,8 +23,8 @@ ABLATION_SPEC = BenchSpec(warmup=1, repeats=6, min_time_s=0.3, max_time_s=6.0, r
 
 
 def runoff_spec(time_budget_s: float) -> BenchSpec:
-    """The runoff's timing: at least 6 interleaved rounds (95% intervals), more while the intervals are wide, for about 5% of the
-    search's time budget (6 to 60 s)."""
+    """The runoff's timing: at least 6 interleaved rounds (95% intervals), more while the intervals are wide, for
+    about 4% of the search's time budget (6 to 60 s)."""
     return BenchSpec(warmup=2, repeats=10, min_time_s=0.45, max_time_s=min(max(0.04 * time_budget_s, 6.0), 60.0),
                      rounds=6, max_rounds=15, rel_ci=0.04)
 

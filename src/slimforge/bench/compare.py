@@ -4,9 +4,10 @@ the ratios between them are known to a stated precision or a time cap is reached
 Each round runs every session at every batch size (the order rotates between rounds, so that no variant always
 runs first or last), a few runs each. A variant's latency is the median over all its runs; its interval and the
 interval of each ratio are distribution-free intervals of the median over rounds (order statistics; ratios are
-paired within a round, so drift of the machine between rounds cancels). A ratio is a verdict only when its interval excludes 1.0: "slower" needs the whole interval
-below 1.0, "faster" above it; anything else is a tie. When the intervals stay wide (a busy machine) the comparison
-says that it was too noisy to decide.
+paired within a round, so drift of the machine between rounds cancels). A ratio is a verdict only when its interval
+excludes 1.0 (by more than ``MARGIN``): "slower" needs the whole interval below, "faster" above; anything else is a
+tie. When the intervals stay wide, or other processes took a large share of the CPUs while timing, the comparison
+says that the machine was too noisy to decide.
 
 Example:
     >>> import torch, slimforge
@@ -115,7 +116,8 @@ class Comparison:
     def note(self) -> str:
         """One line on how the timing went, e.g. for a warning."""
         n = min(len(v) for v in self.rounds.values()) if self.rounds else 0
-        how = f"{n} interleaved rounds, intervals of +-{self.widest():.0%} ({coverage(n, self.confidence):.0%} coverage)"
+        how = (f"{n} interleaved rounds, intervals of +-{self.widest():.0%} "
+               f"({coverage(n, self.confidence):.0%} coverage)")
         if self.others_cpu > BUSY:
             how += f"; other processes used {self.others_cpu:.0%} of the CPUs meanwhile"
         return ("the machine was too noisy to decide: " + how) if self.noisy else how

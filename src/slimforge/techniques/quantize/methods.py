@@ -49,6 +49,20 @@ def default_runtime_for(art: Artifact, method: Method) -> str:
     return "torch" if method in (Method.BF16, Method.FP8) else "onnxruntime"
 
 
+_CONFIGS = {  # imported only when a step of that kind is made: a command that fails on its input stays fast
+    "OpenVinoConvertConfig": "slimforge.convert.openvino", "CastConfig": "slimforge.techniques.quantize.cast",
+    "DynamicQuantConfig": "slimforge.techniques.quantize.onnx_dynamic",
+    "StaticQuantConfig": "slimforge.techniques.quantize.onnx_static",
+    "WeightOnlyConfig": "slimforge.techniques.quantize.weight_only",
+}
+
+
+def _make(name: str, **fields: object) -> Config:
+    import importlib
+
+    return getattr(importlib.import_module(_CONFIGS[name]), name)(**fields)
+
+
 def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibration: str = "minmax",
                    per_channel: bool = True, num_samples: int = 128, exclude: tuple[str, ...] = (),
                    min_cosine: float | None = None, max_drop: float | None = None,
@@ -59,12 +73,6 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         >>> # [s.kind for s in quantize_steps(torch_art, "static", runtime="openvino")]
         >>> # ['export_onnx', 'convert_openvino', 'quantize_static']
     """
-    from slimforge.convert.openvino import OpenVinoConvertConfig
-    from slimforge.techniques.quantize.cast import CastConfig
-    from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
-    from slimforge.techniques.quantize.onnx_static import StaticQuantConfig
-    from slimforge.techniques.quantize.weight_only import WeightOnlyConfig
-
     method = Method.parse(method)
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -91,11 +99,12 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
             raise UnsupportedModelError(f"runtime torch needs an in-memory PyTorch model; {art.name} is "
                                         f"{art.format.value}: choose runtime onnxruntime or openvino")
         if method is Method.DYNAMIC:
-            return [DynamicQuantConfig(per_channel=per_channel, exclude=exclude, **fid)]
+            return [_make("DynamicQuantConfig", per_channel=per_channel, exclude=exclude, **fid)]
         if method in (Method.FP16, Method.BF16):
-            return [CastConfig(dtype=method.value, **fid)]
+            return [_make("CastConfig", dtype=method.value, **fid)]
         if method is Method.STATIC:  # PT2E; fast under torch.compile
-            return [StaticQuantConfig(calibration=calibration, per_channel=True, num_samples=num_samples, **fid)]
+            return [_make("StaticQuantConfig", calibration=calibration, per_channel=True, num_samples=num_samples,
+                          **fid)]
         raise UnsupportedModelError(f"'{method.value}' for PyTorch is not available; choose runtime "
                                     "onnxruntime or openvino")
     if art.format in torch_formats:
@@ -105,7 +114,7 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
     elif art.format is Format.OPENVINO and runtime != "openvino":
         raise UnsupportedModelError(f"{art.name} is OpenVINO IR; it can only be quantized for runtime openvino")
     if runtime == "openvino" and art.format is not Format.OPENVINO:
-        steps.append(OpenVinoConvertConfig())
+        steps.append(_make("OpenVinoConvertConfig"))
     if max_drop is not None:
         from slimforge.techniques.quantize.mixed import MixedPrecisionConfig
 
@@ -121,19 +130,18 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         if runtime == "openvino":
             raise UnsupportedModelError("dynamic INT8 is an ONNX Runtime technique; for OpenVINO use static "
                                         "(nncf.quantize) or int8-weight")
-        steps.append(DynamicQuantConfig(per_channel=per_channel, exclude=exclude, **fid))
+        steps.append(_make("DynamicQuantConfig", per_channel=per_channel, exclude=exclude, **fid))
     elif method is Method.STATIC:
         # transformers on ONNX Runtime: quantize the MatMuls only; activations around them (Add, LayerNorm, Softmax)
         # have outliers that per-tensor INT8 cannot hold
         text = (art.meta.get("preprocess") or {}).get("kind") == "text"
         ops = ("MatMul",) if text and runtime == "onnxruntime" else ()
-        steps.append(StaticQuantConfig(calibration=calibration, per_channel=per_channel, num_samples=num_samples,
-                                       op_types=ops,
-                                       exclude=exclude, **fid))
+        steps.append(_make("StaticQuantConfig", calibration=calibration, per_channel=per_channel,
+                           num_samples=num_samples, op_types=ops, exclude=exclude, **fid))
     elif method in (Method.FP16, Method.BF16):
-        steps.append(CastConfig(dtype=method.value, **fid))
+        steps.append(_make("CastConfig", dtype=method.value, **fid))
     else:
-        steps.append(WeightOnlyConfig(bits=4 if method is Method.INT4 else 8, **fid))
+        steps.append(_make("WeightOnlyConfig", bits=4 if method is Method.INT4 else 8, **fid))
     return steps
 
 
