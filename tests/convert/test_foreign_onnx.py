@@ -69,10 +69,11 @@ def test_normalise_folds_constant_weights_upgrades_opset_and_verifies(files, tmp
         assert all(np.allclose(r, g, atol=1e-4) for r, g in zip(ref, got))
 
 
-# constant_weights and opset11 take the normalisation path before the same search as cnn (normalisation alone is
-# tested fast below): slow, to keep the default suite under 15 minutes on 2 cores
-@pytest.mark.parametrize("key", ["cnn", "detector", pytest.param("constant_weights", marks=pytest.mark.slow),
-                                 "stateful", "symbolic", pytest.param("opset11", marks=pytest.mark.slow)])
+# slow, to keep the default suite under 15 minutes on 2 cores: cnn (searched with calibration images below), and
+# constant_weights and opset11, which take the normalisation path (tested fast below) before the same search
+@pytest.mark.parametrize("key", [pytest.param("cnn", marks=pytest.mark.slow), "detector",
+                                 pytest.param("constant_weights", marks=pytest.mark.slow), "stateful", "symbolic",
+                                 pytest.param("opset11", marks=pytest.mark.slow)])
 def test_optimize_without_data_never_slower_and_verifies_every_output(files, key, tmp_path):
     out = tmp_path / "o"
     res = runner.invoke(app, ["optimize", str(files[key]), "--target", "cpu", "--batch", "1", "--time-budget", "3m",
