@@ -26,7 +26,7 @@ class BenchResult:
     threads: int
     latency_ms: dict[int, Timing] = field(default_factory=dict)
     throughput: dict[int, float] = field(default_factory=dict)  # items per second
-    peak_memory_mb: float = 0.0  # what loading and running the model adds to a process, at the largest batch
+    peak_memory_mb: float | None = None  # what loading and running the model adds to a process (largest batch)
     size_mb: float = 0.0
     memory_method: str = "not measured"
     file: str | None = None
