@@ -66,12 +66,16 @@ def optimize(model: ModelArg = None,
     if dry_run:
         console.print(the_recipe.to_yaml())
         return
+    _run_recipe(art, data, output_dir, the_recipe, force)
+
+
+def _run_recipe(art: Any, data: Any, output_dir: Path, recipe: Any, force: bool) -> None:
+    """A recipe's steps, then baseline and result timed side by side, and the report (``optimize``, ``run``)."""
     from slimforge.api import optimize as api_optimize
     from slimforge.cli.progress import progress_bars
 
     with progress_bars(err_console) as progress:
-        res = api_optimize(art, data=data, output_dir=output_dir, recipe=the_recipe, progress=progress,
-                           force=force)
+        res = api_optimize(art, data=data, output_dir=output_dir, recipe=recipe, progress=progress, force=force)
     print_checks(res.artifact)
     print_comparison(res.report)
     console.print(f"artifact: {res.paths['artifact']}")
@@ -119,8 +123,6 @@ def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the rec
         data: Annotated[Optional[Path], typer.Option(help="Calibration/evaluation data.")] = None,
         force: Force = False) -> None:
     """Re-run a recipe: its steps, then the benchmark and report of baseline vs result."""
-    from slimforge.api import optimize as api_optimize
-    from slimforge.cli.progress import progress_bars
     from slimforge.io.models import format_of
     from slimforge.plan.engine import check_recipe
     from slimforge.plan.recipe import Recipe
@@ -140,9 +142,4 @@ def run(recipe: Annotated[Path, typer.Argument(help="A recipe YAML (e.g. the rec
         dataset = SyntheticData(art, n=64, seed=1)
     elif dataset is None and the_recipe.data:
         dataset = Path(the_recipe.data)
-    with progress_bars(err_console) as progress:
-        res = api_optimize(art, data=dataset, output_dir=output_dir, recipe=the_recipe, progress=progress,
-                           force=force)
-    print_checks(res.artifact)
-    print_comparison(res.report)
-    console.print(f"artifact: {res.paths['artifact']}")
+    _run_recipe(art, dataset, output_dir, the_recipe, force)

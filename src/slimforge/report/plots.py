@@ -4,6 +4,7 @@ size, and the latency-quality plane with the Pareto front of those two axes."""
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 STATUS_COLORS = {"baseline": "#1f77b4", "chosen": "#d62728", "accepted": "#2ca02c", "measured": "#2e86de",
@@ -139,5 +140,11 @@ def _label(ax: Any, tags: list[str], xy: list[tuple[float, float]]) -> None:
                 break
         else:
             groups.append(((x, y), [t]))
-    for (x, y), names in groups:
-        ax.annotate(",".join(names), (x, y), fontsize=8, xytext=(5, 5), textcoords="offset points")
+    ys = [y for _, y in xy]
+    span = (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for (x, y), names in groups:  # a label near an earlier one goes below its point instead of above
+        near = any(abs(math.log(max(x, 1e-12) / max(px, 1e-12))) < 0.08 and abs(y - py) < 0.04 * span
+                   for px, py in placed)
+        ax.annotate(",".join(names), (x, y), fontsize=8, xytext=(5, -12 if near else 5), textcoords="offset points")
+        placed.append((x, y))
