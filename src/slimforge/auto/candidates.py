@@ -145,10 +145,12 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
         # convolutions stay float under dynamic INT8 (ConvInteger is slow on CPUs); static QDQ quantizes them
         yield candidate("onnxruntime int8 dynamic", (*onnx, DynamicQuantConfig(per_channel=True, min_cosine=0.0)),
                         "onnxruntime", "int8", cost=2, optional=(g,))
-        yield candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
-            calibration=Calibration.MINMAX, per_channel=True, op_types=ops, min_cosine=0.0)),
-            "onnxruntime", "int8", cost=4, optional=(g,))
         family = space.extra.get("family")
+        # a detector's decode (grids, Sigmoid, the Concat of pixel boxes with probabilities) stays in float
+        tail = tuple(space.extra.get("output_tail") or ()) if family == "detector" else ()
+        yield candidate("onnxruntime int8 static", (*onnx, StaticQuantConfig(
+            calibration=Calibration.MINMAX, per_channel=True, op_types=ops, exclude=tail, min_cosine=0.0)),
+            "onnxruntime", "int8", cost=4, optional=(g,))
         sensitive = tuple(space.extra.get("sensitive_nodes") or ())
         if family in ("cnn", "detector") and sensitive:
             # heads (the last layers, Sigmoid/Softmax regions) stay in float: where INT8 hurts detections most
@@ -171,8 +173,10 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
                         "int4", cost=3, after="openvino int8 weights")
         yield candidate("openvino bf16", (*ov, CastConfig(dtype="bf16", min_cosine=0.0)), "openvino", "bf16",
                         cost=2)
+        tail = tuple(space.extra.get("output_tail") or ()) if space.extra.get("family") == "detector" else ()
         yield candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
-            calibration=Calibration.MINMAX, per_channel=True, min_cosine=0.0)), "openvino", "int8", cost=5)
+            calibration=Calibration.MINMAX, per_channel=True, exclude=tail, min_cosine=0.0)), "openvino", "int8",
+            cost=5)
     if space.is_torch:
         yield candidate("torch int8 dynamic", (DynamicQuantConfig(per_channel=True, min_cosine=0.0),), "torch",
                         "int8", cost=2)

@@ -15,6 +15,7 @@ from slimforge.auto.goals import GoalResult, Goals, assess
 from slimforge.bench import BenchSpec, Ratio, Timing, measure
 from slimforge.core.artifact import Artifact, Check, Format
 from slimforge.core.context import RunContext
+from slimforge.errors import TechniqueFailed as TechniqueFailedTypes
 from slimforge.plan.cache import MeasureCache, StepCache, data_fingerprint, digest
 from slimforge.plan.engine import chain_key, run_steps
 
@@ -114,7 +115,13 @@ class Evaluator:
         return doc, outs, False
 
     def baseline(self, runtime: str, labelled: bool) -> dict[str, Any]:
-        doc, self.ref_outs, _ = self.measure(self.model, runtime, chain_key(self.model, ()))
+        from slimforge.evaluation.tasks import detect_task
+
+        try:
+            doc, self.ref_outs, _ = self.measure(self.model, runtime, chain_key(self.model, ()))
+        except Exception as exc:  # the original itself does not run: one line naming the inputs and the fix
+            raise baseline_error(self.model, self.feeds, exc) from exc
+        self.task = detect_task(self.model.io, self.ref_outs, {"task": self.task})
         self.labels = labels_of(self.eval_ds, self.eval_limit) if labelled and self.task != "embedding" else None
         doc["quality"] = quality(self.ref_outs, self.ref_outs, self.labels, self.task)
         doc["runtime"] = runtime
@@ -189,6 +196,23 @@ class Evaluator:
             return ""
         return (f"first divergent node: {found['node']} ({found['op_type']}, relative error "
                 f"{found['rel_error']:.3g})") if found else ""
+
+
+def baseline_error(model: Artifact, feeds: Any, exc: BaseException) -> Exception:
+    """The error for an original model that does not run on the inputs it is given."""
+    from slimforge.errors import InputError, SlimforgeError
+    from slimforge.io.shapes import shape_hint
+
+    if isinstance(exc, SlimforgeError) and not isinstance(exc, TechniqueFailedTypes):
+        return exc
+    try:
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds(1).items())
+    except Exception:  # noqa: BLE001 - the shapes are only for the message
+        shapes = "its inputs"
+    text = str(exc).strip().splitlines()
+    why = text[0][:240] if text else type(exc).__name__
+    return InputError(f"{model.name}: the original model does not run on {shapes} ({why}); give the shapes it "
+                      f"takes with {shape_hint(model.io)} (or pass --data)")
 
 
 def labels_of(ds: Any, limit: int) -> np.ndarray | None:

@@ -175,19 +175,39 @@ def assess(goals: Goals, m: dict[str, Any], base: dict[str, Any], batch: int) ->
         if t is not None:
             out.append(GoalResult("size", "<=", t, m.get("size_mb"), "MB"))
     q, bq = m.get("quality") or {}, base.get("quality") or {}
+    # without labels, the task's agreement with the baseline's outputs (top-1, boxes, mask IoU, SSIM, decisions)
+    # stands in for accuracy; cosine where the task has none
+    agree = _agreement_name(bq)
     if goals.min_accuracy is not None:
-        if "accuracy" in bq or "cosine" not in q:
+        if "accuracy" in bq or ("cosine" not in q and agree is None):
             out.append(GoalResult("accuracy", ">=", goals.min_accuracy, q.get("accuracy"), "%"))
-        else:  # no labels: the agreement with the baseline's outputs stands in for accuracy
+        elif agree is not None:
+            value = q.get("agreement")
+            out.append(GoalResult(f"accuracy ({agree} with the baseline x 100, no labels)", ">=", goals.min_accuracy,
+                                  None if value is None else value * 100.0, "%"))
+        else:
             out.append(GoalResult("accuracy (cosine to baseline x 100, no labels)", ">=", goals.min_accuracy,
                                   q["cosine"] * 100.0, "%"))
     if goals.max_accuracy_drop is not None:
         if "accuracy" in bq:
             floor = bq["accuracy"] - (_resolve(goals.max_accuracy_drop, bq["accuracy"]) or 0.0)
             out.append(GoalResult("accuracy (max drop)", ">=", floor, q.get("accuracy"), "%"))
+        elif agree is not None:
+            floor = 1.0 - (_resolve(goals.max_accuracy_drop, 1.0) or 0.0)
+            out.append(GoalResult(f"{agree} with baseline (max drop)", ">=", floor, q.get("agreement"), ""))
         else:
             floor = 1.0 - (_resolve(goals.max_accuracy_drop, 1.0) or 0.0)
             out.append(GoalResult("cosine to baseline (max drop)", ">=", floor, q.get("cosine"), "cosine"))
     if goals.min_cosine is not None:
         out.append(GoalResult("cosine to baseline", ">=", goals.min_cosine, q.get("cosine"), "cosine"))
     return out
+
+
+def _agreement_name(quality: dict[str, Any]) -> str | None:
+    """The name of the task's primary agreement metric in a quality dict (None when it has none but cosine)."""
+    from slimforge.evaluation.tasks import PRIMARY
+
+    if "agreement" not in quality:
+        return None
+    name = next((p for p in PRIMARY.values() if p in quality and p != "cosine"), None)
+    return name.replace("_", " ") if name else None

@@ -15,7 +15,7 @@ from typing import Any
 
 from slimforge.auto import select
 from slimforge.auto.candidates import SearchSpace, propose
-from slimforge.auto.evaluate import Evaluated, Evaluator
+from slimforge.auto.evaluate import QUALITY_GOALS, Evaluated, Evaluator, quality
 from slimforge.auto.goals import GoalResult, Goals, assess
 from slimforge.auto.targets import Target, detect_machine, feasible, get_target
 from slimforge.bench import BenchSpec
@@ -62,12 +62,14 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     t0 = time.perf_counter()
     machine = detect_machine()
     tgt, notes = feasible(get_target(target), machine)
-    goals = (goals or Goals()).merged(tgt.goals)
+    goals_given, goals = goals, (goals or Goals()).merged(tgt.goals)
     ev, train_ds = _evaluator(model, tgt, goals, data, eval_limit, spec, progress, use_cache, notes)
     base_rt = "torch" if model.format is Format.TORCH else _default_runtime(model)
     ev.ctx.report_progress("baseline", 0, 1)
+    user_quality = any(k in (goals_given or Goals()).to_dict() for k in QUALITY_GOALS)
     base_doc = ev.baseline(base_rt, labelled=data is not None)
     ev.ctx.report_progress("baseline", 1, 1)
+    goals = _task_goals(ev, goals, user_quality, notes)
     space = _space(model, tgt, goals, ev, data, train_ds, notes)
     evaluated = _evaluate_all(propose(space), ev, data, space.train_seconds, deadline=t0 + time_budget_s)
     timing_note, noisy = select.runoff([e for e in evaluated if e.status == "accepted"], ev, base_rt,
@@ -97,6 +99,26 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
                         notes=notes, verification=verification, seconds=time.perf_counter() - t0,
                         machine=machine.to_dict(), timing_note=timing_note, noisy=noisy, steps_built=ev.cache.built,
                         steps_cached=ev.cache.hits)
+
+
+def _task_goals(ev: Evaluator, goals: Goals, user_quality: bool, notes: list[str]) -> Goals:
+    """Quality is judged for the task (detected from the outputs unless given): its primary metric against the
+    original's outputs; without a quality goal from the user, the task's default tolerance replaces the target's."""
+    from slimforge.evaluation.tasks import DEFAULT_DROP, PRIMARY
+
+    task, metric = ev.task, PRIMARY.get(ev.task)
+    if metric is None:
+        return goals
+    if not user_quality and task in DEFAULT_DROP:
+        goals = Goals.from_mapping({**goals.to_dict(), "max_accuracy_drop": DEFAULT_DROP[task]})
+        ev.goals = goals
+        ev.quality_goals = Goals(**{k: v for k, v in goals.to_dict().items() if k in QUALITY_GOALS})
+        ev.base_doc["quality"] = quality(ev.ref_outs, ev.ref_outs, ev.labels, task)
+    notes.append(f"task: {task} ({'given' if ev.model.meta.get('task') not in (None, 'generic') else 'detected from the outputs'}); "
+                 f"quality is {metric.replace('_', ' ')} with the original's outputs on the same inputs"
+                 + (f", default tolerance {DEFAULT_DROP[task]}" if not user_quality and task in DEFAULT_DROP else "")
+                 + "; cosine is reported beside it")
+    return goals
 
 
 def _default_runtime(model: Artifact) -> str:
@@ -148,7 +170,8 @@ def _space(model: Artifact, tgt: Target, goals: Goals, ev: Evaluator, data: Any,
         from slimforge.convert.info import onnx_info, sensitive_nodes
 
         info = onnx_info(model.path)
-        extra = {"family": info["family"], "sensitive_nodes": sensitive_nodes(model.path)}
+        extra = {"family": info["family"], "sensitive_nodes": sensitive_nodes(model.path),
+                 "output_tail": sensitive_nodes(model.path, depth=0, tensors=True)}
         notes.append(f"model family (guessed from its ops): {info['family']}; opset {info['opset'].get('ai.onnx')}, "
                      f"producer '{info['producer'] or '?'}', weights "
                      f"{'in initializers' if info['weights_are_initializers'] else 'computed by nodes: normalised'}")

@@ -79,27 +79,32 @@ def guess_family(ops: collections.Counter[str] | dict[str, int], io: IOSpec) -> 
     return "unknown"
 
 
-def sensitive_nodes(path: Path, *, depth: int = 1) -> list[str]:
-    """Nodes a quantizer should keep in float: the last ``depth`` compute layers (Conv/Gemm/MatMul) on the way to
-    every graph output (classifier and detection heads), and the Sigmoid/Softmax between them and the outputs."""
+def sensitive_nodes(path: Path, *, depth: int = 1, tensors: bool = False) -> list[str]:
+    """Nodes a quantizer should keep in float: every node between the graph outputs and the last ``depth`` compute
+    layers (Conv/Gemm/MatMul) on the way to them, those layers included (classifier and detection heads). With
+    ``depth=0``: the output tail only (a detector's decode: grids, Sigmoid, Mul/Add, the Concat of pixel
+    coordinates with probabilities, which one INT8 scale cannot hold). ``tensors`` adds the nodes' output tensor
+    names (OpenVINO names its operations after them)."""
     onnx = require("onnx", extra="onnx")
     model = onnx.load(str(path), load_external_data=False)
     producer = {o: n for n in model.graph.node for o in n.output}
     out: list[str] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, int]] = set()
     stack = [(o.name, 0) for o in model.graph.output]
     while stack:
         tensor, found = stack.pop()
         node = producer.get(tensor)
         if node is None or (node.name, found) in seen:
             continue
-        seen.add((node.name, found))  # type: ignore[arg-type]
+        seen.add((node.name, found))
         compute = node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
-        if (compute or node.op_type in ("Sigmoid", "Softmax")) and node.name and node.name not in out:
-            out.append(node.name)
-        if compute and found + 1 >= depth:
+        if compute and found >= depth:
             continue
-        stack.extend((i, found + (1 if compute else 0)) for i in node.input if i)
+        if node.name and node.name not in out:
+            out.append(node.name)
+        if tensors:
+            out.extend(o for o in node.output if o and o not in out)
+        stack.extend((i, found + (1 if compute else 0)) for i in node.input if i and i in producer)
     return out
 
 

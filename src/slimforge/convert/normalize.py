@@ -15,16 +15,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from slimforge.core.artifact import Artifact, Check, Format, Step
+from slimforge.core.artifact import Artifact, Check, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.outputs import atomic_path
 from slimforge.core.scratch import scratch_dir
-from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, VerificationError, require
 from slimforge.io.onnx_file import check_onnx_file, copy_onnx
 
@@ -43,6 +42,8 @@ class NormalizeConfig(Config):
     kind = "normalize_onnx"
     min_opset: int = 13
     fold_constants: bool = True
+    speed_gate: bool = True  # a pass that makes the model slower on a runtime of ``runtimes`` is dropped
+    runtimes: tuple[str, ...] = ("onnxruntime", "openvino")
     infer_shapes: bool = True
     atol: float = 1e-4
     rtol: float = 1e-4
@@ -154,8 +155,13 @@ def _shapes(onnx: Any, src: Path, dst: Path) -> str:
     return "symbolic"
 
 
-@implements(NormalizeConfig, fmt=Format.ONNX)
-def _normalize(art: Artifact, cfg: NormalizeConfig, ctx: RunContext) -> Artifact:
+PassJudge = Callable[[Artifact, Artifact, str], "Check | None"]
+
+
+def normalize_onnx(art: Artifact, cfg: NormalizeConfig, ctx: RunContext, *, judge: PassJudge | None = None
+                   ) -> Artifact:
+    """Run the passes; each is kept when it verifies and ``judge(before, after, name)`` (the speed gate: a failing
+    check drops the pass) does not object."""
     from slimforge.convert.optimize import _verify_onnx
     from slimforge.convert.verify import verification_cases
 
@@ -187,6 +193,11 @@ def _normalize(art: Artifact, cfg: NormalizeConfig, ctx: RunContext) -> Artifact
             if how:
                 check = dataclasses.replace(check, detail=f"{check.detail} ({how} shape inference)")
             checks.append(check)
+            speed = judge(current, candidate, name) if judge is not None else None
+            if speed is not None:
+                checks.append(speed)
+                if not speed.passed:
+                    continue
             current = candidate
             kept.append(name)
         except VerificationError as exc:

@@ -91,6 +91,8 @@ def verify(reference: RunFn, candidate: RunFn, cases: Sequence[tuple[str, Mappin
 
 def verification_cases(art: Artifact) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Input sets that exercise every dynamic axis of ``art``: several batch sizes, sequence lengths, image sizes."""
+    if (art.meta.get("dims") or {}).get("ok"):
+        return _probed_cases(art)
     pre = art.meta.get("preprocess") or {}
     dyn = {d for t in art.io.inputs for d in t.shape if isinstance(d, str)}
     has_seq = any(_is_seq(d) for d in dyn)
@@ -112,6 +114,24 @@ def verification_cases(art: Artifact) -> list[tuple[str, dict[str, np.ndarray]]]
         cases.append(("batch=1", _resized(art, {"batch": 1})))
         if any(d == "batch" for d in dyn):
             cases.append(("batch=3", _resized(art, {"batch": 3})))
+    return cases
+
+
+def _probed_cases(art: Artifact) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The sizes probing found the model runs at (or the user gave), then each varying group one or two steps on
+    (a stride-32 detector: 224x224, then 256x288), never a size the model was not seen to take."""
+    from slimforge.io.shapes import shapes_at, variant_sizes
+
+    def label(feeds: Mapping[str, np.ndarray]) -> str:
+        return ",".join(f"{k}={'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+
+    cases = [(label(art.examples), dict(art.examples))]
+    variant = variant_sizes(art.meta)
+    if variant:
+        shapes = shapes_at(art.io, variant)
+        specs = tuple(TensorSpec(t.name, shapes[t.name], t.dtype) for t in art.io.inputs)
+        feeds = synthesize(IOSpec(specs), meta=art.meta, seed=7)
+        cases.append((label(feeds), feeds))
     return cases
 
 

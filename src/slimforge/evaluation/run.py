@@ -47,6 +47,9 @@ def quality_metrics(task: str, cand: list[np.ndarray], ref: list[np.ndarray] | N
             out[f"top{k}_agreement"] = Metric(neighbour_agreement(ref[0], cand[0], k), "")
         if task == "classification" or (labels is not None and cand[0].ndim == 2):
             out["label_agreement"] = Metric(float(np.mean(ref[0].argmax(-1) == cand[0].argmax(-1))) * 100, "%")
+        from slimforge.evaluation.tasks import task_metrics
+
+        out.update(task_metrics(task, ref, cand))
     return out
 
 

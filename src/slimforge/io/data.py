@@ -14,8 +14,9 @@ from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from slimforge.core.artifact import Artifact
+from slimforge.core.artifact import Artifact, IOSpec
 from slimforge.errors import DataError, require
+from slimforge.io.synth import fillable, synthesize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LABEL_KEYS = ("labels", "label", "y", "target", "targets")
@@ -186,6 +187,9 @@ class ArrayData:
     def __init__(self, path: Path, art: Artifact) -> None:
         self.path = Path(path)
         self.name = self.path.name
+        self.art = art
+        # recurrent state and a sample rate need not be in the file: zeros and 16 kHz, as a stream starts
+        self.filled = [t.name for t in art.io.inputs if fillable(t)]
         try:
             if self.path.suffix == ".npy":
                 self.arrays = {art.io.input_names[0]: np.load(self.path, mmap_mode="r")}
@@ -198,7 +202,7 @@ class ArrayData:
                 named = {n: npz[n] for n in art.io.input_names if n in inputs}
                 if not named and len(inputs) == 1 and len(art.io.inputs) == 1:
                     named = {art.io.input_names[0]: npz[inputs[0]]}
-                missing = [n for n in art.io.input_names if n not in named]
+                missing = [n for n in art.io.input_names if n not in named and n not in self.filled]
                 if missing:
                     raise DataError(f"{self.path}: holds arrays {inputs}, but the model needs {missing}; name the "
                                     "arrays after the model inputs (np.savez(path, input_ids=..., labels=...))")
@@ -221,7 +225,11 @@ class ArrayData:
         for i in range(0, n, batch_size):
             j = min(i + batch_size, n)
             labels = np.asarray(self.labels[i:j]) if self.labels is not None else None
-            yield Batch({k: np.ascontiguousarray(v[i:j]) for k, v in self.arrays.items()}, labels)
+            feeds = {k: np.ascontiguousarray(v[i:j]) for k, v in self.arrays.items()}
+            missing = [t for t in self.art.io.inputs if t.name not in feeds]
+            if missing:
+                feeds.update(synthesize(IOSpec(tuple(missing)), batch=j - i, meta=self.art.meta))
+            yield Batch({t.name: feeds[t.name] for t in self.art.io.inputs}, labels)
 
 
 def check_arrays(path: Path, arrays: Mapping[str, np.ndarray], art: Artifact) -> None:

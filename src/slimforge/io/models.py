@@ -14,6 +14,7 @@ import numpy as np
 from slimforge.core.artifact import Artifact, Format, IOSpec, TensorSpec
 from slimforge.errors import ConfigError, ModelLoadError, UnsupportedModelError, require
 from slimforge.io.probe import infer_dynamic_axes
+from slimforge.io.shapes import with_probed_shapes
 from slimforge.io.synth import synthesize
 
 if TYPE_CHECKING:  # torch is imported only when a torch model is loaded: ONNX/OpenVINO files and errors stay fast
@@ -108,7 +109,7 @@ def _with_sidecar(art: Artifact, path: Path, *, name: str | None, task: str | No
     saved = read_sidecar(path).get("meta") or {}
     if not saved:
         return art
-    meta = {**saved, **({"name": name} if name else {}), **({"task": task} if task else {})}
+    meta = {**art.meta, **saved, **({"name": name} if name else {}), **({"task": task} if task else {})}
     return dataclasses.replace(art, meta=meta)
 
 
@@ -192,8 +193,9 @@ def _load_onnx(path: Path, *, example_inputs, input_names, input_shapes, name, t
     io = onnx_io(path)
     meta = _meta(name or path.stem, task, None)
     examples = _examples_for_spec(io, example_inputs, input_shapes, meta)
-    return Artifact(format=Format.ONNX, io=io, path=path, examples=examples, meta=meta,
-                    source_id=f"file:{_file_digest(path)}")
+    art = Artifact(format=Format.ONNX, io=io, path=path, examples=examples, meta=meta,
+                   source_id=f"file:{_file_digest(path)}")
+    return art if example_inputs is not None else with_probed_shapes(art, input_shapes)
 
 
 def _load_openvino(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
@@ -217,8 +219,9 @@ def _load_openvino(path: Path, *, example_inputs, input_names, input_shapes, nam
                 tuple(spec(p, i, "output") for i, p in enumerate(model.outputs)))
     meta = _meta(name or path.stem, task, None)
     examples = _examples_for_spec(io, example_inputs, input_shapes, meta)
-    return Artifact(format=Format.OPENVINO, io=io, path=path, examples=examples, meta=meta,
-                    source_id=f"file:{_file_digest(path)}")
+    art = Artifact(format=Format.OPENVINO, io=io, path=path, examples=examples, meta=meta,
+                   source_id=f"file:{_file_digest(path)}")
+    return art if example_inputs is not None else with_probed_shapes(art, input_shapes)
 
 
 _LOADERS = {".pt": _load_torchscript, ".pth": _load_torchscript, ".ts": _load_torchscript, ".jit": _load_torchscript,

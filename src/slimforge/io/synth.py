@@ -109,6 +109,12 @@ def _values(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, 
     return rng.standard_normal(shape).astype(dtype)
 
 
+def fillable(spec: TensorSpec) -> bool:
+    """An input data files may leave out: a recurrent state (zeros) or a sample rate (16 kHz)."""
+    name = spec.name.lower()
+    return bool(_RATE.search(name) or (_STATE.search(name) and "mask" not in name))
+
+
 def state_pairs(io: IOSpec) -> dict[str, int]:
     """Recurrent state: each input that looks like a state (by name) paired with the index of the output that
     carries its next value (same rank and fixed dims; the output's name contains the input's, or is a state too).

@@ -130,7 +130,7 @@ def check_feeds(art: Artifact, feeds: Mapping[str, np.ndarray]) -> list[np.ndarr
     seen: dict[str, tuple[str, int, int]] = {}  # a named dynamic dimension must have one size across inputs
     for spec, arr in zip(art.io.inputs, out):
         for axis, dim in enumerate(spec.shape):
-            if isinstance(dim, str) and dim and axis < arr.ndim:
+            if isinstance(dim, str) and dim.strip() not in ("", "?", "-1") and axis < arr.ndim:  # '?' is anonymous
                 first = seen.setdefault(dim, (spec.name, axis, arr.shape[axis]))
                 if first[2] != arr.shape[axis]:
                     raise InputError(f"{art.name}: dimension '{dim}' is {first[2]} in input '{first[0]}' but "

@@ -5,7 +5,7 @@ that importing one technique module (or running a command that fails on its inpu
 from slimforge.convert import onnx as _export_onnx  # noqa: F401
 from slimforge.convert import openvino as _convert_openvino  # noqa: F401
 from slimforge.convert import optimize as _graph_optimize  # noqa: F401
-from slimforge.convert import normalize as _normalize  # noqa: F401
+from slimforge.techniques import normalize as _normalize  # noqa: F401
 from slimforge.techniques.quantize import cast as _q_cast  # noqa: F401
 from slimforge.techniques.quantize import onnx_dynamic as _q_onnx_dynamic  # noqa: F401
 from slimforge.techniques.quantize import mixed as _q_mixed  # noqa: F401
