@@ -70,8 +70,8 @@ class TextDetector(nn.Module):
         self.lat = nn.ModuleList(nn.Conv2d(c, 32, 1) for c in (24, 32, 48, 64))
         self.head = nn.Sequential(_cbr(32, 16), nn.ConvTranspose2d(16, 16, 2, 2), nn.BatchNorm2d(16), nn.ReLU(),
                                   nn.ConvTranspose2d(16, 1, 2, 2))
-        with torch.no_grad():
-            self.head[-1].weight.mul_(4.0)
+        with torch.no_grad():  # a confident map (text or not), as a trained DBNet's: few pixels near 0.5
+            self.head[-1].weight.mul_(80.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = []

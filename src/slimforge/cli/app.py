@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from slimforge.cli.common import InputShape, ModelArg, drop, load_model, parse_batches
+from slimforge.cli.common import InputShape, ModelArg, Preprocess, Task, drop, load_model, parse_batches, with_overrides
 from slimforge.cli.render import console, err_console, print_checks, print_measurements
 from slimforge.errors import ConfigError, SlimforgeError
 
@@ -20,17 +20,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 @app.command()
-def info(model: ModelArg = None, input_shape: InputShape = None,
+def info(model: ModelArg = None, input_shape: InputShape = None, task: Task = None,
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show inputs, outputs, op histogram, parameter count and size."""
     from slimforge.convert.info import model_info
 
-    data = model_info(load_model(model, input_shape))
+    data = model_info(with_overrides(load_model(model, input_shape), task, None))
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
     table = Table(title=f"{data['name']} ({data['format']})", show_header=False)
-    for key in ("path", "task", "producer", "opset", "parameters", "flops_per_example_batch", "size_mb",
+    for key in ("path", "task", "runs_at", "dynamic_sizes", "runs_at_error", "producer", "opset", "parameters", "flops_per_example_batch", "size_mb",
                 "external_data", "custom_domains", "nodes"):
         if data.get(key) not in (None, "", [], {}):
             table.add_row(key, str(data[key]))
@@ -83,7 +83,7 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
               data: Annotated[Optional[Path], typer.Option(help="Data to build inputs from.")] = None,
               threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
               repeats: Annotated[int, typer.Option(help="Minimum timed runs per batch size.")] = 20,
-              input_shape: InputShape = None,
+              input_shape: InputShape = None, preprocess: Preprocess = None,
               json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write results as JSON.")] = None
               ) -> None:
     """Measure latency p50/p95/p99 (medians with 95% intervals, models timed side by side in interleaved rounds),
@@ -94,7 +94,7 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
     from slimforge.cli.progress import progress_bars
 
     batches = parse_batches(batch)
-    arts = [load_model(m, input_shape) for m in (models or [None])]
+    arts = [with_overrides(load_model(m, input_shape), None, preprocess) for m in (models or [None])]
     if json_out:
         from slimforge.core.outputs import prepare_output_file
 
@@ -128,7 +128,7 @@ def quantize(model: ModelArg = None,
                  help="Quality budget (accuracy points, e.g. 0.5 or 0.5%; or cosine drop): keeps the fewest "
                       "layers in float that meet it.")] = None,
              batch: Annotated[str, typer.Option(help="Batch sizes for the speed check.")] = "1,32",
-             input_shape: InputShape = None,
+             input_shape: InputShape = None, task: Task = None, preprocess: Preprocess = None,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
     """Quantize with one method for one runtime; verified, and checked against its FP32 input for speed."""
     from slimforge.plan.recipe import Recipe
@@ -136,7 +136,7 @@ def quantize(model: ModelArg = None,
 
     opts = QuantizeOptions(method=method, calibration=calibration, per_channel=per_channel, num_samples=num_samples,
                            exclude=tuple(exclude or ()), min_cosine=min_cosine, max_drop=drop(max_drop))
-    art = load_model(model, input_shape)
+    art = with_overrides(load_model(model, input_shape), task, preprocess)
     rt = runtime or default_runtime_for(art, opts.method)
     if dry_run:
         console.print(Recipe(steps=tuple(opts.steps(art, rt)), runtime=rt, batch_sizes=parse_batches(batch)).to_yaml())

@@ -15,6 +15,19 @@ Force = Annotated[bool, typer.Option(
     "--force", help="Write into an output folder that holds other files (slimforge replaces only what it wrote "
                     "there; other files are never touched).")]
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 (repeatable)")]
+Task = Annotated[Optional[str], typer.Option(
+    help="What the model does, which decides how quality is judged: classification | detection | segmentation | "
+         "image-to-image | embedding | sequence | stateful | generic (default: detected from the outputs).")]
+Preprocess = Annotated[Optional[str], typer.Option(
+    help="Image preprocessing for --data image folders: 'layout=NHWC order=BGR scale=1/255 mean=0.485,0.456,0.406 "
+         "std=0.229,0.224,0.225 size=224x224 resize=256', or a YAML file with those keys.")]
+
+
+def with_overrides(art: Any, task: str | None, preprocess: str | None) -> Any:
+    """The loaded model with the user's --task and --preprocess."""
+    from slimforge.io.inputs import with_overrides as apply
+
+    return apply(art, task=task, preprocess=preprocess)
 
 
 def parse_batches(text: str) -> tuple[int, ...]:

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from slimforge.cli.app import app
-from slimforge.cli.common import Force, InputShape, ModelArg, load_model, parse_batches, parse_duration
+from slimforge.cli.common import (Force, InputShape, ModelArg, Preprocess, Task, load_model, parse_batches,
+                                  parse_duration, with_overrides)
 from slimforge.cli.render import console, err_console, print_checks, print_comparison, print_search
 from slimforge.errors import ConfigError
 
@@ -38,7 +39,7 @@ def optimize(model: ModelArg = None,
                  help="Batch sizes to measure (the first is the latency goal's). Default: the target's.")] = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
              recipe: Annotated[Optional[Path], typer.Option(help="A recipe YAML to run instead of the default.")] = None,
-             input_shape: InputShape = None, force: Force = False,
+             input_shape: InputShape = None, task: Task = None, preprocess: Preprocess = None, force: Force = False,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
     """Optimize a model. With --target or any goal: search every technique and runtime for the best artifact that
     meets the goals (exit code 0 when all are met, 3 when not; the best effort is saved either way)."""
@@ -53,7 +54,7 @@ def optimize(model: ModelArg = None,
     given = Recipe.load(recipe) if recipe else None
     if given is not None:  # refused in milliseconds, before the model is even loaded
         check_recipe(format_of(model or default_model_path()), given, name=model or "the bundled model")
-    art = load_model(model, input_shape)
+    art = with_overrides(load_model(model, input_shape), task, preprocess)
     if model is None and data is None:  # the bundled model: evaluate, calibrate and time on the bundled sentences
         from slimforge.io.data import bundled_sentences_path
 

@@ -163,5 +163,12 @@ def model_info(art: Artifact) -> dict[str, Any]:
         info = torch_info(art)
     info["name"] = art.name
     info["task"] = art.meta.get("task")
+    info["runs_at"] = {k: "x".join(map(str, v.shape)) or "scalar" for k, v in art.examples.items()}
+    probe = art.meta.get("dims") or {}
+    if probe.get("rules"):  # what probing found: the size each dynamic dimension runs at, and its step
+        info["dynamic_sizes"] = {k: (f"{r['size']}" + (f", step {r['step']}" if r.get("step") else ", fixed"))
+                                 for k, r in probe["rules"].items()}
+    if probe and not probe.get("ok", True):
+        info["runs_at_error"] = probe.get("error")
     info["size_mb"] = round(art.size_bytes() / 1e6, 3)
     return info

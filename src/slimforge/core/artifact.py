@@ -86,6 +86,11 @@ class Check:
                 "step": self.step}
 
 
+# what a model does, which decides how its quality is judged (slimforge.evaluation.tasks)
+TASKS = ("classification", "detection", "segmentation", "image-to-image", "embedding", "sequence", "stateful",
+         "generic")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Artifact:
     """One model.

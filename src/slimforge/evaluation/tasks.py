@@ -11,16 +11,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from slimforge.core.artifact import IOSpec
+from slimforge.core.artifact import TASKS, IOSpec
 from slimforge.evaluation.metrics import Metric, neighbour_agreement
 
-TASKS = ("classification", "detection", "segmentation", "image-to-image", "embedding", "sequence", "stateful",
-         "generic")
 PRIMARY = {"classification": "top1_agreement", "detection": "map50_vs_reference", "segmentation": "mask_iou",
            "image-to-image": "ssim", "embedding": "cosine", "sequence": "step_agreement",
            "stateful": "decision_agreement"}
 # how far below the reference a candidate may go by default (the target's "1%" suits agreement of labels; boxes
 # near the score threshold and mask borders flip under any rounding, so their agreement gets 5%)
+__all__ = ["TASKS", "PRIMARY", "DEFAULT_DROP", "detect_task", "task_metrics"]
 DEFAULT_DROP = {"detection": "5%", "segmentation": "5%", "sequence": "2%", "image-to-image": "2%"}
 
 

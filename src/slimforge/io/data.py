@@ -138,9 +138,10 @@ class ImageFolder:
 
 
 def image_preprocess_for(art: Artifact) -> dict[str, Any]:
-    """The model's own image preprocessing, or one derived from its input shape (no normalisation)."""
+    """The model's own image preprocessing (a Hugging Face processor, or what the user set with ``--preprocess``,
+    over one derived from the input: its size, layout NCHW or NHWC, RGB scaled to [0, 1], no normalisation)."""
     pre = art.meta.get("preprocess") or {}
-    if pre.get("kind") == "image":
+    if pre.get("kind") == "image" and pre.get("source") != "user":
         return {**pre, "channels": 3}
     spec = art.io.inputs[0]
     example = art.examples.get(spec.name)
@@ -149,11 +150,19 @@ def image_preprocess_for(art: Artifact) -> dict[str, Any]:
         raise DataError(f"{art.name}: image data needs a model with one [N, C, H, W] input, its input "
                         f"'{spec.name}' has shape {list(spec.shape)}")
     dims = [d if isinstance(d, (int, np.integer)) and d > 0 else None for d in shape[1:]]
-    c = int(dims[0]) if dims[0] else 3
-    h = int(dims[1]) if dims[1] else 224  # symbolic height/width: the common 224
-    w = int(dims[2]) if dims[2] else h
-    return {"kind": "image", "resize": min(h, w), "crop": min(h, w), "size": (h, w), "channels": c,
-            "mean": [0.0] * c, "std": [1.0] * c, "rescale": 1 / 255}
+    nhwc = pre.get("layout") == "NHWC" or (pre.get("layout") is None and dims[2] in (1, 3, 4)
+                                           and dims[0] not in (1, 3, 4))
+    c_dim, h_dim, w_dim = (dims[2], dims[0], dims[1]) if nhwc else (dims[0], dims[1], dims[2])
+    c = int(c_dim) if c_dim else 3
+    h = int(h_dim) if h_dim else 224  # symbolic height/width: the common 224
+    w = int(w_dim) if w_dim else h
+    derived = {"kind": "image", "resize": min(h, w), "crop": min(h, w), "size": (h, w), "channels": c,
+               "mean": [0.0] * c, "std": [1.0] * c, "rescale": 1 / 255, "layout": "NHWC" if nhwc else "NCHW",
+               "order": "RGB", "source": "derived from the input shape"}
+    user = {k: v for k, v in pre.items() if k != "kind"}
+    if "resize" in user:
+        user["resize_then_crop"] = True
+    return {**derived, **user}
 
 
 def load_image(path: Path | Any, pre: Mapping[str, Any]) -> np.ndarray:
@@ -167,7 +176,7 @@ def load_image(path: Path | Any, pre: Mapping[str, Any]) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({exc})") from exc
     img = img.convert("L" if pre.get("channels") == 1 else "RGB")
     h, w = pre.get("size") or (pre["crop"], pre["crop"])
-    if "size" not in pre:
+    if "size" not in pre or pre.get("resize_then_crop"):
         scale = pre["resize"] / min(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
         left, top = (img.width - w) // 2, (img.height - h) // 2
@@ -176,9 +185,12 @@ def load_image(path: Path | Any, pre: Mapping[str, Any]) -> np.ndarray:
         img = img.resize((w, h), Image.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) * float(pre.get("rescale", 1 / 255))
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if pre.get("order") == "BGR" and arr.shape[0] == 3:
+        arr = arr[::-1]
     mean = np.asarray(pre["mean"], dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(pre["std"], dtype=np.float32).reshape(-1, 1, 1)
-    return ((arr - mean) / std).astype(np.float32)
+    out = ((arr - mean) / std).astype(np.float32)
+    return np.ascontiguousarray(out.transpose(1, 2, 0)) if pre.get("layout") == "NHWC" else out
 
 
 class ArrayData:

@@ -12,7 +12,7 @@ from slimforge.core.artifact import Artifact
 from slimforge.errors import DataError
 from slimforge.io.data import Batch, Dataset, bundled_sentences_path, load_data
 from slimforge.io.models import default_model_path, load
-from slimforge.io.synth import state_pairs, synthesize
+from slimforge.io.synth import batch_axis, state_pairs, synthesize, take
 
 ModelLike = Any  # a path, an nn.Module (with example inputs) or an Artifact
 
@@ -22,6 +22,27 @@ def as_artifact(model: ModelLike | None, **load_kw: Any) -> Artifact:
     if isinstance(model, Artifact):
         return model
     return load(default_model_path() if model is None else model, **load_kw)
+
+
+def with_overrides(art: Artifact, *, task: str | None = None, preprocess: Any = None) -> Artifact:
+    """``art`` with the task (``--task``) and the image preprocessing (``--preprocess``) the user set."""
+    import dataclasses
+
+    from slimforge.core.artifact import TASKS
+    from slimforge.errors import ConfigError
+    from slimforge.io.preprocess import parse_preprocess
+
+    meta = dict(art.meta)
+    if task:
+        if task not in TASKS:
+            raise ConfigError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
+        meta["task"] = task
+    pre = parse_preprocess(preprocess)
+    if pre:
+        if (meta.get("preprocess") or {}).get("kind") == "text":
+            raise ConfigError(f"--preprocess sets image preprocessing; {art.name} takes text")
+        meta["preprocess"] = {"kind": "image", **pre, "source": "user"}
+    return art if meta == dict(art.meta) else dataclasses.replace(art, meta=meta)
 
 
 def as_data(data: str | Path | Dataset | None, art: Artifact, *, default_text: bool = False) -> Dataset | None:
@@ -46,10 +67,9 @@ def feeds_for(art: Artifact, data: Dataset | None, *, seq: int = 64) -> Callable
         if first is None:
             raise DataError(f"{data.name}: no examples to benchmark with")
         feeds = first.feeds
-        n = len(next(iter(feeds.values())))
+        n = _count(feeds, art)
         if n < batch:  # fewer examples than the batch size: repeat them
-            reps = -(-batch // n)
-            feeds = {k: np.concatenate([v] * reps)[:batch] for k, v in feeds.items()}
+            feeds = take(feeds, np.arange(batch) % n, art.io)
         return feeds
 
     return make
@@ -63,6 +83,7 @@ class SyntheticData:
     def __init__(self, art: Artifact, n: int = 64, seed: int = 0, steps: int = 8) -> None:
         self.art, self.n, self.name, self.seed, self.steps = art, n, "synthesized inputs", seed, steps
         self.pairs = state_pairs(art.io)
+        self.axes = {t.name: batch_axis(t) for t in art.io.inputs}
         self._session: Any = None
 
     def __len__(self) -> int:
@@ -76,7 +97,7 @@ class SyntheticData:
             feeds = synthesize(self.art.io, batch=b, seq=64, examples=self.art.examples, meta=self.art.meta,
                                seed=self.seed * 1000 + i)
             if self.pairs and i % self.steps:  # carry the state of the previous step (same batch size)
-                feeds.update({k: v for k, v in state.items() if v.shape[0] == b})
+                feeds.update({k: v for k, v in state.items() if v.shape[self.axes.get(k) or 0] == b})
             if self.pairs:
                 if self._session is None:
                     from slimforge.runtimes import open_session
@@ -103,17 +124,28 @@ class DataSlice:
     def batches(self, batch_size: int, *, limit: int | None = None):
         want = min(len(self), limit or len(self))
         seen, given = 0, 0
+        io = getattr(getattr(self.ds, "art", None), "io", None)
         for batch in self.ds.batches(batch_size, limit=self.start + want):
-            n = len(next(iter(batch.feeds.values())))
+            n = len(batch.items) if batch.items else _count(batch.feeds, getattr(self.ds, "art", None))
             lo, hi = max(self.start - seen, 0), min(self.start + want - seen, n)
             seen += n
             if hi <= lo:
                 continue
             given += hi - lo
-            yield Batch(feeds={k: v[lo:hi] for k, v in batch.feeds.items()},
+            yield Batch(feeds=take(batch.feeds, slice(lo, hi), io),
                         labels=None if batch.labels is None else batch.labels[lo:hi], items=batch.items[lo:hi])
             if given >= want:
                 return
+
+
+def _count(feeds: dict[str, np.ndarray], art: Artifact | None) -> int:
+    """How many examples a batch of feeds holds (along the first input's batch axis)."""
+    if art is not None:
+        for spec in art.io.inputs:
+            axis = batch_axis(spec)
+            if axis is not None and spec.name in feeds and np.ndim(feeds[spec.name]) > axis:
+                return int(feeds[spec.name].shape[axis])
+    return len(next(v for v in feeds.values() if np.ndim(v)))
 
 
 def split_data(ds: Any, eval_limit: int) -> tuple[Any, Any]:

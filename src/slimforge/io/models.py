@@ -259,8 +259,10 @@ def _named(shape: tuple[int, ...], axes: Mapping[int, str]) -> tuple[int | str, 
 def _meta(name: str | None, task: str | None, module: nn.Module | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name or (type(module).__name__ if module is not None else "model")}
     if task is not None:
-        if task not in ("classification", "embedding", "generic"):
-            raise ConfigError(f"task must be classification, embedding or generic, got {task!r}")
+        from slimforge.core.artifact import TASKS
+
+        if task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     meta["task"] = task or "generic"
     return meta
 

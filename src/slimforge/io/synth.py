@@ -109,6 +109,30 @@ def _values(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, 
     return rng.standard_normal(shape).astype(dtype)
 
 
+def batch_axis(spec: TensorSpec) -> int | None:
+    """The axis an input's examples are stacked on: the first dimension named like a batch, else a dynamic
+    axis 0; None for scalars and fixed shapes (a sample rate: the same for every example)."""
+    for axis, dim in enumerate(spec.shape):
+        if isinstance(dim, str) and _BATCH.search(dim):
+            return axis
+    if spec.shape and not (isinstance(spec.shape[0], int) and spec.shape[0] > 0):
+        return 0
+    return None
+
+
+def take(feeds: Mapping[str, np.ndarray], index: Any, io: IOSpec | None = None) -> dict[str, np.ndarray]:
+    """Examples ``index`` (a slice or index array) of every input, along each input's batch axis; inputs without
+    one (a scalar rate) are passed whole."""
+    axes = {t.name: batch_axis(t) for t in io.inputs} if io is not None else {}
+    n = len(next((v for v in feeds.values() if np.ndim(v)), [0]))
+    out = {}
+    for name, v in feeds.items():
+        axis = axes.get(name, 0 if np.ndim(v) and len(v) == n else None) if io is not None else (
+            0 if np.ndim(v) and len(v) == n else None)
+        out[name] = v if axis is None or np.ndim(v) <= axis else np.take(v, np.arange(v.shape[axis])[index], axis)
+    return out
+
+
 def fillable(spec: TensorSpec) -> bool:
     """An input data files may leave out: a recurrent state (zeros) or a sample rate (16 kHz)."""
     name = spec.name.lower()

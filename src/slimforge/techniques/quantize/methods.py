@@ -111,6 +111,10 @@ def quantize_steps(art: Artifact, method: Method | str, *, runtime: str, calibra
         from slimforge.convert.onnx import ExportConfig
 
         steps.append(ExportConfig())
+    elif art.format is Format.ONNX:  # foreign files: opset, constant weights, shapes first (each pass verified)
+        from slimforge.convert.normalize import NormalizeConfig
+
+        steps.append(NormalizeConfig())
     elif art.format is Format.OPENVINO and runtime != "openvino":
         raise UnsupportedModelError(f"{art.name} is OpenVINO IR; it can only be quantized for runtime openvino")
     if runtime == "openvino" and art.format is not Format.OPENVINO:
