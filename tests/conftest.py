@@ -38,6 +38,18 @@ class TinyImage2Image(nn.Module):
         return torch.sigmoid(self.dec(self.enc(x)))
 
 
+class TinySR(nn.Module):
+    """A x2 super-resolution network: convolutions, then PixelShuffle(2); [N, 3, H, W] -> [N, 3, 2H, 2W]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1))
+        self.up = nn.PixelShuffle(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.up(self.body(x)))
+
+
 @pytest.fixture()
 def mlp() -> nn.Module:
     torch.manual_seed(0)

@@ -32,6 +32,18 @@ def test_info_json(mlp_onnx):
     assert data["parameters"] == 1738 and data["op_histogram"]["Gemm"] == 2
 
 
+def test_info_names_scaled_output_dims(tmp_path):
+    from tests.conftest import TinySR
+
+    path = tmp_path / "sr.pt"
+    torch.jit.save(torch.jit.trace(TinySR().eval(), torch.rand(1, 3, 16, 16)), path)
+    res = runner.invoke(app, ["info", str(path), "--input-shape", "x:1x3x16x16", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert data["outputs"][0]["shape"] == ["batch", 3, "2*height", "2*width"]
+
+
 def test_export_torchscript_with_input_shape(ts_model, tmp_path):
     out = tmp_path / "o" / "m.onnx"
     res = runner.invoke(app, ["export", str(ts_model), "-o", str(out), "--input-shape", "x:1x16", "--opset", "18"])

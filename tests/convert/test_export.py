@@ -8,7 +8,7 @@ from torch import nn
 
 import slimforge
 from slimforge.runtimes import open_session
-from tests.conftest import TinyImage2Image
+from tests.conftest import TinyImage2Image, TinySR
 
 
 def test_minilm_export_verifies_at_four_shapes(minilm, minilm_onnx):
@@ -50,6 +50,23 @@ def test_conv_image_to_image_dynamic_hw(tmp_path):
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         assert np.abs(sess.run({"input": x})[0] - ref).max() < 1e-5
+
+
+def test_super_resolution_exports_with_scaled_dynamic_output_dims(tmp_path):
+    torch.manual_seed(0)
+    model = TinySR().eval()
+    art = slimforge.load(model, example_inputs=torch.rand(1, 3, 16, 24))
+    out = slimforge.export(art, tmp_path / "sr.onnx", workdir=tmp_path)
+    graph = onnx.load(str(out.path))
+    dims = [d.dim_param or d.dim_value for d in graph.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "2*height", "2*width"]
+    assert out.checks[0].passed and "batch=2,48x40" in out.checks[0].detail
+    assert slimforge.load(out.path).io.outputs[0].shape == ("batch", 3, "2*height", "2*width")
+    x = np.random.default_rng(0).random((1, 3, 20, 28), dtype=np.float32)
+    got = open_session(out).run({"input": x})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (1, 3, 40, 56) and np.abs(got - ref).max() < 1e-5
 
 
 def test_user_dynamic_axes_and_opset(mlp_art, tmp_path):

@@ -9,7 +9,7 @@ import torch
 import slimforge
 from slimforge.core.artifact import Format
 from slimforge.runtimes import open_session
-from tests.conftest import TinyImage2Image, rand
+from tests.conftest import TinyImage2Image, TinySR, rand
 
 
 def test_module_is_not_modified(mlp, tmp_path):
@@ -31,6 +31,23 @@ def test_module_dict_examples_and_dynamic_hw():
     assert art.io.input_names == ["image"]
     assert art.io.inputs[0].shape == ("batch", 3, "height", "width")
     assert art.io.outputs[0].shape == ("batch", 3, "height", "width")
+
+
+@pytest.mark.parametrize("module, hw, want", [
+    (TinySR(), (16, 12), ("2*height", "2*width")),  # PixelShuffle(2): twice the input
+    (torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), (15, 20), ("height/2", "width/2")),  # 15 -> 8: rounded up
+    (torch.nn.Conv2d(3, 4, 3), (16, 16), ("height-2", "width-2")),  # no padding: a fixed offset
+])
+def test_scaled_output_axes_are_named_for_what_they_are(module, hw, want):
+    art = slimforge.load(module.eval(), example_inputs=torch.randn(1, 3, *hw))
+    assert art.io.inputs[0].shape == ("batch", 3, "height", "width")
+    assert art.io.outputs[0].shape[0] == "batch" and art.io.outputs[0].shape[2:] == want
+
+
+def test_an_output_axis_that_follows_height_and_width_gets_its_own_name():
+    patches = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 4, stride=4), torch.nn.Flatten(2))  # [N, 2, H/4 * W/4]
+    art = slimforge.load(patches, example_inputs=torch.randn(1, 3, 16, 16))
+    assert art.io.outputs[0].shape == ("batch", 2, "out0_2")
 
 
 def test_module_without_examples_is_a_clear_error(mlp):

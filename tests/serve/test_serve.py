@@ -45,6 +45,7 @@ def test_predict_equals_offline_and_tritonclient_and_metrics(minilm_artifact):
         body = r.json()
         emb = np.asarray(body["outputs"]["embedding"], dtype=np.float32)
         assert cosine_similarity(ref, emb).min() > 0.9999
+        assert np.array_equal(np.asarray([p["embedding"] for p in body["predictions"]], np.float32), emb)
         assert body["processing_ms"] > 0 and body["items"] == 3 and body["runtime"] == "onnxruntime"
         health = httpx.get(f"{url}/api/health").json()
         assert health["status"] == "ok" and health["ready"]
@@ -206,3 +207,110 @@ def test_loadtest_reports_throughput_and_percentiles(minilm_artifact, tmp_path):
         loadtest("ftp://example.com", duration_s=1)
     with pytest.raises(slimforge.ConfigError):
         loadtest("http://127.0.0.1:9", concurrency=0)
+
+
+# ---- image-to-image and embedding models (tiny, built here) ----
+@pytest.fixture(scope="module")
+def sr_model(tmp_path_factory):
+    """A x2 super-resolution net exported to ONNX (dynamic height/width; output [N, 3, 2H, 2W] in [0, 1])."""
+    import torch
+
+    from tests.conftest import TinySR
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("sr")
+    art = slimforge.load(TinySR().eval(), example_inputs=torch.rand(1, 3, 16, 16), name="sr")
+    return slimforge.export(art, out / "sr.onnx", workdir=out)
+
+
+def _png(arr):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_super_resolution_keeps_the_upload_size_and_answers_a_png(sr_model):
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)  # H=30, W=40
+    upload = ("photo.png", _png(pixels), "image/png")
+    x = pixels.transpose(2, 0, 1)[None].astype(np.float32) / 255  # the model's own preprocessing: rescale only
+    want = np.clip(np.rint(slimforge.open_session(sr_model).run({"input": x})[0][0] * 255), 0, 255)
+    with running_server(ServeConfig(paths=[str(sr_model.path)], max_request_pixels=2500)) as url:
+        r = httpx.post(f"{url}/api/predict", files={"file": upload}, timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        pred = body["predictions"][0]
+        assert (pred["media_type"], pred["width"], pred["height"]) == ("image/png", 80, 60)
+        img = Image.open(io.BytesIO(base64.b64decode(pred["image"])))
+        assert img.size == (80, 60) and img.mode == "RGB"
+        got = np.asarray(img).transpose(2, 0, 1).astype(np.float64)
+        assert np.abs(got - want).max() <= 1  # denormalised: the model's [0, 1] output times 255
+        assert body["output_shapes"] == {"output": [1, 3, 60, 80]} and body["outputs"] == {}
+        # the image itself when asked for
+        r = httpx.post(f"{url}/api/predict", files={"file": upload}, headers={"Accept": "image/png"}, timeout=60)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), np.asarray(img))
+        assert float(r.headers["x-processing-ms"]) > 0
+        two = [("file", upload), ("file", upload)]
+        r = httpx.post(f"{url}/api/predict", files=two, headers={"Accept": "image/png"}, timeout=60)
+        assert r.status_code == 406 and "one image" in r.json()["error"]
+        # over --max-request-pixels (2,500): refused, never shrunk
+        big = ("big.png", _png(np.zeros((50, 51, 3), np.uint8)), "image/png")
+        r = httpx.post(f"{url}/api/predict", files={"file": big}, timeout=60)
+        assert r.status_code == 413 and "2,550 pixels" in r.json()["error"]
+        assert "--max-request-pixels" in r.json()["error"] and "own size" in r.json()["error"]
+        mixed = [("file", upload), ("file", ("small.png", _png(pixels[:20, :30]), "image/png"))]
+        r = httpx.post(f"{url}/api/predict", files=mixed, timeout=60)
+        assert r.status_code == 422 and "separate requests" in r.json()["error"]
+
+
+def test_embedding_model_returns_its_vectors_and_a_classifier_its_labels(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).eval()
+    rows = np.random.default_rng(1).standard_normal((2, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(rows)).numpy()
+    for task in ("embedding", "classification"):
+        art = slimforge.load(net, example_inputs=torch.randn(1, 6), task=task, name=task)
+        path = slimforge.export(art, tmp_path / task / "m.onnx", workdir=tmp_path / task).path
+        with running_server(ServeConfig(paths=[str(path)])) as url:
+            r = httpx.post(f"{url}/api/predict", json={"inputs": rows.tolist()}, timeout=60)
+            assert r.status_code == 200, r.text
+            preds = r.json()["predictions"]
+        assert len(preds) == 2 and None not in preds
+        if task == "embedding":
+            got = np.asarray([p["embedding"] for p in preds], np.float32)
+            assert got.shape == (2, 4) and np.abs(got - want).max() < 1e-5
+        else:
+            assert [p["label"] for p in preds] == want.argmax(1).tolist()
+            p = np.exp(want - want.max(1, keepdims=True))
+            assert np.allclose([q["score"] for q in preds], (p / p.sum(1, keepdims=True)).max(1), atol=1e-5)
+
+
+def test_a_pooling_classifier_with_dynamic_size_is_fed_the_size_it_was_loaded_with(tmp_path):
+    """Global pooling makes a classifier's height/width dynamic, yet a phone photo must not run at full size."""
+    import torch
+
+    from slimforge.io.data import image_preprocess_for, load_image
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 3))
+    art = slimforge.export(slimforge.load(net, example_inputs=torch.rand(1, 3, 24, 24)), tmp_path / "cnn.onnx")
+    assert art.io.inputs[0].shape == ("batch", 3, "height", "width")
+    upload = _png((np.random.default_rng(2).random((90, 200, 3)) * 255).astype(np.uint8))
+    from PIL import Image
+
+    served = slimforge.load(art.path)  # what the server loads: offline evaluation of the same file
+    x = load_image(Image.open(io.BytesIO(upload)), image_preprocess_for(served))
+    assert x.shape[1:] == served.examples["input"].shape[2:] and x.shape[1:] != (90, 200)
+    want = slimforge.open_session(served).run({"input": x[None]})[0]
+    with running_server(ServeConfig(paths=[str(art.path)])) as url:
+        r = httpx.post(f"{url}/api/predict", files={"file": ("p.png", upload, "image/png")}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert np.abs(np.asarray(r.json()["outputs"]["output"]) - want).max() < 1e-5

@@ -37,7 +37,9 @@ def serve(model: Annotated[list[str], typer.Argument(
           max_tokens: Annotated[Optional[int], typer.Option(
               help="Tokens per text (default: the model's own limit).")] = None,
           long_text: Annotated[str, typer.Option(help="truncate | refuse (422) texts over --max-tokens.")] = "truncate",
-          max_request_pixels: Annotated[int, typer.Option(help="Decoded pixels of all images of a request (413).")]
+          max_request_pixels: Annotated[int, typer.Option(
+              help="Decoded pixels of all images of a request (413); a model with dynamic height/width takes uploads "
+                   "at their own size, never scaled down, so this bounds its work.")]
           = 64_000_000,
           preprocess_workers: Annotated[int, typer.Option(help="Threads that decode and tokenise.")] = 2,
           preprocess_queue: Annotated[int, typer.Option(help="Requests waiting for preprocessing before 503.")] = 64,

@@ -31,7 +31,7 @@ from slimforge.serve.gate import Gate, Metrics
 from slimforge.serve.limits import Admission, Limits, Overloaded, feeds_nbytes
 from slimforge.serve.models import ModelSet, ServedModel, load_model_set
 from slimforge.serve.requests import ApiError, predict_feeds, v2_request
-from slimforge.serve.responses import examples_for, json_response, v2_response
+from slimforge.serve.responses import examples_for, predict_response, v2_response
 
 log = logging.getLogger(__name__)
 CONFIG_ENV = "SLIMFORGE_SERVE_CONFIG"
@@ -223,12 +223,11 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
             form, raw = None, await request.body()
         model, feeds, n_items = await preprocess(predict_feeds, pick, raw, form, limits)
         used, outs, rows = await infer(model, feeds)
-        names = [t.name for t in used.artifact.io.outputs]
-        return json_response({"model": used.name, "version": used.version, "runtime": used.runtime,
-                      "fallback": used.version == "fallback", "items": n_items,
-                      "predictions": used.postprocess(outs),
-                      "outputs": {n: o.tolist() for n, o in zip(names, outs)},
-                      "batch_rows": rows, "processing_ms": (time.perf_counter() - t0) * 1000.0})
+        head = {"model": used.name, "version": used.version, "runtime": used.runtime,
+                "fallback": used.version == "fallback", "items": n_items, "batch_rows": rows}
+        # encoding (PNG, JSON) takes CPU time too: on the pool, off the event loop
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, predict_response, used, outs, head, request.headers.get("accept", ""), t0)
 
     @app.get("/api/health")
     async def health() -> Any:

@@ -6,6 +6,7 @@ Preprocessing comes from the model's own metadata, through the same code as eval
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ import numpy as np
 from slimforge.core.artifact import Artifact, Format
 from slimforge.errors import DataError, InputError, SlimforgeError
 from slimforge.serve.batcher import Batcher
+from slimforge.serve.images import fixed_hw, is_dense, is_image_spec, to_png, upload_size
 from slimforge.serve.limits import TokenLimits, token_limits
 
 log = logging.getLogger(__name__)
@@ -108,24 +110,61 @@ class ServedModel:
         w, h = self._open_image(raw, max_pixels).size
         return int(w) * int(h)
 
+    @property
+    def image_pre(self) -> dict[str, Any]:
+        """The model's image preprocessing (its own, or derived from its input: resize, rescale, normalise)."""
+        if self._image_pre is None:
+            from slimforge.io.data import image_preprocess_for
+
+            self._image_pre = image_preprocess_for(self.artifact)
+        return self._image_pre
+
+    @property
+    def keeps_upload_size(self) -> bool:
+        """Uploads are fed at their own size: the model's height or width is dynamic, its output is an image or a
+        map that follows them (image-to-image, dense prediction), and it declares no resize of its own. Classifiers
+        and embedders (dynamic only through global pooling) get the size they were loaded with, and a declared
+        preprocessing (e.g. resize 256 + crop 224) is followed as declared."""
+        declared = (self.artifact.meta.get("preprocess") or {}).get("kind") == "image"
+        return (self.kind == "image" and not declared and None in fixed_hw(self.artifact.io.inputs[0])
+                and is_dense(self.artifact.io))
+
     def decode_image(self, raw: bytes, max_pixels: int) -> np.ndarray:
-        """``[C, H, W]`` float32 through the model's own image preprocessing; refuses bombs before decoding."""
-        from slimforge.io.data import image_preprocess_for, load_image
+        """``[C, H, W]`` float32 through the model's own image preprocessing; refuses bombs before decoding. A model
+        with dynamic height/width takes the upload at its own size (``keeps_upload_size``)."""
+        from slimforge.io.data import load_image
 
         img = self._open_image(raw, max_pixels)
-        if self._image_pre is None:
-            self._image_pre = image_preprocess_for(self.artifact)
+        pre = self.image_pre
+        if self.keeps_upload_size:
+            pre = {**pre, "size": upload_size(self.artifact.io.inputs[0], *img.size)}
         try:
-            return load_image(img, self._image_pre)
+            return load_image(img, pre)
         except DataError as exc:
             raise DataError(f"not a readable image ({str(exc).split(': ', 1)[-1]})") from None
+
+    def output_images(self, outputs: list[np.ndarray]) -> list[bytes] | None:
+        """Each row of the first output as PNG when that output is an image (an image-to-image model), else None."""
+        out = outputs[0] if outputs else None
+        spec = self.artifact.io.outputs[0] if self.artifact.io.outputs else None
+        if (self.kind != "image" or out is None or spec is None or not is_image_spec(spec) or out.ndim != 4
+                or out.shape[1] not in (1, 3, 4)):
+            return None
+        return [to_png(row, self.image_pre) for row in out]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(feeds)
 
     def postprocess(self, outputs: list[np.ndarray]) -> list[Any]:
-        """Per-row predictions people read: top classes with probabilities for classifiers, else None."""
+        """Per-row predictions people read: top classes with probabilities for classifiers, the vector for embedding
+        models, a PNG (base64) for image-to-image models, else None."""
         out = outputs[0]
+        if self.task == "embedding":
+            return [{"embedding": row.tolist()} for row in out]
+        pngs = self.output_images(outputs)
+        if pngs is not None:
+            return [{"image": base64.b64encode(png).decode("ascii"), "media_type": "image/png",
+                     "height": int(out.shape[2]), "width": int(out.shape[3])} for png in pngs]
         if self.task == "classification" or (self.task == "generic" and out.ndim == 2 and 1 < out.shape[1] <= 1000
                                              and self.kind == "image"):
             z = out - out.max(axis=1, keepdims=True)

@@ -157,9 +157,16 @@ def decode_images(model: ServedModel, images: list[bytes], limits: Limits) -> Fe
     """Read every header first (pixel caps per image and per request), then decode."""
     sizes = [model.image_pixels(raw, limits.max_image_pixels) for raw in images]
     if sum(sizes) > limits.max_request_pixels:
+        own = (" This model takes images at their own size (its height and width are dynamic), so the server does "
+               "not scale them down: send a smaller image, or start the server with a larger --max-request-pixels."
+               if model.keeps_upload_size else "")
         raise ApiError(413, f"the request's images hold {sum(sizes):,} pixels; the limit is "
-                            f"{limits.max_request_pixels:,} per request")
+                            f"{limits.max_request_pixels:,} per request.{own}")
     arrays = [model.decode_image(raw, limits.max_image_pixels) for raw in images]
+    shapes = sorted({a.shape[1:] for a in arrays})
+    if len(shapes) > 1:
+        raise ApiError(422, "the images have different sizes (" + ", ".join(f"{w}x{h}" for h, w in shapes) + "); "
+                            "this model takes each at its own size: send them in separate requests")
     return {model.artifact.io.inputs[0].name: np.stack(arrays)}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from typing import Any
 
@@ -18,6 +19,49 @@ from slimforge.serve.requests import ApiError
 def json_response(doc: dict[str, Any]) -> Any:
     """A JSON response serialised once by the C encoder (FastAPI's jsonable_encoder walks every float)."""
     return Response(json.dumps(doc), media_type="application/json")
+
+
+def predict_response(model: ServedModel, outs: list[np.ndarray], head: dict[str, Any], accept: str,
+                     started: float) -> Any:
+    """The ``/api/predict`` answer: JSON (``head``, then per-row ``predictions``, the raw ``outputs`` and every
+    output's shape), or the output image itself as ``image/png`` when the client asks for it with ``Accept``;
+    ``processing_ms`` counts from ``started`` (a ``time.perf_counter()`` reading) to the encoded answer.
+
+    An output rendered as PNG (an image-to-image model's) is left out of ``outputs``: its values are in the image,
+    and as floats it would be ~20 bytes of JSON per value (the v2 ``infer`` route returns the raw tensor).
+    """
+    names = [t.name for t in model.artifact.io.outputs]
+    if wants_png(accept):
+        pngs = model.output_images(outs)
+        if pngs is None:
+            raise ApiError(406, f"model {model.name} does not output an image; ask for application/json")
+        if len(pngs) != 1:
+            raise ApiError(406, f"Accept: image/png answers one image, and this request has {len(pngs)} items; "
+                                "send one image per request or ask for application/json")
+        hdrs = {"X-Model": model.name, "X-Model-Version": model.version, "X-Batch-Rows": str(head.get("batch_rows")),
+                "X-Processing-Ms": f"{(time.perf_counter() - started) * 1000.0:.3f}"}
+        return Response(pngs[0], media_type="image/png", headers=hdrs)
+    preds = model.postprocess(outs)
+    rendered = {names[0]} if preds and isinstance(preds[0], dict) and "image" in preds[0] and names else set()
+    doc = {**head, "predictions": preds,
+           "outputs": {n: o.tolist() for n, o in zip(names, outs) if n not in rendered},
+           "output_shapes": {n: list(o.shape) for n, o in zip(names, outs)}}
+    doc["processing_ms"] = (time.perf_counter() - started) * 1000.0
+    return json_response(doc)
+
+
+def wants_png(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for ``image/png`` before (or instead of) JSON.
+
+    Example:
+        >>> wants_png("image/png"), wants_png("*/*"), wants_png("application/json, image/png;q=0.5")
+        (True, False, False)
+    """
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if "image/png" not in types:
+        return False
+    first_json = min((i for i, t in enumerate(types) if t in ("application/json", "*/*")), default=len(types))
+    return types.index("image/png") < first_json
 
 
 def v2_response(model: ServedModel, req: dict[str, Any], outs: list[np.ndarray]) -> Any:
