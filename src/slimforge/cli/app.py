@@ -181,9 +181,20 @@ def _enum(name: str, value: str) -> Any:
 _DEBUG = {"on": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from slimforge.version import __version__
+
+        print(f"slimforge {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False
-             ) -> None:
+def _options(debug: Annotated[bool, typer.Option(
+                 "--debug", help="Show tracebacks of unexpected errors and third-party warnings.")] = False,
+             version: Annotated[bool, typer.Option(
+                 "--version", "-V", is_eager=True, callback=_print_version,
+                 help="Print the version and exit.")] = False) -> None:
     """Make trained models smaller and faster, verified and measured on your hardware."""
     _DEBUG["on"] = debug or _DEBUG["on"]
 
