@@ -139,6 +139,9 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
     Methods: ``dynamic``, ``static`` (needs data), ``fp16``, ``bf16``, ``int4``, ``int8-weight``, ``fp8``, ``qat``.
     ``max_drop`` turns on accuracy-aware mixed precision (static/dynamic on ONNX Runtime).
 
+    ``output`` is where the file lands, for every method: ``.onnx`` for ONNX Runtime, ``.xml`` (+ ``.bin``) for
+    OpenVINO, ``.pt`` (TorchScript) for the PyTorch runtimes; a suffix that does not fit is refused before any work.
+
     Example:
         >>> import torch, slimforge
         >>> art = slimforge.load(torch.nn.Linear(64, 64), example_inputs=torch.randn(1, 64))
@@ -154,6 +157,10 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
     ds = as_data(data, art, default_text=True)  # bad data is refused before any technique is imported
     steps = opts.steps(art, rt)
     if output is not None:
+        from slimforge.core.registry import check_steps
+        from slimforge.io.save import check_suffix
+
+        output = check_suffix(output, check_steps(art.format, steps), what=f"{opts.method.value} on {rt}")
         output = prepare_output_file(output, inputs=[art.path])
     ctx = RunContext(workdir=workdir, progress=progress, calibration_data=ds)
     prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art
@@ -163,6 +170,11 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
                                      spec=spec)
         out = out.with_check(check)
         out = dataclasses.replace(out, meta={**out.meta, "report": _quantize_report(prepared, out, results, ds)})
+    if output is not None and out.path != Path(output):  # an in-memory result: saved there, reloaded, checked
+        from slimforge.io.save import save
+
+        saved = save(out, output)
+        out = dataclasses.replace(saved, meta={**out.meta, **saved.meta}, lineage=out.lineage, checks=out.checks)
     return out
 
 

@@ -119,7 +119,8 @@ def quantize(model: ModelArg = None,
              runtime: Annotated[Optional[str], typer.Option(
                  help="torch | torch_compile | onnxruntime | openvino")] = None,
              data: Annotated[Optional[Path], typer.Option(help="Calibration data (static needs it).")] = None,
-             output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file.")] = None,
+             output: Annotated[Optional[Path], typer.Option("-o", "--output", help=(
+                 "Output file: .onnx (onnxruntime), .xml + .bin (openvino), .pt TorchScript (torch)."))] = None,
              num_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 128,
              exclude: Annotated[Optional[list[str]], typer.Option(help="Node/layer names kept in float.")] = None,
              min_cosine: Annotated[Optional[float], typer.Option(
@@ -130,7 +131,9 @@ def quantize(model: ModelArg = None,
              batch: Annotated[str, typer.Option(help="Batch sizes for the speed check.")] = "1,32",
              input_shape: InputShape = None,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
-    """Quantize with one method for one runtime; verified, and checked against its FP32 input for speed."""
+    """Quantize with one method for one runtime; verified, and checked against its FP32 input for speed. When the
+    method finds nothing it applies to in the model (int4 on a CNN: no MatMul), it says "nothing was quantized"
+    and exits 2, writing nothing."""
     from slimforge.plan.recipe import Recipe
     from slimforge.techniques.quantize.methods import QuantizeOptions, default_runtime_for
 
@@ -143,15 +146,12 @@ def quantize(model: ModelArg = None,
         return
     from slimforge.api import quantize as api_quantize
     from slimforge.cli.progress import progress_bars
-    from slimforge.core.outputs import prepare_output_file
 
-    torch_rt = rt in ("torch", "torch_compile")
-    suffix = ".pt" if torch_rt else ".xml" if rt == "openvino" else ".onnx"
-    final_path = prepare_output_file(output or Path("slimforge-out") / f"{art.name}-{opts.method.value}{suffix}",
-                                     inputs=[art.path])  # refused before any work
-    with progress_bars(err_console) as progress:
-        q = api_quantize(art, opts, data=data, runtime=rt, output=None if torch_rt else final_path,
-                         batch_sizes=parse_batches(batch), progress=progress)
+    suffix = ".pt" if rt in ("torch", "torch_compile") else ".xml" if rt == "openvino" else ".onnx"
+    final_path = output or Path("slimforge-out") / f"{art.name}-{opts.method.value}{suffix}"
+    with progress_bars(err_console) as progress:  # the API refuses a path or suffix that does not fit, before work
+        q = api_quantize(art, opts, data=data, runtime=rt, output=final_path, batch_sizes=parse_batches(batch),
+                         progress=progress)
     print_checks(q)
     if q.meta.get("float_layers") is not None:
         layers = q.meta["float_layers"]
@@ -162,10 +162,6 @@ def quantize(model: ModelArg = None,
     if speed is not None:
         console.print(("warning: " if not speed.passed else "") + speed.detail +
                       ("; the auto-optimizer will not pick it" if not speed.passed else ""), soft_wrap=True)
-    if torch_rt:
-        from slimforge.io.save import save
-
-        q = save(q, final_path)  # TorchScript, reloads with identical outputs
     console.print(f"wrote {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
 
 
