@@ -21,6 +21,7 @@ from slimforge.auto.targets import PRESETS, Target, get_target
 from slimforge.bench import BenchSpec
 from slimforge.core.artifact import Artifact, Format
 from slimforge.core.context import ProgressFn
+from slimforge.core.logs import quiet_libraries
 from slimforge.core.outputs import atomic_path, claim_output_dir, write_text
 from slimforge.errors import ConfigError, SlimforgeError
 from slimforge.io.inputs import as_artifact, as_data
@@ -57,6 +58,7 @@ def _request_key(model: Artifact, target: Target, goals: Goals, data: Any, eval_
                   time_budget_s, CACHE_VERSION, __version__)
 
 
+@quiet_libraries()
 def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
                   goals: Goals | Mapping[str, Any] | None = None, data: Any = None,
                   output_dir: str | Path = "slimforge-out", time_budget_s: float = 900.0, eval_limit: int = 256,

@@ -193,6 +193,31 @@ def _options(debug: Annotated[bool, typer.Option(
                  help="Print the version and exit.")] = False) -> None:
     """Make trained models smaller and faster, verified and measured on your hardware."""
     _DEBUG["on"] = debug or _DEBUG["on"]
+    if debug:
+        _configure_logging(True)
+
+
+def _configure_logging(debug: bool) -> None:
+    """Plain runs: slimforge's warnings only; third-party warnings and logs stay in slimforge's log (DEBUG, see
+    ``core.logs``), unseen. ``--debug`` or ``SLIMFORGE_LOG=debug``: everything, third-party output included."""
+    import os
+    import warnings
+
+    level = os.environ.get("SLIMFORGE_LOG", "").upper()
+    logging.getLogger("slimforge").setLevel(
+        logging.DEBUG if debug else getattr(logging, level) if level in ("INFO", "WARNING", "ERROR") else
+        logging.WARNING)
+    noisy = ("torchao", "sentence_transformers", "transformers", "torch", "nncf", "onnxruntime")
+    for name in noisy:  # outside slimforge's calls (imports, loading) too
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.ERROR)
+    logging.getLogger().setLevel(logging.WARNING if debug else logging.ERROR)
+    warnings.resetwarnings()
+    if debug:
+        if os.environ.get("TORCH_LOGS") == "-torch":
+            del os.environ["TORCH_LOGS"]
+    else:
+        os.environ.setdefault("TORCH_LOGS", "-torch")  # torch sets its loggers' levels when imported (later, lazily)
+        warnings.filterwarnings("ignore")
 
 
 def _fail(message: str, code: int) -> None:
@@ -212,14 +237,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TORCH_LOGS", "-torch")  # torch sets its loggers' levels when imported (later, lazily)
     _DEBUG["on"] = os.environ.get("SLIMFORGE_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("torchao", "root", "sentence_transformers", "transformers", "torch"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    _configure_logging(_DEBUG["on"] or os.environ.get("SLIMFORGE_LOG", "").lower() == "debug")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the exit handlers: scratch space is removed
     import tempfile
 
