@@ -30,10 +30,11 @@ def check_suffix(path: str | Path, fmt: Format, *, what: str) -> Path:
     else one line naming what ``what`` writes and the file name that fits.
 
     Example:
-        >>> check_suffix("q/x.onnx", Format.OPENVINO, what="fp16 on openvino")
-        Traceback (most recent call last):
-        ...
-        slimforge.errors.ConfigError: output 'q/x.onnx' does not fit: fp16 on openvino writes OpenVINO IR (.xml + .bin); name it q/x.xml
+        >>> try:
+        ...     check_suffix("q/x.onnx", Format.OPENVINO, what="fp16 on openvino")
+        ... except ConfigError as exc:
+        ...     print(str(exc).split(": ")[1])
+        fp16 on openvino writes OpenVINO IR (.xml + .bin); name it q/x.xml
     """
     path = Path(path)
     allowed = _SUFFIXES[fmt]

@@ -128,8 +128,8 @@ def coverage_of(art: Artifact) -> Coverage:
 def require_quantized(art: Artifact, *, method: str, applies_to: str, source: Artifact | None = None,
                       need: tuple[str, ...] = ()) -> Artifact:
     """Count what ``art`` (the result of ``method``) holds in low precision, beyond what ``source`` (its input, of
-    the same format or in memory) already held; raise ``NothingQuantized`` when that is nothing, or when none of the ``need``
-    kinds is among it (e.g. 4-bit constants for an int4 method), else return ``art`` with the counts in
+    the same format or in memory) already held; raise ``NothingQuantized`` when that is nothing, or when none of
+    the ``need`` kinds is among it (e.g. 4-bit constants for an int4 method), else return ``art`` with the counts in
     ``meta["quantized"]`` and a ``quantized_ops`` check.
 
     Example:

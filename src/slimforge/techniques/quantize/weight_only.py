@@ -78,7 +78,7 @@ def _weight_only_onnx(art: Artifact, cfg: WeightOnlyConfig, ctx: RunContext) -> 
             dataclasses.replace(child, path=tmp), source=art,
             method="int4 weight-only (ONNX Runtime MatMulNBits)" if cfg.bits == 4 else
             "int8 weight-only (ONNX Runtime)",
-            applies_to="MatMul and Gemm with stored weights" if cfg.bits == 4 else "MatMul and Gemm with stored weights")
+            applies_to="MatMul and Gemm with stored weights")
         check = fidelity_check(art, counted, min_cosine=cfg.min_cosine, name="quant_fidelity",
                                data=ctx.calibration_data)
     return dataclasses.replace(counted, path=final).with_check(check)
