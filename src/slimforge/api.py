@@ -166,7 +166,8 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
         from slimforge.core.registry import check_steps
         from slimforge.io.save import check_suffix
 
-        output = check_suffix(output, check_steps(art.format, steps), what=f"{opts.method.value} on {rt}")
+        if not Path(output).expanduser().is_dir():  # (a folder is refused as such, by prepare_output_file)
+            check_suffix(output, check_steps(art.format, steps), what=f"{opts.method.value} on {rt}")
         output = prepare_output_file(output, inputs=[art.path])
     ctx = RunContext(workdir=workdir, progress=progress, calibration_data=ds)
     prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art
