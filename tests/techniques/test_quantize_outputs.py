@@ -126,3 +126,14 @@ def test_cli_quantize_honours_o_and_says_what_went_wrong_in_one_line(mm, convnet
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
     assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: nothing was quantized: int4")
     assert "Traceback" not in r.stderr and not (tmp_path / "q" / "z.onnx").exists()
+
+
+def test_a_model_that_is_one_linear_layer_is_quantized_for_real(tmp_path):
+    # torch.ao swaps child modules only: a bare nn.Linear used to come back in float, reported as "int8-dynamic"
+    torch.manual_seed(0)
+    art = slimforge.load(torch.nn.Linear(64, 64), example_inputs=torch.randn(2, 64))
+    q = slimforge.quantize(art, "dynamic", runtime="torch", check_speed=False, workdir=tmp_path)
+    assert q.meta["quantized"]["kinds"].get("Linear") == 1 and q.meta["quantized"]["weights"] >= 1
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    a, b = (slimforge.open_session(m).run({"input": x})[0] for m in (art, q))
+    assert 0 < np.abs(a - b).max() < 0.1  # INT8 weights: close, not identical

@@ -33,6 +33,8 @@ def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunCont
         if not targets:
             raise NothingQuantized("nothing was quantized: dynamic INT8 (torch.ao) applies to Linear, LSTM and GRU "
                                    "layers; this model has none" + (" outside exclude" if excluded else ""))
+        if "" in targets:  # the model is itself a Linear/LSTM/GRU: torch.ao swaps children only, so hold it in one
+            module, targets = nn.Sequential(module), {"0"}
         try:
             qconfig = per_channel_dynamic_qconfig if cfg.per_channel else default_dynamic_qconfig
             quantized = quantize_dynamic(module, {name: qconfig for name in targets}, dtype=torch.qint8,
