@@ -14,6 +14,7 @@ from slimforge.bench.compare import FASTER, SLOWER
 from slimforge.core.artifact import Artifact, Check, Format
 from slimforge.core.config import with_fields
 from slimforge.core.context import ProgressFn, RunContext
+from slimforge.core.logs import quiet_libraries
 from slimforge.core.outputs import claim_output_dir, prepare_output_file, write_text
 from slimforge.errors import DataError
 from slimforge.evaluation.metrics import Metric
@@ -29,6 +30,7 @@ __all__ = ["OptimizeResult", "benchmark", "benchmark_report", "check_recipe", "e
            "optimize", "quantize", "speed_check"]
 
 
+@quiet_libraries()
 def export(model: ModelLike, output: str | Path | None = None, config: Any = None, *,
            workdir: str | Path | None = None, progress: ProgressFn | None = None, load_kw: dict | None = None,
            **fields: Any) -> Artifact:
@@ -55,6 +57,7 @@ def export(model: ModelLike, output: str | Path | None = None, config: Any = Non
     return out
 
 
+@quiet_libraries()
 def benchmark(models: ModelLike | Sequence[ModelLike], *, runtime: str | None = None,
               batch_sizes: Sequence[int] = (1, 32), data: str | Path | Dataset | None = None,
               threads: int | None = None, device: str = "cpu", precision: str | None = None,
@@ -96,6 +99,7 @@ def benchmark_report(results: Sequence[BenchResult], arts: Sequence[Artifact],
                     timing=timing_section(results))
 
 
+@quiet_libraries()
 def evaluate(candidate: ModelLike, data: str | Path | Dataset | None = None, *, reference: ModelLike | None = None,
              runtime: str | None = None, limit: int | None = 512) -> dict[str, Metric]:
     """Quality of ``candidate`` on data: accuracy with labels; cosine, SQNR, neighbour agreement vs ``reference``.
@@ -113,6 +117,7 @@ def evaluate(candidate: ModelLike, data: str | Path | Dataset | None = None, *, 
     return run_evaluation(cand, ds, reference=ref, runtime=runtime, limit=limit)
 
 
+@quiet_libraries()
 def info(model: ModelLike) -> dict[str, Any]:
     """Inputs, outputs, op or module histogram, parameter count and size of a model.
 
@@ -126,6 +131,7 @@ def info(model: ModelLike) -> dict[str, Any]:
     return model_info(as_artifact(model))
 
 
+@quiet_libraries()
 def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | Dataset | None = None,
              runtime: str | None = None, output: str | Path | None = None, batch_sizes: Sequence[int] = (1, 32),
              check_speed: bool = True, spec: BenchSpec = BenchSpec(), workdir: str | Path | None = None,
@@ -138,6 +144,9 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
 
     Methods: ``dynamic``, ``static`` (needs data), ``fp16``, ``bf16``, ``int4``, ``int8-weight``, ``fp8``, ``qat``.
     ``max_drop`` turns on accuracy-aware mixed precision (static/dynamic on ONNX Runtime).
+
+    ``output`` is where the file lands, for every method: ``.onnx`` for ONNX Runtime, ``.xml`` (+ ``.bin``) for
+    OpenVINO, ``.pt`` (TorchScript) for the PyTorch runtimes; a suffix that does not fit is refused before any work.
 
     Example:
         >>> import torch, slimforge
@@ -154,6 +163,11 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
     ds = as_data(data, art, default_text=True)  # bad data is refused before any technique is imported
     steps = opts.steps(art, rt)
     if output is not None:
+        from slimforge.core.registry import check_steps
+        from slimforge.io.save import check_suffix
+
+        if not Path(output).expanduser().is_dir():  # (a folder is refused as such, by prepare_output_file)
+            check_suffix(output, check_steps(art.format, steps), what=f"{opts.method.value} on {rt}")
         output = prepare_output_file(output, inputs=[art.path])
     ctx = RunContext(workdir=workdir, progress=progress, calibration_data=ds)
     prepared = run_steps(art, Recipe(steps=tuple(steps[:-1]), runtime=rt), ctx) if len(steps) > 1 else art
@@ -163,6 +177,11 @@ def quantize(model: ModelLike, options: Any = "dynamic", *, data: str | Path | D
                                      spec=spec)
         out = out.with_check(check)
         out = dataclasses.replace(out, meta={**out.meta, "report": _quantize_report(prepared, out, results, ds)})
+    if output is not None and out.path != Path(output):  # an in-memory result: saved there, reloaded, checked
+        from slimforge.io.save import save
+
+        saved = save(out, output)
+        out = dataclasses.replace(saved, meta={**out.meta, **saved.meta}, lineage=out.lineage, checks=out.checks)
     return out
 
 
@@ -217,6 +236,7 @@ class OptimizeResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
+@quiet_libraries()
 def optimize(model: ModelLike | None = None, *, data: str | Path | Dataset | None = None,
              output_dir: str | Path = "slimforge-out", recipe: Recipe | None = None,
              batch_sizes: Sequence[int] = (1, 32), threads: int | None = None, eval_limit: int = 512,

@@ -18,6 +18,7 @@ from slimforge.bench import BenchSpec
 from slimforge.core.artifact import Artifact, Format
 from slimforge.core.config import Config, with_fields
 from slimforge.core.context import ProgressFn, RunContext
+from slimforge.core.logs import quiet_libraries
 from slimforge.errors import ConfigError, UnsupportedModelError
 from slimforge.io.data import Dataset
 from slimforge.io.inputs import ModelLike, as_artifact, as_data, feeds_for
@@ -56,6 +57,7 @@ def _run(art: Artifact, cfg: Config, *, data: DataLike, teacher: Artifact | None
     return out
 
 
+@quiet_libraries()
 def prune(model: ModelLike, config: Any = None, *, data: DataLike = None, finetune_data: DataLike = None,
           **fields: Any) -> Artifact:
     """Prune a PyTorch model with a ``PruneConfig`` (or its fields as keywords); structured pruning makes it
@@ -111,6 +113,7 @@ def _student(t: Artifact, student: ModelLike | int | None) -> Artifact:
     return dataclasses.replace(s, meta={**t.meta, "name": f"{t.name}-student" if isinstance(student, int) else s.name})
 
 
+@quiet_libraries()
 def distill(teacher: ModelLike, student: ModelLike | int | None = None, config: Any = None, *, data: DataLike,
             **fields: Any) -> Artifact:
     """Distil ``teacher`` into ``student`` with a ``DistillConfig`` (or its fields as keywords). The student is a
@@ -131,6 +134,7 @@ def distill(teacher: ModelLike, student: ModelLike | int | None = None, config: 
     return _run(_student(t, student), with_fields(config or DistillConfig, rest), data=data, teacher=t, run=run)
 
 
+@quiet_libraries()
 def lowrank(model: ModelLike, config: Any = None, *, data: DataLike = None, **fields: Any) -> Artifact:
     """Factorize Linear/Conv2d layers by truncated SVD with a ``LowRankConfig`` (rank by ``ratio`` or ``energy``);
     parameters, cosine and latency are recorded. Fine-tune afterwards with ``distill(original, result, data=...)``.
@@ -151,6 +155,7 @@ def lowrank(model: ModelLike, config: Any = None, *, data: DataLike = None, **fi
     return _run(as_artifact(model), with_fields(config or LowRankConfig, rest), data=data, teacher=None, run=run)
 
 
+@quiet_libraries()
 def fuse(model: ModelLike, config: Any = None, **fields: Any) -> Artifact:
     """Fold BatchNorm into the Conv/Linear before it; outputs verified to 1e-5.
 

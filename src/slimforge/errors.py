@@ -54,6 +54,11 @@ class TechniqueFailed(SlimforgeError):
     """A technique could not be applied to this model; a search may skip it and go on."""
 
 
+class NothingQuantized(TechniqueFailed):
+    """A quantization method found nothing it applies to in this model: its result would be the input unchanged.
+    The message is one line: ``nothing was quantized: <method> applies to <op kinds>; this model has none``."""
+
+
 class VerificationError(TechniqueFailed):
     """A transformed model's outputs drifted past the tolerance from its reference."""
 

@@ -93,3 +93,16 @@ def test_cli_help_lists_compression_commands():
     res = runner.invoke(app, ["--help"])
     for cmd in ("prune", "distill", "lowrank", "fuse", "quantize"):
         assert cmd in res.output
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_the_package_version_and_exits_0(flag):
+    import subprocess
+    import sys
+
+    from slimforge.version import __version__
+
+    res = runner.invoke(app, [flag])
+    assert res.exit_code == 0 and res.output == f"slimforge {__version__}\n", res.output
+    proc = subprocess.run([sys.executable, "-m", "slimforge", flag], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == f"slimforge {__version__}\n" and not proc.stderr

@@ -9,6 +9,7 @@ registry of optimized models keyed by everything that went into it, so that aski
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,10 +22,13 @@ from slimforge.auto.targets import PRESETS, Target, get_target
 from slimforge.bench import BenchSpec
 from slimforge.core.artifact import Artifact, Format
 from slimforge.core.context import ProgressFn
+from slimforge.core.logs import quiet_libraries
 from slimforge.core.outputs import atomic_path, claim_output_dir, write_text
 from slimforge.errors import ConfigError, SlimforgeError
 from slimforge.io.inputs import as_artifact, as_data
-from slimforge.plan.cache import CACHE_VERSION, cache_root, data_fingerprint, digest, fingerprint
+from slimforge.plan.cache import CACHE_VERSION, cache_root, data_fingerprint, digest, fingerprint, touch
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AutoResult", "Goals", "PRESETS", "Target", "auto_optimize", "auto_optimize_for_deployment",
            "get_target", "load_optimized"]
@@ -57,6 +61,7 @@ def _request_key(model: Artifact, target: Target, goals: Goals, data: Any, eval_
                   time_budget_s, CACHE_VERSION, __version__)
 
 
+@quiet_libraries()
 def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
                   goals: Goals | Mapping[str, Any] | None = None, data: Any = None,
                   output_dir: str | Path = "slimforge-out", time_budget_s: float = 900.0, eval_limit: int = 256,
@@ -76,8 +81,16 @@ def auto_optimize(model: Any = None, *, target: str | Path | Target = "cpu",
     if time_budget_s <= 0:
         raise ConfigError(f"the time budget must be positive, got {time_budget_s} s")
     with claim_output_dir(output_dir, force=force, inputs=[base.path]) as out_dir:
-        return _optimize_into(out_dir, base, ds, data, tgt, g, eval_limit=eval_limit, time_budget_s=time_budget_s,
-                              spec=spec, progress=progress, use_cache=use_cache, t0=t0)
+        result = _optimize_into(out_dir, base, ds, data, tgt, g, eval_limit=eval_limit,
+                                time_budget_s=time_budget_s, spec=spec, progress=progress, use_cache=use_cache, t0=t0)
+    if use_cache:  # the size cap ($SLIMFORGE_CACHE_MAX_GB): least recently used entries go
+        from slimforge.plan.cache_admin import evict
+
+        gone = evict()
+        if gone:
+            log.info("cache over its cap: removed %d least recently used entries (%.1f MB)", len(gone),
+                     sum(e.size_bytes for e in gone) / 1e6)
+    return result
 
 
 def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Target, g: Goals, *, eval_limit: int,
@@ -86,6 +99,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     key = _request_key(base, tgt, g, ds, eval_limit, time_budget_s)
     registry = cache_root() / "optimized" / key
     if use_cache and (registry / "complete").is_file():
+        touch(registry)
         return _from_registry(registry, out_dir, t0)
     res = search(base, target=tgt, goals=g, data=ds, time_budget_s=time_budget_s, eval_limit=eval_limit, spec=spec,
                  progress=progress, use_cache=use_cache)

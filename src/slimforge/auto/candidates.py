@@ -196,7 +196,8 @@ def prune_and_distill(space: SearchSpace) -> Iterable[Candidate]:
     epochs = 10  # the planner skips these (and says so) when the estimated training time does not fit the budget
     hidden = ("*encoder.layer.?",) if space.text else ()
     trained = (PruneConfig(ratio=0.5, round_to=8, min_cosine=0.0),
-               DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3))
+               DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3, max_drop=None,
+                             min_cosine=None))  # (like min_cosine=0.0 above: the search's quality goals judge)
     onnx = [*_to_onnx(space), GraphOptConfig()]
     yield candidate("pruned 50% + distilled, onnxruntime fp32", (*trained, *onnx), "onnxruntime", "fp32", cost=20,
                     trains=True)

@@ -21,7 +21,7 @@ from slimforge.auto.targets import Target, detect_machine, feasible, get_target
 from slimforge.bench import BenchSpec
 from slimforge.core.artifact import Artifact, Check, Format
 from slimforge.core.context import ProgressFn, RunContext
-from slimforge.errors import SlimforgeError
+from slimforge.errors import NothingQuantized, SlimforgeError
 from slimforge.io.inputs import SyntheticData, feeds_for, split_data
 from slimforge.plan.cache import MeasureCache, StepCache, cache_root, data_fingerprint
 
@@ -213,6 +213,10 @@ def _evaluate_all(candidates: list[Any], ev: Evaluator, data: Any, train_s: floa
         t = time.perf_counter()
         try:
             missed = ev.run(e)
+        except NothingQuantized as exc:  # the FP32 model unchanged: rejected for that, never judged on speed
+            e.status, e.reason = "rejected", str(exc)
+            e.seconds = time.perf_counter() - t
+            continue
         except select.BUILD_ERRORS as exc:
             e.status, e.reason = "failed", select.failure(exc)
             e.seconds = time.perf_counter() - t

@@ -1,5 +1,6 @@
 """The ``slimforge`` command line: thin over the Python API."""
 
+from slimforge.cli import cache_cmds as _cache_cmds  # noqa: F401  (registers cache list, cache clear)
 from slimforge.cli import compress_cmds as _compress_cmds  # noqa: F401  (registers prune, distill, ...)
 from slimforge.cli import optimize_cmds as _optimize_cmds  # noqa: F401  (registers optimize, run)
 from slimforge.cli import serve_cmds as _serve_cmds  # noqa: F401  (registers serve, loadtest)

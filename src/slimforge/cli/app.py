@@ -119,7 +119,8 @@ def quantize(model: ModelArg = None,
              runtime: Annotated[Optional[str], typer.Option(
                  help="torch | torch_compile | onnxruntime | openvino")] = None,
              data: Annotated[Optional[Path], typer.Option(help="Calibration data (static needs it).")] = None,
-             output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output file.")] = None,
+             output: Annotated[Optional[Path], typer.Option("-o", "--output", help=(
+                 "Output file: .onnx (onnxruntime), .xml + .bin (openvino), .pt TorchScript (torch)."))] = None,
              num_samples: Annotated[int, typer.Option(help="Calibration samples.")] = 128,
              exclude: Annotated[Optional[list[str]], typer.Option(help="Node/layer names kept in float.")] = None,
              min_cosine: Annotated[Optional[float], typer.Option(
@@ -130,7 +131,9 @@ def quantize(model: ModelArg = None,
              batch: Annotated[str, typer.Option(help="Batch sizes for the speed check.")] = "1,32",
              input_shape: InputShape = None, task: Task = None, preprocess: Preprocess = None,
              dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
-    """Quantize with one method for one runtime; verified, and checked against its FP32 input for speed."""
+    """Quantize with one method for one runtime; verified, and checked against its FP32 input for speed. When the
+    method finds nothing it applies to in the model (int4 on a CNN: no MatMul), it says "nothing was quantized"
+    and exits 2, writing nothing."""
     from slimforge.plan.recipe import Recipe
     from slimforge.techniques.quantize.methods import QuantizeOptions, default_runtime_for
 
@@ -143,15 +146,12 @@ def quantize(model: ModelArg = None,
         return
     from slimforge.api import quantize as api_quantize
     from slimforge.cli.progress import progress_bars
-    from slimforge.core.outputs import prepare_output_file
 
-    torch_rt = rt in ("torch", "torch_compile")
-    suffix = ".pt" if torch_rt else ".xml" if rt == "openvino" else ".onnx"
-    final_path = prepare_output_file(output or Path("slimforge-out") / f"{art.name}-{opts.method.value}{suffix}",
-                                     inputs=[art.path])  # refused before any work
-    with progress_bars(err_console) as progress:
-        q = api_quantize(art, opts, data=data, runtime=rt, output=None if torch_rt else final_path,
-                         batch_sizes=parse_batches(batch), progress=progress)
+    suffix = ".pt" if rt in ("torch", "torch_compile") else ".xml" if rt == "openvino" else ".onnx"
+    final_path = output or Path("slimforge-out") / f"{art.name}-{opts.method.value}{suffix}"
+    with progress_bars(err_console) as progress:  # the API refuses a path or suffix that does not fit, before work
+        q = api_quantize(art, opts, data=data, runtime=rt, output=final_path, batch_sizes=parse_batches(batch),
+                         progress=progress)
     print_checks(q)
     if q.meta.get("float_layers") is not None:
         layers = q.meta["float_layers"]
@@ -162,10 +162,6 @@ def quantize(model: ModelArg = None,
     if speed is not None:
         console.print(("warning: " if not speed.passed else "") + speed.detail +
                       ("; the auto-optimizer will not pick it" if not speed.passed else ""), soft_wrap=True)
-    if torch_rt:
-        from slimforge.io.save import save
-
-        q = save(q, final_path)  # TorchScript, reloads with identical outputs
     console.print(f"wrote {q.path}  ({q.size_bytes() / 1e6:.2f} MB, was {art.size_bytes() / 1e6:.2f} MB)")
 
 
@@ -181,11 +177,47 @@ def _enum(name: str, value: str) -> Any:
 _DEBUG = {"on": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from slimforge.version import __version__
+
+        print(f"slimforge {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False
-             ) -> None:
+def _options(debug: Annotated[bool, typer.Option(
+                 "--debug", help="Show tracebacks of unexpected errors and third-party warnings.")] = False,
+             version: Annotated[bool, typer.Option(
+                 "--version", "-V", is_eager=True, callback=_print_version,
+                 help="Print the version and exit.")] = False) -> None:
     """Make trained models smaller and faster, verified and measured on your hardware."""
     _DEBUG["on"] = debug or _DEBUG["on"]
+    if debug:
+        _configure_logging(True)
+
+
+def _configure_logging(debug: bool) -> None:
+    """Plain runs: slimforge's warnings only; third-party warnings and logs stay in slimforge's log (DEBUG, see
+    ``core.logs``), unseen. ``--debug`` or ``SLIMFORGE_LOG=debug``: everything, third-party output included."""
+    import os
+    import warnings
+
+    level = os.environ.get("SLIMFORGE_LOG", "").upper()
+    logging.getLogger("slimforge").setLevel(
+        logging.DEBUG if debug else getattr(logging, level) if level in ("INFO", "WARNING", "ERROR") else
+        logging.WARNING)
+    noisy = ("torchao", "sentence_transformers", "transformers", "torch", "nncf", "onnxruntime")
+    for name in noisy:  # outside slimforge's calls (imports, loading) too
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.ERROR)
+    logging.getLogger().setLevel(logging.WARNING if debug else logging.ERROR)
+    warnings.resetwarnings()
+    if debug:
+        if os.environ.get("TORCH_LOGS") == "-torch":
+            del os.environ["TORCH_LOGS"]
+    else:
+        os.environ.setdefault("TORCH_LOGS", "-torch")  # torch sets its loggers' levels when imported (later, lazily)
+        warnings.filterwarnings("ignore")
 
 
 def _fail(message: str, code: int) -> None:
@@ -205,14 +237,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own bars only
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TORCH_LOGS", "-torch")  # torch sets its loggers' levels when imported (later, lazily)
     _DEBUG["on"] = os.environ.get("SLIMFORGE_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("torchao", "root", "sentence_transformers", "transformers", "torch"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    import warnings
-
-    warnings.filterwarnings("ignore")
+    _configure_logging(_DEBUG["on"] or os.environ.get("SLIMFORGE_LOG", "").lower() == "debug")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the exit handlers: scratch space is removed
     import tempfile
 

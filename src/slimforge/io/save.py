@@ -21,6 +21,29 @@ _SUFFIXES = {Format.ONNX: (".onnx",), Format.OPENVINO: (".xml",), Format.TORCHSC
              Format.TORCH_EXPORT: (".pt2",), Format.TORCH: (".pt", ".pth", ".ts")}
 
 
+_KINDS = {Format.ONNX: "ONNX", Format.OPENVINO: "OpenVINO IR (.xml + .bin)", Format.TORCHSCRIPT: "TorchScript",
+          Format.TORCH_EXPORT: "a torch.export program", Format.TORCH: "TorchScript (traced)"}
+
+
+def check_suffix(path: str | Path, fmt: Format, *, what: str) -> Path:
+    """``path`` when its suffix fits a file of format ``fmt`` (an in-memory PyTorch model is saved as TorchScript);
+    else one line naming what ``what`` writes and the file name that fits.
+
+    Example:
+        >>> try:
+        ...     check_suffix("q/x.onnx", Format.OPENVINO, what="fp16 on openvino")
+        ... except ConfigError as exc:
+        ...     print(str(exc).split(": ")[1])
+        fp16 on openvino writes OpenVINO IR (.xml + .bin); name it q/x.xml
+    """
+    path = Path(path)
+    allowed = _SUFFIXES[fmt]
+    if path.suffix.lower() not in allowed:
+        raise ConfigError(f"output '{path}' does not fit: {what} writes {_KINDS[fmt]}; name it "
+                          f"{path.with_suffix(allowed[0])}")
+    return path
+
+
 def save(art: Artifact, path: str | Path) -> Artifact:
     """Write ``art`` to ``path`` and return the artifact loaded back from it (outputs checked identical).
 

@@ -41,6 +41,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("SLIMFORGE_CACHE_DIR") or Path.home() / ".cache" / "slimforge")
 
 
+def touch(path: Path) -> None:
+    """Mark a cache entry used now: its modification time is its last use, which the size cap evicts by
+    (``plan.cache_admin``)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
 def fingerprint(art: Artifact) -> str:
     """What identifies the source model's content: file digests for files, all weights for in-memory modules."""
     if art.source_id.startswith("module:") and art.handle is not None:
@@ -99,6 +108,7 @@ class StepCache:
                     art = load(folder / name)
                 except SlimforgeError:
                     return None
+                touch(folder)
                 self.memory[key] = art
                 self.hits += 1
                 return art
@@ -141,6 +151,7 @@ class MeasureCache:
         except Exception:  # noqa: BLE001 - a corrupt or truncated cache file (BadZipFile, EOFError, ...): measure again
             f.unlink(missing_ok=True)
             return None
+        touch(f)
         return doc, outs
 
     def put(self, key: str, doc: dict[str, Any], outs: list[np.ndarray]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from slimforge.core.artifact import Artifact, Format
 from slimforge.core.config import Config
 from slimforge.core.context import RunContext
+from slimforge.core.logs import quiet_libraries
 from slimforge.core.registry import apply, check_steps
 from slimforge.errors import ConfigError, SlimforgeError
 from slimforge.plan.cache import StepCache, model_key, step_key
@@ -19,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def apply_step(art: Artifact, step: Config, ctx: RunContext) -> Artifact:
-    """Apply one step (dispatch on its config type and the artifact's format); the result checks itself."""
-    return apply(art, step, ctx)
+    """Apply one step (dispatch on its config type and the artifact's format); the result checks itself. The
+    libraries it drives keep their warnings and logs to slimforge's log (``core.logs``)."""
+    with quiet_libraries():
+        return apply(art, step, ctx)
 
 
 def run_steps(art: Artifact, recipe: Recipe, ctx: RunContext, *, output: Path | None = None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from slimforge.core.artifact import Artifact
 from slimforge.errors import DataError
-from slimforge.io.data import Dataset
+from slimforge.io.data import Batch, Dataset
 
 
 def supervised_loss(has_labels: bool):
@@ -44,16 +44,52 @@ def _pad_to(arrays: list[np.ndarray]) -> np.ndarray:
         raise DataError(f"training examples must share one shape (or be token batches): {exc}") from exc
 
 
+def spread_batches(data: Dataset, limit: int | None, batch_size: int = 64) -> Iterator[Batch]:
+    """Batches of at most ``limit`` examples spread evenly over the whole of ``data`` (every k-th example), not its
+    first ``limit``: data stored class by class (an image folder, a per-class .npz) would otherwise give only the
+    first classes.
+
+    Example:
+        >>> from slimforge.io.data import Batch
+        >>> class D:
+        ...     def __len__(self): return 10
+        ...     def batches(self, n, *, limit=None):
+        ...         yield Batch({"x": np.arange(10)[:, None]}, np.arange(10))
+        >>> [b.labels.tolist() for b in spread_batches(D(), 4)]
+        [[0, 2, 5, 7]]
+    """
+    try:
+        n = len(data)
+    except TypeError:
+        n = None
+    if limit is None or n is None or n <= limit:
+        yield from data.batches(batch_size, limit=limit)
+        return
+    keep = np.zeros(n, dtype=bool)
+    keep[(np.arange(limit) * n) // limit] = True
+    start = 0
+    for batch in data.batches(batch_size):
+        rows = len(next(iter(batch.feeds.values())))
+        mask = keep[start:start + rows]
+        start += rows
+        if len(mask) < rows:
+            mask = np.concatenate([mask, np.zeros(rows - len(mask), dtype=bool)])
+        if mask.any():
+            yield Batch({k: v[mask] for k, v in batch.feeds.items()},
+                        None if batch.labels is None else np.asarray(batch.labels)[mask])
+
+
 def collect(art: Artifact, data: Dataset | None, *, limit: int | None,
             teacher: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None
             ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-    """Input tensors, the teacher's outputs (when a teacher is given) and the labels (when every batch has them)."""
+    """Input tensors, the teacher's outputs (when a teacher is given) and the labels (when every batch has them);
+    at most ``limit`` examples, spread over the whole data (``spread_batches``)."""
     if data is None:
         raise DataError("this step trains: pass data=... (an image folder, .npz with labels, a text file, ...)")
     inputs: list[list[np.ndarray]] = [[] for _ in art.io.inputs]
     labels: list[np.ndarray] = []
     targets: list[np.ndarray] = []
-    for batch in data.batches(64, limit=limit):
+    for batch in spread_batches(data, limit):
         for i, name in enumerate(art.io.input_names):
             inputs[i].append(batch.feeds[name])
         if batch.labels is not None:

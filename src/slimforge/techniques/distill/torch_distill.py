@@ -3,7 +3,12 @@
 Logits: ``alpha * T^2 * KL(softmax(s/T) || softmax(t/T)) + (1 - alpha) * CE(s, labels)`` (the task term needs
 labels). Embeddings (encoders, no labels needed): MSE or ``1 - cosine`` between student and teacher outputs (the
 pooled, normalised sentence embeddings for sentence-transformers models). A held-out share of the data is scored
-after every epoch (accuracy, or cosine to the teacher), which gives the curve and drives early stopping.
+after every epoch (accuracy, or cosine to the teacher), which gives the curve and drives early stopping. The
+held-out share is a seeded random draw, stratified by label (``heldout.split_indices``), never the tail of the data;
+at the end the student is judged against the teacher on it (``heldout.judge_student``): with labels, its top-1
+accuracy against the teacher's; for classifiers without labels, top-1 agreement; for embeddings, cosine. A student
+that ends further below its teacher than ``max_drop`` (or ``min_cosine``) allows fails the ``distill_heldout``
+check, which raises ``VerificationError`` (the trained student is on the error's ``report``).
 
 The artifact being transformed is the student; the teacher is the run's baseline (``RunContext.baseline``), e.g. the
 unpruned FP32 model when distilling after pruning.
@@ -12,6 +17,7 @@ unpruned FP32 model when distilling after pruning.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -20,13 +26,14 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Subset, TensorDataset
 
-from slimforge.core.artifact import Artifact, Check, Format, Step
+from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
-from slimforge.errors import ConfigError, UnsupportedModelError
+from slimforge.errors import ConfigError, DataError, UnsupportedModelError, VerificationError
 from slimforge.torch_utils import run_module, set_training
 from slimforge.train import TrainConfig, train
+from slimforge.techniques.distill.heldout import Tolerance, judge_student, split_indices
 from slimforge.train.trainer import resolve_device
 from slimforge.train.data import collect, mask_index
 
@@ -56,7 +63,10 @@ class DistillConfig(Config):
     batch_size: int = 32
     weight_decay: float = 0.0
     num_samples: int = 4096
-    heldout: float = 0.2  # share of the data scored after each epoch
+    heldout: float = 0.2  # share of the data scored after each epoch (a seeded random draw, stratified by label)
+    max_drop: float | None = 5.0  # accuracy points (agreement points without labels) the student may lose against
+    #                               the teacher on the held-out data; None: recorded, not judged
+    min_cosine: float | None = 0.9  # embeddings (and outputs that are not class scores): least cosine to the teacher
     hidden_layers: tuple[str, ...] = ()  # module-name globs whose outputs (hidden states) the student also matches
     hidden_weight: float = 1.0
     freeze: tuple[str, ...] = ()  # module-name globs of the student whose weights stay fixed (e.g. "*embeddings*")
@@ -79,6 +89,10 @@ class DistillConfig(Config):
             raise ConfigError("epochs must be >= 1 and lr > 0")
         if self.augment < 0:
             raise ConfigError(f"augment must be >= 0, got {self.augment}")
+        if self.max_drop is not None and not 0.0 <= self.max_drop <= 100.0:
+            raise ConfigError(f"max_drop must be in [0, 100] (accuracy points) or None, got {self.max_drop}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ConfigError(f"min_cosine must be in [-1, 1] or None, got {self.min_cosine}")
 
 
 def _mode(cfg: DistillConfig, teacher: Artifact) -> DistillMode:
@@ -210,24 +224,26 @@ def augment_tokens(feeds: dict[str, np.ndarray], copies: int, seed: int = 0) -> 
 
 
 def training_data(student: Artifact, teacher: nn.Module, ctx: RunContext, cfg: DistillConfig):
-    """(train, heldout, has_labels): batches of ``(*inputs, teacher_output[, label])``, split at the end; with
-    ``cfg.augment`` the training part (never the held-out one) gains augmented, teacher-labelled examples. The
-    teacher labels on whatever device it is on (the training device)."""
+    """(train, heldout, has_labels): batches of ``(*inputs, teacher_output[, label])``, with ``cfg.heldout`` of
+    them held out at random (stratified by label); with ``cfg.augment`` the training part (never the held-out one)
+    gains augmented, teacher-labelled examples. The teacher labels on whatever device it is on (the training
+    device)."""
     tensors, target, label = collect(student, ctx.calibration_data, limit=cfg.num_samples,
                                      teacher=lambda feeds: run_module(teacher, feeds)[0])
     full = TensorDataset(*tensors, target, *([label] if label is not None else []))
-    n = len(full)
-    n_eval = max(1, int(round(n * cfg.heldout)))
-    train_set = Subset(full, range(n - n_eval))
+    if len(full) < 2:
+        raise DataError(f"distillation needs at least 2 examples (some to train on, some held out); got {len(full)}")
+    train_idx, held_idx = split_indices(len(full), cfg.heldout, None if label is None else label.numpy(), cfg.seed)
+    train_set = Subset(full, train_idx)
     if cfg.augment and label is None:
         names = student.io.input_names
-        feeds = {name: t[:n - n_eval].numpy() for name, t in zip(names, tensors)}
+        feeds = {name: t[train_idx].numpy() for name, t in zip(names, tensors)}
         extra = augment_tokens(feeds, cfg.augment, cfg.seed)
         outs = [run_module(teacher, {k: v[i:i + 256] for k, v in extra.items()})[0]
                 for i in range(0, len(extra["input_ids"]), 256)]
         aug = TensorDataset(*[torch.from_numpy(extra[k]) for k in names], torch.from_numpy(np.concatenate(outs)))
         train_set = ConcatDataset([train_set, aug])
-    return train_set, Subset(full, range(n - n_eval, n)), label is not None
+    return train_set, Subset(full, held_idx), label is not None
 
 
 def _freeze(student: nn.Module, patterns: tuple[str, ...]) -> list[nn.Parameter]:
@@ -307,8 +323,14 @@ def _distill_torch(art: Artifact, cfg: DistillConfig, ctx: RunContext) -> Artifa
                        meta={"distill": {"mode": mode.value, "metric": metric, "curve": curve,
                                          "best_epoch": (result.best_epoch or 0) + 1,
                                          "teacher": teacher.name, "heldout_examples": len(heldout)}})
-    return child.with_check(Check("distill_heldout", True,
-                                  {f"{metric}_before": before, f"{metric}_after": float(result.best_metric),
-                                   "epochs": float(result.epochs_run)},
-                                  f"held-out {metric}: {before:.4f} -> {result.best_metric:.4f} "
-                                  f"over {result.epochs_run} epochs ({mode.value})"))
+    check = judge_student(student, heldout, has_labels=has_labels, embedding=mode is not DistillMode.LOGITS,
+                          tol=Tolerance(cfg.max_drop, cfg.min_cosine),
+                          extra={f"{metric}_before": before, f"{metric}_after": float(result.best_metric),
+                                 "epochs": float(result.epochs_run)})
+    check = dataclasses.replace(check, detail=f"held-out {metric}: {before:.4f} -> {result.best_metric:.4f} over "
+                                f"{result.epochs_run} epochs ({mode.value}); {check.detail}")
+    child = child.with_check(check)
+    if not check.passed:
+        raise VerificationError(f"distill_heldout failed on {art.name}: the student ends far below its teacher "
+                                f"{teacher.name}: {check.detail}", report=child)
+    return child

@@ -18,6 +18,7 @@ from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, UnsupportedModelError, require
 from slimforge.evaluation.fidelity import fidelity_check
+from slimforge.techniques.quantize.coverage import require_quantized
 
 
 class HalfType(str, enum.Enum):
@@ -61,6 +62,8 @@ def _cast_torch(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
     set_training(module, False)
     child = art.derive(Step("cast", cfg.to_dict()), handle=HalfModule(module, dtype), path=None,
                        meta={"precision": cfg.dtype.value})
+    child = require_quantized(child, method=f"{cfg.dtype.value} (PyTorch cast)", applies_to="floating-point "
+                              "parameters and buffers", source=art)
     return child.with_check(fidelity_check(art, child, min_cosine=cfg.min_cosine, name="cast_fidelity",
                                            data=ctx.calibration_data))
 
@@ -102,15 +105,23 @@ def _cast_onnx(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
             onnx.save(wrapped.model, str(tmp))
         except Exception as exc:
             raise TechniqueFailed(f"FP16 conversion failed on {art.name}: {str(exc).splitlines()[0][:300]}") from exc
-        check = fidelity_check(art, dataclasses.replace(child, path=tmp), min_cosine=cfg.min_cosine,
-                               name="cast_fidelity", data=ctx.calibration_data)
-    return dataclasses.replace(child, path=final).with_check(check)
+        counted = require_quantized(dataclasses.replace(child, path=tmp), method="fp16 (ONNX)", source=art,
+                                    applies_to="float weights of ops outside the FP32 list (keep_fp32_ops)")
+        check = fidelity_check(art, counted, min_cosine=cfg.min_cosine, name="cast_fidelity",
+                               data=ctx.calibration_data)
+    return dataclasses.replace(counted, path=final).with_check(check)
 
 
 @implements(CastConfig, fmt=Format.OPENVINO)
 def _cast_openvino(art: Artifact, cfg: CastConfig, ctx: RunContext) -> Artifact:
-    """OpenVINO keeps the IR and takes the precision as an inference hint at compile time."""
+    """OpenVINO takes the precision as an inference hint at compile time (kept in the artifact's metadata and its
+    sidecar); the IR is written anew where the step's output goes, with FP16 weights for ``fp16``."""
+    ov = require("openvino", extra="openvino")
     child = art.derive(Step("cast", cfg.to_dict()),
                        meta={"precision": cfg.dtype.value, "inference_precision": cfg.dtype.value})
-    return child.with_check(fidelity_check(art, child, min_cosine=cfg.min_cosine, name="cast_fidelity",
-                                           data=ctx.calibration_data))
+    final = ctx.output_for(child, ".xml")
+    with atomic_path(final) as tmp:
+        ov.save_model(ov.Core().read_model(str(art.path)), str(tmp), compress_to_fp16=cfg.dtype is HalfType.FP16)
+        check = fidelity_check(art, dataclasses.replace(child, path=tmp), min_cosine=cfg.min_cosine,
+                               name="cast_fidelity", data=ctx.calibration_data)
+    return dataclasses.replace(child, path=final).with_check(check)

@@ -28,6 +28,7 @@ from slimforge.core.registry import implements
 from slimforge.core.scratch import scratch_dir
 from slimforge.errors import ConfigError, DataError, TechniqueFailed, require
 from slimforge.evaluation.metrics import accuracy, cosine_similarity
+from slimforge.techniques.quantize.coverage import require_quantized
 from slimforge.techniques.quantize.calibration import Calibration
 from slimforge.techniques.quantize.onnx_static import StaticQuantConfig, calibrate, write_static
 
@@ -138,6 +139,9 @@ def _mixed_onnx(art: Artifact, cfg: MixedPrecisionConfig, ctx: RunContext) -> Ar
         float_layers = [n for n, _ in order[:k]]
         with atomic_path(final) as out:
             out.write_bytes(build(float_layers).read_bytes())
+            child = require_quantized(dataclasses.replace(child, path=out), source=art,
+                                      method=f"mixed-precision INT8 ({cfg.base.value})",
+                                      applies_to=", ".join(sorted(wanted)) + " with stored weights")
     check = Check("mixed_precision", True,
                   {"drop": trials[k], "max_drop": cfg.max_drop, "drop_all_quantized": trials[0],
                    "float_layers": float(k), "quantized_layers": float(len(layers) - k),

@@ -17,6 +17,7 @@ from slimforge.core.registry import implements
 from slimforge.env import has_vnni
 from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
+from slimforge.techniques.quantize.coverage import require_quantized
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,11 @@ def _quantize_dynamic_onnx(art: Artifact, cfg: DynamicQuantConfig, ctx: RunConte
             raise TechniqueFailed(f"ONNX Runtime dynamic quantization failed on {art.path.name}: "
                                   f"{str(exc).splitlines()[0][:300]}") from exc
         ctx.report_progress("dynamic int8", 1, 2)
-        check = fidelity_check(art, dataclasses.replace(child, path=tmp), min_cosine=cfg.min_cosine,
-                               name="quant_fidelity", data=ctx.calibration_data)
+        counted = require_quantized(
+            dataclasses.replace(child, path=tmp), method="dynamic INT8 (ONNX Runtime)", source=art,
+            applies_to="MatMul, Gemm, Attention, LSTM and Gather with stored weights"
+                       + ("" if cfg.include_conv else " (Conv stays in float unless include_conv)"))
+        check = fidelity_check(art, counted, min_cosine=cfg.min_cosine, name="quant_fidelity",
+                               data=ctx.calibration_data)
     ctx.report_progress("dynamic int8", 2, 2)
-    return dataclasses.replace(child, path=final).with_check(check)
+    return dataclasses.replace(counted, path=final).with_check(check)

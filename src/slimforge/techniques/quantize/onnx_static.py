@@ -24,6 +24,7 @@ from slimforge.core.scratch import child_env, die_with_parent, scratch_dir
 from slimforge.errors import ConfigError, TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds
+from slimforge.techniques.quantize.coverage import require_quantized
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,13 @@ def _quantize_static_onnx(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext
         src, cache, seen = calibrate(art, cfg, ctx, Path(tmp))
         with atomic_path(final) as out:
             write_static(art, src, out, cfg, cache, exclude=cfg.exclude)
-            check = fidelity_check(art, dataclasses.replace(child, path=out), min_cosine=cfg.min_cosine,
-                                   name="quant_fidelity", data=ctx.calibration_data)
-    return dataclasses.replace(child, path=final, meta={**child.meta, "calibration_samples": seen}).with_check(check)
+            counted = require_quantized(
+                dataclasses.replace(child, path=out), method="static INT8 (ONNX Runtime, QDQ)", source=art,
+                applies_to=", ".join(cfg.op_types) if cfg.op_types else "Conv, MatMul, Gemm and the ops between them")
+            check = fidelity_check(art, counted, min_cosine=cfg.min_cosine, name="quant_fidelity",
+                                   data=ctx.calibration_data)
+    return dataclasses.replace(counted, path=final, meta={**counted.meta, "calibration_samples": seen}
+                               ).with_check(check)
 
 
 def calibrate(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext, tmpdir: Path) -> tuple[Path, Path, int]:

@@ -17,6 +17,7 @@ from slimforge.core.registry import implements
 from slimforge.errors import TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds
+from slimforge.techniques.quantize.coverage import require_quantized
 from slimforge.techniques.quantize.onnx_static import StaticQuantConfig
 from slimforge.techniques.quantize.weight_only import WeightOnlyConfig
 
@@ -87,7 +88,9 @@ def _quantize_static_openvino(art: Artifact, cfg: StaticQuantConfig, ctx: RunCon
     child = art.derive(Step("quantize_static", cfg.to_dict()),
                        meta={"precision": "int8-static", "calibration": cfg.calibration.value,
                              "calibration_samples": samples.seen})
-    return _save_checked(ov, quantized, art, child, ctx, min_cosine=cfg.min_cosine)
+    return _save_checked(ov, quantized, art, child, ctx, min_cosine=cfg.min_cosine,
+                         what=dict(method="static INT8 (NNCF)", applies_to="Convolution, MatMul and the ops "
+                                   "NNCF quantizes around them"))
 
 
 @implements(WeightOnlyConfig, fmt=Format.OPENVINO)
@@ -104,13 +107,20 @@ def _compress_weights_openvino(art: Artifact, cfg: WeightOnlyConfig, ctx: RunCon
         raise TechniqueFailed(f"NNCF weight compression failed on {art.name}: {str(exc).splitlines()[0][:300]}") \
             from exc
     child = art.derive(Step("weight_only", cfg.to_dict()), meta={"precision": f"int{cfg.bits}-weights"})
-    return _save_checked(ov, compressed, art, child, ctx, min_cosine=cfg.min_cosine)
+    int4 = dict(method="int4 weight compression (NNCF)", need=("u4 constant", "i4 constant", "nf4 constant"),
+                applies_to="MatMul weights with a channel size divisible by the group size (Convolution and "
+                           "embedding weights stay at 8 bits)")
+    int8 = dict(method="int8 weight compression (NNCF)", applies_to="MatMul, Convolution and embedding weights")
+    return _save_checked(ov, compressed, art, child, ctx, min_cosine=cfg.min_cosine,
+                         what=int4 if cfg.bits == 4 else int8)
 
 
-def _save_checked(ov, model, art: Artifact, child: Artifact, ctx: RunContext, *, min_cosine: float) -> Artifact:
+def _save_checked(ov, model, art: Artifact, child: Artifact, ctx: RunContext, *, min_cosine: float,
+                  what: dict) -> Artifact:
     final = ctx.output_for(child, ".xml")
     with atomic_path(final) as tmp:
         ov.save_model(model, str(tmp), compress_to_fp16=False)
-        check = fidelity_check(art, dataclasses.replace(child, path=tmp), min_cosine=min_cosine,
-                               name="quant_fidelity", data=ctx.calibration_data)
-    return dataclasses.replace(child, path=final).with_check(check)
+        counted = require_quantized(dataclasses.replace(child, path=tmp), source=art, **what)
+        check = fidelity_check(art, counted, min_cosine=min_cosine, name="quant_fidelity",
+                               data=ctx.calibration_data)
+    return dataclasses.replace(counted, path=final).with_check(check)

@@ -22,6 +22,7 @@ from slimforge.errors import ConfigError, TechniqueFailed
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.torch_utils import run_module, set_training
 from slimforge.techniques.quantize.calibration import Calibration
+from slimforge.techniques.quantize.coverage import require_quantized
 from slimforge.techniques.quantize.torch_pt2e import export_for_quantization, x86_config
 from slimforge.train import TrainConfig, train
 from slimforge.train.data import supervised_loss, tensor_dataset
@@ -90,6 +91,8 @@ def _qat_torch(art: Artifact, cfg: QatConfig, ctx: RunContext) -> Artifact:
                        meta={"precision": "int8-qat", "fast_on": "torch_compile",
                              "qat_loss": "cross_entropy" if has_labels else "mse_to_fp32",
                              "qat_history": result.history})
+    child = require_quantized(child, method="quantization-aware training (PT2E, X86 Inductor)",
+                              applies_to="Conv, Linear and the ops around them", source=art)
     losses = [row["loss"] for row in result.history]
     child = child.with_check(Check("qat_training", True, {"epochs": float(result.epochs_run),
                                                           "first_loss": losses[0], "last_loss": losses[-1]},

@@ -9,9 +9,10 @@ import warnings
 from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
-from slimforge.errors import TechniqueFailed
+from slimforge.errors import NothingQuantized, TechniqueFailed
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.torch_utils import set_training
+from slimforge.techniques.quantize.coverage import require_quantized
 from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
 
 
@@ -30,7 +31,10 @@ def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunCont
         targets = {name for name, m in module.named_modules()
                    if isinstance(m, (nn.Linear, nn.LSTM, nn.GRU)) and name not in excluded}
         if not targets:
-            raise TechniqueFailed(f"{art.name} has no Linear/LSTM/GRU layers for dynamic INT8")
+            raise NothingQuantized("nothing was quantized: dynamic INT8 (torch.ao) applies to Linear, LSTM and GRU "
+                                   "layers; this model has none" + (" outside exclude" if excluded else ""))
+        if "" in targets:  # the model is itself a Linear/LSTM/GRU: torch.ao swaps children only, so hold it in one
+            module, targets = nn.Sequential(module), {"0"}
         try:
             qconfig = per_channel_dynamic_qconfig if cfg.per_channel else default_dynamic_qconfig
             quantized = quantize_dynamic(module, {name: qconfig for name in targets}, dtype=torch.qint8,
@@ -39,5 +43,7 @@ def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunCont
             raise TechniqueFailed(f"torch dynamic quantization failed on {art.name}: {exc}") from exc
     child = art.derive(Step("quantize_dynamic", cfg.to_dict()), handle=quantized, path=None,
                        meta={"precision": "int8-dynamic", "quantized_layers": len(targets)})
+    child = require_quantized(child, method="dynamic INT8 (torch.ao)", applies_to="Linear, LSTM and GRU layers",
+                              source=art)
     check = fidelity_check(art, child, min_cosine=cfg.min_cosine, name="quant_fidelity", data=ctx.calibration_data)
     return child.with_check(check)

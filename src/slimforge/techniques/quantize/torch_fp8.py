@@ -16,7 +16,7 @@ from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.config import Config, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
-from slimforge.errors import ConfigError, TechniqueFailed, UnsupportedModelError, require
+from slimforge.errors import ConfigError, NothingQuantized, TechniqueFailed, UnsupportedModelError, require
 from slimforge.evaluation.fidelity import fidelity_check
 
 
@@ -109,7 +109,8 @@ def _fp8_torch(art: Artifact, cfg: Fp8Config, ctx: RunContext) -> Artifact:
 
     n = sum(1 for name, m in module.named_modules() if eligible(m, name))
     if n == 0:
-        raise TechniqueFailed(f"{art.name} has no Linear layer with sizes divisible by 16 for FP8")
+        raise NothingQuantized("nothing was quantized: fp8 (torchao float8) applies to Linear layers with sizes "
+                               "divisible by 16; this model has none")
     granularity = PerRow() if cfg.granularity is Granularity.ROW else PerTensor()
     try:
         quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=granularity), filter_fn=eligible)

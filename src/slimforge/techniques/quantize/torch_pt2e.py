@@ -19,6 +19,7 @@ from slimforge.errors import TechniqueFailed, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.torch_utils import set_training
 from slimforge.techniques.quantize.calibration import Calibration, calibration_feeds
+from slimforge.techniques.quantize.coverage import require_quantized
 from slimforge.techniques.quantize.onnx_static import StaticQuantConfig
 
 
@@ -80,5 +81,7 @@ def _quantize_static_torch(art: Artifact, cfg: StaticQuantConfig, ctx: RunContex
     child = art.derive(Step("quantize_static", cfg.to_dict()), handle=converted, path=None,
                        meta={"precision": "int8-static", "calibration": cfg.calibration.value,
                              "calibration_samples": seen, "fast_on": "torch_compile"})
+    child = require_quantized(child, method="static INT8 (PT2E, X86 Inductor)",
+                              applies_to="Conv, Linear and the ops around them", source=art)
     return child.with_check(fidelity_check(art, child, min_cosine=cfg.min_cosine, name="quant_fidelity",
                                            data=ctx.calibration_data))
