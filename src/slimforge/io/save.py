@@ -18,17 +18,21 @@ from slimforge.errors import ConfigError, TechniqueFailed
 from slimforge.io.sidecar import write_sidecar
 
 _SUFFIXES = {Format.ONNX: (".onnx",), Format.OPENVINO: (".xml",), Format.TORCHSCRIPT: (".pt", ".pth", ".ts"),
-             Format.TORCH_EXPORT: (".pt2",), Format.TORCH: (".pt", ".pth", ".ts")}
+             Format.TORCH_EXPORT: (".pt2",), Format.TORCH: (".pt2", ".pt", ".pth", ".ts")}
 
 
 def save(art: Artifact, path: str | Path) -> Artifact:
     """Write ``art`` to ``path`` and return the artifact loaded back from it (outputs checked identical).
 
-    In-memory PyTorch models are saved as TorchScript (traced on the example inputs).
+    In-memory PyTorch models are saved as a ``torch.export`` program to a ``.pt2`` (dynamic axes kept): ``load``
+    unflattens it into a module that every technique can edit again (prune, fuse, lowrank, distill). To a ``.pt``
+    they are saved as TorchScript (traced on the example inputs), which runtimes run but techniques cannot edit.
 
     Example:
         >>> import torch, slimforge
         >>> art = slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4))
+        >>> slimforge.save(art, "/tmp/slimforge-doc/lin.pt2").format.value
+        'torch'
         >>> slimforge.save(art, "/tmp/slimforge-doc/lin.pt").format.value
         'torchscript'
     """
@@ -58,6 +62,8 @@ def _write(art: Artifact, tmp: Path) -> None:
         shutil.copyfile(art.path.with_suffix(".bin"), tmp.with_suffix(".bin"))
     elif art.path is not None and art.format in (Format.TORCHSCRIPT, Format.TORCH_EXPORT):
         shutil.copyfile(art.path, tmp)
+    elif tmp.suffix.lower() == ".pt2":
+        _write_program(art, tmp)
     else:
         import torch
 
@@ -72,6 +78,23 @@ def _write(art: Artifact, tmp: Path) -> None:
         except Exception as exc:
             raise TechniqueFailed(f"{art.name} cannot be saved as TorchScript: {str(exc).splitlines()[0][:300]}") \
                 from exc
+
+
+def _write_program(art: Artifact, tmp: Path) -> None:
+    if art.path is not None and art.path.suffix.lower() == ".pt2" and art.source_id.startswith("file:"):
+        shutil.copyfile(art.path, tmp)  # loaded from this program and not changed since
+        return
+    import torch
+
+    from slimforge.io.programs import export_program
+
+    try:
+        program = export_program(art.handle, art.examples, art.io)
+    except Exception as exc:
+        raise TechniqueFailed(f"{art.name} cannot be saved as a torch.export program (.pt2): "
+                              f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
+                              "; save it as .pt (TorchScript: runtimes run it, but it cannot be edited again)") from exc
+    torch.export.save(program, str(tmp))
 
 
 def _check_same(art: Artifact, loaded: Artifact) -> None:
