@@ -178,11 +178,12 @@ def _run_exporter(exporter: Exporter, module: Any, art: Artifact, io: IOSpec, in
                               dynamic_axes={**in_axes, **out_axes}, opset_version=cfg.opset, dynamo=False,
                               do_constant_folding=True)
         else:
-            dims: dict[str, torch.export.Dim] = {}
-            shapes = {n: {a: dims.setdefault(d, torch.export.Dim.AUTO) for a, d in in_axes.get(n, {}).items()}
-                      for n in in_names}
+            shapes = torch.export.ShapesCollection()  # keyed by tensor: fits any forward signature, *args too
+            for name, t in zip(in_names, args):
+                if in_axes.get(name):
+                    shapes[t] = {a: torch.export.Dim.AUTO for a in in_axes[name]}
             program = torch.onnx.export(module, args, input_names=in_names, output_names=out_names,
-                                        dynamic_shapes=tuple(shapes[n] for n in in_names),
+                                        dynamic_shapes=shapes if any(in_axes.values()) else None,
                                         opset_version=max(cfg.opset, 18), dynamo=True, verbose=False)
             program.save(str(path), external_data=big or cfg.external_data is ExternalData.ALWAYS)
     if cfg.external_data is ExternalData.ALWAYS or (cfg.external_data is ExternalData.AUTO and big):

@@ -114,7 +114,8 @@ def _with_sidecar(art: Artifact, path: Path, *, name: str | None, task: str | No
     saved = read_sidecar(path).get("meta") or {}
     if not saved:
         return art
-    meta = {**saved, **({"name": name} if name else {}), **({"task": task} if task else {})}
+    found = {k: art.meta[k] for k in ("not_editable",) if k in art.meta}  # what the loader found in the file itself
+    meta = {**saved, **found, **({"name": name} if name else {}), **({"task": task} if task else {})}
     return dataclasses.replace(art, meta=meta)
 
 

@@ -234,19 +234,24 @@ def load_torchscript(path: Path, *, example_inputs, input_names, input_shapes, n
                           meta=make_meta(name or path.stem, task, module), source_id=f"file:{file_digest(path)}")
 
 
+def _saved_io(path: Path) -> IOSpec | None:
+    """The inputs slimforge recorded beside a file it wrote (None when there is no sidecar)."""
+    from slimforge.io.sidecar import read_sidecar
+
+    try:
+        inputs = read_sidecar(path)["io"]["inputs"]
+        return IOSpec(tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in inputs))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _saved_examples(path: Path) -> dict[str, Any] | None:
     """Inputs made from the IO spec slimforge saved beside a file it wrote (None when there is none)."""
     from slimforge.io.sidecar import read_sidecar
     from slimforge.io.synth import synthesize
 
-    side = read_sidecar(path)
-    if not side.get("io"):
-        return None
-    try:
-        io = IOSpec(tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in side["io"]["inputs"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-    return synthesize(io, batch=1, seq=16, meta=side.get("meta") or {})
+    io = _saved_io(path)
+    return None if io is None else synthesize(io, batch=1, seq=16, meta=read_sidecar(path).get("meta") or {})
 
 
 def load_program(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
@@ -259,8 +264,9 @@ def load_program(path: Path, *, example_inputs, input_names, input_shapes, name,
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot be read as a torch.export program (.pt2); the file is truncated, "
                              f"corrupt, or was not written by torch.export.save: {first_line(exc)}") from exc
-    names = list(input_names or [s.arg.name for s in program.graph_signature.input_specs
-                                 if s.kind.name == "USER_INPUT"])
+    names = [s.arg.name for s in program.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    saved_io = _saved_io(path)  # the names slimforge saved beside it (a forward(*tensors) has none of its own)
+    names = list(input_names or (saved_io.input_names if saved_io and len(saved_io.inputs) == len(names) else names))
     if example_inputs is None and not input_shapes:
         saved = getattr(program, "example_inputs", None)
         if saved is not None and saved[0]:
