@@ -30,6 +30,13 @@ def set_training(module: object, mode: bool) -> None:
         pass
 
 
+def runs_fx_graphs(module: object) -> bool:
+    """Whether a module runs torch.fx graphs (a ``torch.export`` program unflattened, an fx GraphModule): a
+    TorchScript trace of it fixes the sizes its graphs compute, so exporters that trace should not be preferred."""
+    return isinstance(module, nn.Module) and any(isinstance(getattr(m, "graph", None), torch.fx.Graph)
+                                                 for m in module.modules())
+
+
 def run_module(module: nn.Module, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run a module once in eval mode on numpy feeds (positional, in order) without changing its training flag, on
     the device its parameters are on (outputs come back as numpy arrays)."""

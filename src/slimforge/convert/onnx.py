@@ -23,7 +23,7 @@ from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, VerificationError, require
 from slimforge.io.onnx_file import check_onnx_file
 from slimforge.convert.verify import verification_cases, verify
-from slimforge.torch_utils import set_training
+from slimforge.torch_utils import runs_fx_graphs, set_training
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ def _export_torch(art: Artifact, cfg: ExportConfig, ctx: RunContext) -> Artifact
     child = art.derive(Step("export_onnx", cfg.to_dict()), format=Format.ONNX, handle=None, io=child_io)
     final = ctx.output_for(child, ".onnx")
     exporters = [Exporter.TORCHSCRIPT, Exporter.DYNAMO] if cfg.exporter is Exporter.AUTO else [cfg.exporter]
+    if cfg.exporter is Exporter.AUTO and runs_fx_graphs(module):  # a program from a .pt2: torch.export it again
+        exporters.reverse()
     reasons: list[str] = []
     last: Exception | None = None
     mismatch: VerificationError | None = None
