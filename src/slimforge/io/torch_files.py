@@ -273,6 +273,8 @@ def load_program(path: Path, *, example_inputs, input_names, input_shapes, name,
             example_inputs = tuple(saved[0])
         else:
             raise ConfigError(f"{path}: this program has no saved example inputs; pass example_inputs=...")
+    if saved_io is not None and names == saved_io.input_names and isinstance(example_inputs, (tuple, list)):
+        example_inputs = dict(zip(names, example_inputs))  # the names as saved, never renamed
     examples = examples_from(example_inputs, names, input_shapes, None)
     from slimforge.io.programs import editable_module
 
