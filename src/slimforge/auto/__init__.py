@@ -207,7 +207,8 @@ def auto_optimize_for_deployment(target_platform: str, model_name: Any,
 
     Example:
         >>> # auto_optimize_for_deployment("cpu", "model.onnx", {"inference_time": 10, "accuracy": 0.98})
-        >>> # auto_optimize_for_deployment("edge", net, {"inference_time": 10}, example_inputs=torch.randn(1, 3, 32, 32))
+        >>> # auto_optimize_for_deployment("edge", net, {"inference_time": 10},
+        >>> #                              example_inputs=torch.randn(1, 3, 32, 32))
     """
     model = model_name if example_inputs is None else as_artifact(model_name, example_inputs=example_inputs)
     return auto_optimize(model, target=target_platform, goals=Goals.from_mapping(performance_threshold), **kw)

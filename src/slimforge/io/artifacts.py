@@ -67,7 +67,8 @@ def forward_names(module: nn.Module) -> list[str]:
 
 
 def examples_from(example_inputs: ExampleInputs | None, names: Sequence[str],
-                  input_shapes: Mapping[str, tuple[int, ...]] | None, module: nn.Module | None) -> dict[str, np.ndarray]:
+                  input_shapes: Mapping[str, tuple[int, ...]] | None,
+                  module: nn.Module | None) -> dict[str, np.ndarray]:
     if example_inputs is None:
         if not input_shapes:
             raise ConfigError("pass example_inputs=... (a tensor, a tuple of tensors or a {name: tensor} dict) so the "

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping
 
 from slimforge.core.artifact import Artifact, Format, IOSpec, TensorSpec
 from slimforge.errors import ConfigError, ModelLoadError, UnsupportedModelError
-from slimforge.io.artifacts import examples_from, file_digest, first_line, make_meta, torch_artifact
+from slimforge.io.artifacts import (examples_from, file_digest, first_line, forward_names, make_meta, module_digest,
+                                    torch_artifact)
 
 TORCHSCRIPT, TORCH_SAVE, PROGRAM = "TorchScript", "torch.save", "torch.export"
 
@@ -149,7 +150,8 @@ def build_module(path: Path, arch: str | Callable[..., Any], arch_kwargs: Mappin
     sd = read_state_dict(path)
     own = module.state_dict()
     missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in sd and sd[k].shape != own[k].shape]
     if missing or extra or wrong:
         parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(extra)}" if extra else "",
                  f"other shapes: {_few(wrong)}" if wrong else ""]
@@ -184,8 +186,6 @@ def parse_arch_kwargs(value: Mapping[str, Any] | str | None) -> dict[str, Any]:
 def load_arch(path: Path, *, arch: Any, arch_kwargs: Any, example_inputs, input_names, input_shapes, name,
               task) -> Artifact:
     """A state dict built into its class: an ordinary, editable PyTorch module."""
-    from slimforge.io.artifacts import forward_names, module_digest
-
     kind = torch_file_kind(path)
     if kind in (TORCHSCRIPT, PROGRAM):
         raise ConfigError(f"--arch builds a module from a state dict; {path.name} is a {kind} file, which holds its "
@@ -195,7 +195,8 @@ def load_arch(path: Path, *, arch: Any, arch_kwargs: Any, example_inputs, input_
         raise ConfigError(f"{path}: a state dict does not record input shapes; pass --input-shape "
                           "NAME:1x3x224x224 (CLI) or example_inputs=... (API)")
     examples = examples_from(example_inputs, input_names or forward_names(module), input_shapes, module)
-    return torch_artifact(module, examples, fmt=Format.TORCH, path=path, meta=make_meta(name or path.stem, task, module),
+    return torch_artifact(module, examples, fmt=Format.TORCH, path=path,
+                          meta=make_meta(name or path.stem, task, module),
                           source_id=f"arch:{file_digest(path)}:{module_digest(module)}")
 
 
