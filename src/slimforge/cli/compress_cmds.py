@@ -16,6 +16,21 @@ Output = Annotated[Optional[Path], typer.Option(
     "-o", "--output", help="Where to save the result: a .pt2 (torch.export; every command loads it and can edit it "
                            "again), or a .pt (TorchScript: runtimes run it, techniques cannot edit it).")]
 Batch = Annotated[str, typer.Option(help="Batch sizes for the speed check.")]
+# distill's teacher and student each come as a path, or as a state dict with its class (--ROLE-arch ...)
+
+
+def _role_options(role: str) -> tuple[Any, Any, Any]:
+    return (Annotated[Optional[str], typer.Option(
+                f"--{role}-arch", help=f"package.module:Class of the {role} whose state dict --{role} (or "
+                                       f"--{role}-weights) holds.")],
+            Annotated[Optional[Path], typer.Option(f"--{role}-weights",
+                                                   help=f"The {role}'s state dict, for --{role}-arch.")],
+            Annotated[Optional[str], typer.Option(f"--{role}-arch-kwargs",
+                                                  help=f"JSON keyword arguments for --{role}-arch.")])
+
+
+TeacherArch, TeacherWeights, TeacherKwargs = _role_options("teacher")
+StudentArch, StudentWeights, StudentKwargs = _role_options("student")
 
 
 def _output(given: Path | None, art: Any, what: str) -> Path:
@@ -101,20 +116,9 @@ def distill(teacher: Annotated[Optional[str], typer.Option(help="Teacher model (
             augment: Annotated[int, typer.Option(help="Token-level variants per training sentence.")] = 0,
             device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
             output: Output = None, batch: Batch = "1,32", input_shape: InputShape = None,
-            teacher_arch: Annotated[Optional[str], typer.Option(
-                help="package.module:Class of the teacher whose state dict --teacher (or --teacher-weights) "
-                     "holds.")] = None,
-            teacher_weights: Annotated[Optional[Path], typer.Option(
-                help="The teacher's state dict, for --teacher-arch.")] = None,
-            teacher_arch_kwargs: Annotated[Optional[str], typer.Option(
-                help="JSON keyword arguments for --teacher-arch.")] = None,
-            student_arch: Annotated[Optional[str], typer.Option(
-                help="package.module:Class of the student whose state dict --student (or --student-weights) "
-                     "holds.")] = None,
-            student_weights: Annotated[Optional[Path], typer.Option(
-                help="The student's state dict, for --student-arch.")] = None,
-            student_arch_kwargs: Annotated[Optional[str], typer.Option(
-                help="JSON keyword arguments for --student-arch.")] = None) -> None:
+            teacher_arch: TeacherArch = None, teacher_weights: TeacherWeights = None,
+            teacher_arch_kwargs: TeacherKwargs = None, student_arch: StudentArch = None,
+            student_weights: StudentWeights = None, student_arch_kwargs: StudentKwargs = None) -> None:
     """Distil a teacher into a smaller student; prints the held-out curve per epoch. Each model is a path (a
     Hugging Face folder, a .pt2, ...) or a state dict with its class: --teacher-arch/--teacher-weights and
     --student-arch/--student-weights."""
