@@ -22,6 +22,7 @@ from slimforge.core.logs import quiet_libraries
 from slimforge.errors import ConfigError, UnsupportedModelError
 from slimforge.io.data import Dataset
 from slimforge.io.inputs import ModelLike, as_artifact, as_data, feeds_for
+from slimforge.io.torch_files import not_editable
 from slimforge.plan.engine import apply_step
 
 DataLike = str | Path | Dataset | None
@@ -45,6 +46,12 @@ def _split(fields: dict[str, Any]) -> tuple[RunOptions, dict[str, Any]]:
 
 
 def _run(art: Artifact, cfg: Config, *, data: DataLike, teacher: Artifact | None, run: RunOptions) -> Artifact:
+    shown = art.path.name if art.path is not None else art.name
+    if art.format is Format.TORCHSCRIPT:
+        raise not_editable(shown, cfg.kind)
+    if art.format is Format.TORCH_EXPORT:
+        raise not_editable(shown, cfg.kind, why="this torch.export program could not be made an editable module: "
+                           + str(art.meta.get("not_editable", "")))
     if art.format is not Format.TORCH:
         raise UnsupportedModelError(f"{cfg.kind} works on PyTorch models; {art.name} is {art.format.value}")
     ds = as_data(data, teacher or art, default_text=False) if data is not None else None

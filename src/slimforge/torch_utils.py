@@ -30,19 +30,27 @@ def set_training(module: object, mode: bool) -> None:
         pass
 
 
+def runs_fx_graphs(module: object) -> bool:
+    """Whether a module runs torch.fx graphs (a ``torch.export`` program unflattened, an fx GraphModule): a
+    TorchScript trace of it fixes the sizes its graphs compute, so exporters that trace should not be preferred."""
+    return isinstance(module, nn.Module) and any(isinstance(getattr(m, "graph", None), torch.fx.Graph)
+                                                 for m in module.modules())
+
+
 def run_module(module: nn.Module, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run a module once in eval mode on numpy feeds (positional, in order) without changing its training flag, on
     the device its parameters are on (outputs come back as numpy arrays)."""
-    was_training = getattr(module, "training", False)
+    modes = {m: m.training for m in module.modules()} if hasattr(module, "modules") else {}
     param = next(module.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     try:
-        if was_training:
+        if any(modes.values()):
             set_training(module, False)
         with torch.inference_mode():
             out = module(*[torch.from_numpy(np.ascontiguousarray(v)).to(device) for v in feeds.values()])
         return [t.detach().cpu().float().numpy() if t.dtype in (torch.float16, torch.bfloat16)
                 else t.detach().cpu().numpy() for t in outputs_to_list(out)]
     finally:
-        if was_training:
-            set_training(module, True)
+        if any(modes.values()):  # each submodule back in its own mode (a model in eval mode may hold a
+            for m, mode in modes.items():  # wrapper that is not, or the reverse)
+                m.training = mode

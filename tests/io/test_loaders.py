@@ -107,7 +107,8 @@ def test_torchscript_and_torch_export(tmp_path, mlp):
     pt2 = tmp_path / "m.pt2"
     torch.export.save(torch.export.export(mlp, (x,)), pt2)
     art2 = slimforge.load(pt2)
-    assert art2.format is Format.TORCH_EXPORT
+    assert art2.format is Format.TORCH  # unflattened: an editable module of torch.nn layers
+    assert [type(m).__name__ for m in art2.handle.modules() if isinstance(m, torch.nn.Linear)]
     assert np.allclose(open_session(art2).run({art2.io.input_names[0]: x.numpy()})[0], ref, atol=1e-6)
 
 

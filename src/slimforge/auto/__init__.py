@@ -214,10 +214,15 @@ def load_optimized(name: str | Path | Artifact | None = None, optimization: str 
 
 
 def auto_optimize_for_deployment(target_platform: str, model_name: Any,
-                                 performance_threshold: Mapping[str, Any] | None = None, **kw: Any) -> AutoResult:
+                                 performance_threshold: Mapping[str, Any] | None = None, *,
+                                 example_inputs: Any = None, **kw: Any) -> AutoResult:
     """The seed's shape: ``performance_threshold={"inference_time": ms, "memory_usage": MB, "accuracy": 0..1}``.
+    ``model_name`` is a path, an artifact or an ``nn.Module`` (then with ``example_inputs``).
 
     Example:
         >>> # auto_optimize_for_deployment("cpu", "model.onnx", {"inference_time": 10, "accuracy": 0.98})
+        >>> # auto_optimize_for_deployment("edge", net, {"inference_time": 10},
+        >>> #                              example_inputs=torch.randn(1, 3, 32, 32))
     """
-    return auto_optimize(model_name, target=target_platform, goals=Goals.from_mapping(performance_threshold), **kw)
+    model = model_name if example_inputs is None else as_artifact(model_name, example_inputs=example_inputs)
+    return auto_optimize(model, target=target_platform, goals=Goals.from_mapping(performance_threshold), **kw)

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from slimforge.cli.common import InputShape, ModelArg, Preprocess, Task, drop, load_model, parse_batches, with_overrides
+from slimforge.cli.common import (Arch, ArchKwargs, InputShape, ModelArg, Preprocess, Task, Weights, drop, load_model,
+                                  load_models, parse_batches, with_overrides)
 from slimforge.cli.render import console, err_console, print_checks, print_measurements
 from slimforge.errors import ConfigError, SlimforgeError
 
@@ -21,11 +22,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 @app.command()
 def info(model: ModelArg = None, input_shape: InputShape = None, task: Task = None,
-         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, arch: Arch = None,
+         weights: Weights = None, arch_kwargs: ArchKwargs = None) -> None:
     """Show inputs, outputs, op histogram, parameter count and size."""
     from slimforge.convert.info import model_info
 
-    data = model_info(with_overrides(load_model(model, input_shape), task, None))
+    data = model_info(with_overrides(load_model(model, input_shape, arch=arch, weights=weights,
+                                                arch_kwargs=arch_kwargs), task, None))
     if as_json:
         console.print_json(json.dumps(data, default=str))
         return
@@ -54,7 +57,8 @@ def export(model: ModelArg = None,
            atol: Annotated[float, typer.Option(help="Verification tolerance (max abs error).")] = 1e-4,
            verify: Annotated[bool, typer.Option(help="Verify against the source model.")] = True,
            input_shape: InputShape = None,
-           dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False,
+           arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None) -> None:
     """Export a PyTorch model to ONNX, verified against the source on several input shapes."""
     from slimforge.convert.onnx import ExportConfig
     from slimforge.plan.recipe import Recipe
@@ -67,7 +71,7 @@ def export(model: ModelArg = None,
     from slimforge.api import export as api_export
     from slimforge.cli.progress import progress_bars
 
-    art = load_model(model, input_shape)
+    art = load_model(model, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs)
     with progress_bars(err_console) as progress:
         out = api_export(art, output, opset=opset, dynamic_axes=cfg.dynamic_axes, exporter=exporter, verify=verify,
                          atol=atol, progress=progress)
@@ -84,8 +88,12 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
               threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
               repeats: Annotated[int, typer.Option(help="Minimum timed runs per batch size.")] = 20,
               input_shape: InputShape = None, preprocess: Preprocess = None,
-              json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write results as JSON.")] = None
-              ) -> None:
+              json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write results as JSON.")] = None,
+              arch: Annotated[Optional[str], typer.Option(
+                  help="package.module:Class for the state dict files among MODELS (and --weights).")] = None,
+              weights: Annotated[Optional[Path], typer.Option(
+                  help="A state dict for --arch, measured first (the baseline).")] = None,
+              arch_kwargs: ArchKwargs = None) -> None:
     """Measure latency p50/p95/p99 (medians with 95% intervals, models timed side by side in interleaved rounds),
     speedup over the first model, throughput, peak memory and size."""
     from slimforge.api import benchmark as api_benchmark
@@ -94,7 +102,8 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
     from slimforge.cli.progress import progress_bars
 
     batches = parse_batches(batch)
-    arts = [with_overrides(load_model(m, input_shape), None, preprocess) for m in (models or [None])]
+    arts = [with_overrides(a, None, preprocess)
+            for a in load_models(models, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs)]
     if json_out:
         from slimforge.core.outputs import prepare_output_file
 
@@ -130,7 +139,8 @@ def quantize(model: ModelArg = None,
                       "layers in float that meet it.")] = None,
              batch: Annotated[str, typer.Option(help="Batch sizes for the speed check.")] = "1,32",
              input_shape: InputShape = None, task: Task = None, preprocess: Preprocess = None,
-             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False,
+             arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None) -> None:
     """Quantize with one method for one runtime; verified, and checked against its FP32 input for speed. When the
     method finds nothing it applies to in the model (int4 on a CNN: no MatMul), it says "nothing was quantized"
     and exits 2, writing nothing."""
@@ -139,7 +149,8 @@ def quantize(model: ModelArg = None,
 
     opts = QuantizeOptions(method=method, calibration=calibration, per_channel=per_channel, num_samples=num_samples,
                            exclude=tuple(exclude or ()), min_cosine=min_cosine, max_drop=drop(max_drop))
-    art = with_overrides(load_model(model, input_shape), task, preprocess)
+    art = with_overrides(load_model(model, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs), task,
+                         preprocess)
     rt = runtime or default_runtime_for(art, opts.method)
     if dry_run:
         console.print(Recipe(steps=tuple(opts.steps(art, rt)), runtime=rt, batch_sizes=parse_batches(batch)).to_yaml())

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from slimforge.errors import ConfigError
 
-ModelArg = Annotated[Optional[str], typer.Argument(help="Model: ONNX file, HF folder, TorchScript .pt, .pt2, "
-                                                        "OpenVINO .xml. Default: the bundled all-MiniLM-L6-v2.")]
+ModelArg = Annotated[Optional[str], typer.Argument(help="Model: ONNX file, HF folder, torch.export .pt2, TorchScript "
+                                                        ".pt, a state dict with --arch, OpenVINO .xml. Default: the "
+                                                        "bundled all-MiniLM-L6-v2.")]
+Arch = Annotated[Optional[str], typer.Option(
+    "--arch", help="package.module:Class (or a function) that builds the nn.Module whose state dict MODEL (or "
+                   "--weights) holds; imported with the current folder on the path, as python -m does.")]
+Weights = Annotated[Optional[Path], typer.Option(
+    "--weights", help="A state dict file (torch.save(model.state_dict())) for --arch; the same as giving it as MODEL.")]
+ArchKwargs = Annotated[Optional[str], typer.Option(
+    "--arch-kwargs", help='Keyword arguments for --arch as a JSON object, e.g. \'{"classes": 10}\'.')]
 Force = Annotated[bool, typer.Option(
     "--force", help="Write into an output folder that holds other files (slimforge replaces only what it wrote "
                     "there; other files are never touched).")]
@@ -58,8 +67,48 @@ def drop(text: str | None) -> float | None:
         raise ConfigError(f"--max-drop must be a number such as 0.5 or 0.5%, got {text!r}") from None
 
 
-def load_model(model: str | None, input_shape: list[str] | None) -> Any:
+def model_source(model: str | None, weights: Path | None, *, what: str = "MODEL") -> str | None:
+    """The model path from the positional argument or ``--weights`` (one of them, or both naming the same file)."""
+    if weights is not None and model is not None and Path(model).resolve() != weights.resolve():
+        raise ConfigError(f"give the state dict once: {what} {model} and --weights {weights} name different files")
+    return str(weights) if weights is not None else model
+
+
+def load_model(model: str | None, input_shape: list[str] | None, *, arch: str | None = None,
+               arch_kwargs: str | None = None, weights: Path | None = None, edits: str | None = None,
+               what: str = "MODEL") -> Any:
+    """Load the model a command names: a path, or a state dict with ``--arch``; the bundled model when none.
+    ``edits`` names a command that changes the structure: TorchScript is refused before it is read."""
     from slimforge.io.models import default_model_path, load
     from slimforge.io.synth import parse_input_shapes
 
-    return load(model or default_model_path(), input_shapes=parse_input_shapes(input_shape) or None)
+    source = model_source(model, weights, what=what)
+    if arch is None and (weights is not None or arch_kwargs is not None):
+        raise ConfigError(f"--weights and --arch-kwargs go with --arch package.module:Class (for {what})")
+    if source is None and arch is not None:
+        raise ConfigError(f"--arch {arch} needs the state dict to load into it: give it as {what} or --weights FILE")
+    if edits and source and arch is None:
+        from slimforge.io.torch_files import TORCHSCRIPT, not_editable, torch_file_kind
+
+        path = Path(source)
+        if path.is_file() and path.stat().st_size and torch_file_kind(path) == TORCHSCRIPT:
+            raise not_editable(path.name, edits)
+    return load(source or default_model_path(), input_shapes=parse_input_shapes(input_shape) or None, arch=arch,
+                arch_kwargs=arch_kwargs)
+
+
+def load_models(models: list[str] | None, input_shape: list[str] | None, *, arch: str | None,
+                weights: Path | None, arch_kwargs: str | None) -> list[Any]:
+    """The models of ``benchmark``: ``--weights`` first, then each of MODELS; ``--arch`` builds every state dict."""
+    from slimforge.io.torch_files import TORCH_SAVE, torch_file_kind
+
+    def is_state_dict(m: str) -> bool:
+        path = Path(m)
+        return path.is_file() and path.suffix.lower() not in (".onnx", ".xml") and torch_file_kind(path) == TORCH_SAVE
+
+    if arch is None and (weights is not None or arch_kwargs is not None):
+        raise ConfigError("--weights and --arch-kwargs go with --arch package.module:Class")
+    sources: list[str | None] = ([str(weights)] if weights else []) + list(models or ([] if weights else [None]))
+    built = [arch is not None and m is not None and (m == str(weights) or is_state_dict(m)) for m in sources]
+    return [load_model(m, input_shape, arch=arch if b else None, arch_kwargs=arch_kwargs if b else None)
+            for m, b in zip(sources, built)]

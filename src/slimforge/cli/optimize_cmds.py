@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from slimforge.cli.app import app
-from slimforge.cli.common import (Force, InputShape, ModelArg, Preprocess, Task, load_model, parse_batches,
-                                  parse_duration, with_overrides)
+from slimforge.cli.common import (Arch, ArchKwargs, Force, InputShape, ModelArg, Preprocess, Task, Weights, load_model,
+                                  model_source, parse_batches, parse_duration, with_overrides)
 from slimforge.cli.render import console, err_console, print_checks, print_comparison, print_search
 from slimforge.errors import ConfigError
 
@@ -40,9 +40,11 @@ def optimize(model: ModelArg = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
              recipe: Annotated[Optional[Path], typer.Option(help="A recipe YAML to run instead of the default.")] = None,
              input_shape: InputShape = None, task: Task = None, preprocess: Preprocess = None, force: Force = False,
-             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False) -> None:
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the recipe and stop.")] = False,
+             arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None) -> None:
     """Optimize a model. With --target or any goal: search every technique and runtime for the best artifact that
     meets the goals (exit code 0 when all are met, 3 when not; the best effort is saved either way)."""
+    from slimforge.core.artifact import Format
     from slimforge.io.models import default_model_path, format_of
     from slimforge.plan.engine import check_recipe
     from slimforge.plan.recipe import Recipe, default_recipe
@@ -52,10 +54,13 @@ def optimize(model: ModelArg = None,
                  "min_speedup": min_speedup}
     goal_args = {k: v for k, v in goal_args.items() if v is not None}
     given = Recipe.load(recipe) if recipe else None
+    source = model_source(model, weights)
     if given is not None:  # refused in milliseconds, before the model is even loaded
-        check_recipe(format_of(model or default_model_path()), given, name=model or "the bundled model")
-    art = with_overrides(load_model(model, input_shape), task, preprocess)
-    if model is None and data is None:  # the bundled model: evaluate, calibrate and time on the bundled sentences
+        check_recipe(Format.TORCH if arch else format_of(source or default_model_path()), given,
+                     name=source or "the bundled model")
+    art = with_overrides(load_model(model, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs), task,
+                         preprocess)
+    if source is None and data is None:  # the bundled model: evaluate, calibrate and time on the bundled sentences
         from slimforge.io.data import bundled_sentences_path
 
         data = bundled_sentences_path()

@@ -23,7 +23,7 @@ from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, VerificationError, require
 from slimforge.io.onnx_file import check_onnx_file
 from slimforge.convert.verify import verification_cases, verify
-from slimforge.torch_utils import set_training
+from slimforge.torch_utils import runs_fx_graphs, set_training
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ def _export_torch(art: Artifact, cfg: ExportConfig, ctx: RunContext) -> Artifact
     child = art.derive(Step("export_onnx", cfg.to_dict()), format=Format.ONNX, handle=None, io=child_io)
     final = ctx.output_for(child, ".onnx")
     exporters = [Exporter.TORCHSCRIPT, Exporter.DYNAMO] if cfg.exporter is Exporter.AUTO else [cfg.exporter]
+    if cfg.exporter is Exporter.AUTO and runs_fx_graphs(module):  # a program from a .pt2: torch.export it again
+        exporters.reverse()
     reasons: list[str] = []
     last: Exception | None = None
     mismatch: VerificationError | None = None
@@ -178,11 +180,12 @@ def _run_exporter(exporter: Exporter, module: Any, art: Artifact, io: IOSpec, in
                               dynamic_axes={**in_axes, **out_axes}, opset_version=cfg.opset, dynamo=False,
                               do_constant_folding=True)
         else:
-            dims: dict[str, torch.export.Dim] = {}
-            shapes = {n: {a: dims.setdefault(d, torch.export.Dim.AUTO) for a, d in in_axes.get(n, {}).items()}
-                      for n in in_names}
+            shapes = torch.export.ShapesCollection()  # keyed by tensor: fits any forward signature, *args too
+            for name, t in zip(in_names, args):
+                if in_axes.get(name):
+                    shapes[t] = {a: torch.export.Dim.AUTO for a in in_axes[name]}
             program = torch.onnx.export(module, args, input_names=in_names, output_names=out_names,
-                                        dynamic_shapes=tuple(shapes[n] for n in in_names),
+                                        dynamic_shapes=shapes if any(in_axes.values()) else None,
                                         opset_version=max(cfg.opset, 18), dynamo=True, verbose=False)
             program.save(str(path), external_data=big or cfg.external_data is ExternalData.ALWAYS)
     if cfg.external_data is ExternalData.ALWAYS or (cfg.external_data is ExternalData.AUTO and big):

@@ -15,10 +15,11 @@ from slimforge.core.artifact import Artifact, Format
 from slimforge.core.outputs import atomic_path
 from slimforge.core.outputs import prepare_output_file
 from slimforge.errors import ConfigError, TechniqueFailed
-from slimforge.io.sidecar import write_sidecar
+from slimforge.io.sidecar import sidecar_path, write_sidecar
+from slimforge.io.synth import synthesize
 
 _SUFFIXES = {Format.ONNX: (".onnx",), Format.OPENVINO: (".xml",), Format.TORCHSCRIPT: (".pt", ".pth", ".ts"),
-             Format.TORCH_EXPORT: (".pt2",), Format.TORCH: (".pt", ".pth", ".ts")}
+             Format.TORCH_EXPORT: (".pt2",), Format.TORCH: (".pt2", ".pt", ".pth", ".ts")}
 
 
 _KINDS = {Format.ONNX: "ONNX", Format.OPENVINO: "OpenVINO IR (.xml + .bin)", Format.TORCHSCRIPT: "TorchScript",
@@ -47,11 +48,15 @@ def check_suffix(path: str | Path, fmt: Format, *, what: str) -> Path:
 def save(art: Artifact, path: str | Path) -> Artifact:
     """Write ``art`` to ``path`` and return the artifact loaded back from it (outputs checked identical).
 
-    In-memory PyTorch models are saved as TorchScript (traced on the example inputs).
+    In-memory PyTorch models are saved as a ``torch.export`` program to a ``.pt2`` (dynamic axes kept): ``load``
+    unflattens it into a module that every technique can edit again (prune, fuse, lowrank, distill). To a ``.pt``
+    they are saved as TorchScript (traced on the example inputs), which runtimes run but techniques cannot edit.
 
     Example:
         >>> import torch, slimforge
         >>> art = slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4))
+        >>> slimforge.save(art, "/tmp/slimforge-doc/lin.pt2").format.value
+        'torch'
         >>> slimforge.save(art, "/tmp/slimforge-doc/lin.pt").format.value
         'torchscript'
     """
@@ -65,9 +70,18 @@ def save(art: Artifact, path: str | Path) -> Artifact:
     with atomic_path(path) as tmp:
         _write(art, tmp)
     write_sidecar(art, path)
-    loaded = load(path, example_inputs=dict(art.examples) if art.format in (Format.TORCH, Format.TORCHSCRIPT)
-                  else None)
-    _check_same(art, loaded)
+    try:
+        loaded = load(path, example_inputs=dict(art.examples) if art.format in (Format.TORCH, Format.TORCHSCRIPT)
+                      else None)
+        _check_same(art, loaded, dict(art.examples))
+        if art.format is Format.TORCH and any(t.dynamic_axes() for t in art.io.inputs):
+            # a trace or export can fix a size the module computes: check at other sizes too
+            _check_same(art, loaded, synthesize(art.io, batch=3, seq=7, examples=art.examples, meta=art.meta))
+    except Exception:
+        for f in (path, sidecar_path(path), path.with_suffix(".bin") if art.format is Format.OPENVINO else None):
+            if f is not None:
+                f.unlink(missing_ok=True)
+        raise
     return loaded
 
 
@@ -81,6 +95,8 @@ def _write(art: Artifact, tmp: Path) -> None:
         shutil.copyfile(art.path.with_suffix(".bin"), tmp.with_suffix(".bin"))
     elif art.path is not None and art.format in (Format.TORCHSCRIPT, Format.TORCH_EXPORT):
         shutil.copyfile(art.path, tmp)
+    elif tmp.suffix.lower() == ".pt2":
+        _write_program(art, tmp)
     else:
         import torch
 
@@ -97,13 +113,39 @@ def _write(art: Artifact, tmp: Path) -> None:
                 from exc
 
 
-def _check_same(art: Artifact, loaded: Artifact) -> None:
+def _write_program(art: Artifact, tmp: Path) -> None:
+    if art.path is not None and art.path.suffix.lower() == ".pt2" and art.source_id.startswith("file:"):
+        shutil.copyfile(art.path, tmp)  # loaded from this program and not changed since
+        return
+    import torch
+
+    from slimforge.io.programs import export_program
+
+    try:
+        program = export_program(art.handle, art.examples, art.io)
+    except Exception as exc:
+        raise TechniqueFailed(f"{art.name} cannot be saved as a torch.export program (.pt2): "
+                              f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
+                              "; save it as .pt (TorchScript: runtimes run it, but it cannot be edited again)") from exc
+    torch.export.save(program, str(tmp))
+
+
+def _check_same(art: Artifact, loaded: Artifact, feeds: dict[str, np.ndarray]) -> None:
     from slimforge.runtimes import open_session
 
-    feeds = dict(art.examples)
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v.shape))}" for k, v in feeds.items())
     a = open_session(art).run(feeds)
-    b = open_session(loaded).run(feeds)
+    try:
+        b = open_session(loaded).run(feeds)
+    except Exception as exc:
+        raise TechniqueFailed(f"the saved {loaded.path.name} does not run on {shapes} as the model does "
+                              f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})"
+                              + ("; a TorchScript trace fixes sizes the model computes: save as .pt2"
+                                 if loaded.format is Format.TORCHSCRIPT else "")) from exc
     for i, (x, y) in enumerate(zip(a, b)):
         if x.shape != y.shape or not np.allclose(x, y, atol=1e-6, rtol=1e-5):
-            raise TechniqueFailed(f"the saved {loaded.path.name} does not reproduce the model's output {i} "
-                                  f"(max abs diff {float(np.abs(x - y).max()) if x.shape == y.shape else 'shape'})")
+            raise TechniqueFailed(f"the saved {loaded.path.name} does not reproduce the model's output {i} on "
+                                  f"{shapes} (max abs diff "
+                                  f"{float(np.abs(x - y).max()) if x.shape == y.shape else 'shape'})"
+                                  + ("; a TorchScript trace fixes sizes the model computes: save as .pt2"
+                                     if loaded.format is Format.TORCHSCRIPT else ""))

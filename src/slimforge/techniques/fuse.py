@@ -1,14 +1,15 @@
 """Operator fusion for PyTorch models: fold BatchNorm into the preceding Conv or Linear (eval mode).
 
-The graph is traced with ``torch.fx``; every ``Conv{1,2,3}d -> BatchNorm`` and ``Linear -> BatchNorm1d`` pair whose
-convolution output feeds only the norm is replaced by one layer with folded weights (``torch.nn.utils.fusion``). A
-following ReLU stays a separate op: runtimes fuse it into the kernel (Inductor, ONNX Runtime, OpenVINO). Outputs are
-verified against the original.
+The graph is read with ``torch.fx``; in every ``Conv{1,2,3}d -> BatchNorm`` and ``Linear -> BatchNorm1d`` pair whose
+convolution output feeds only the norm, the layer takes the folded weights (``torch.nn.utils.fusion``) and the norm
+becomes ``nn.Identity``. A following ReLU stays a separate op: runtimes fuse it into the kernel (Inductor, ONNX
+Runtime, OpenVINO). Outputs are verified against the original.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from dataclasses import dataclass
 
 from torch import fx, nn
@@ -45,45 +46,58 @@ class FuseConfig(Config):
             raise ConfigError("atol and rtol must be >= 0")
 
 
-def fold_batchnorm(module: nn.Module) -> tuple[fx.GraphModule, int]:
-    """A traced copy of ``module`` (eval mode) with BatchNorm folded into the layer before it."""
+def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``module`` (eval mode) with each BatchNorm folded into the layer before it: that layer is replaced by
+    the folded one and the norm by ``nn.Identity``, so the model keeps its own classes and hierarchy (it saves,
+    exports and is edited as before). Pairs are read from the module's fx graphs: those it runs already
+    (``torch.export`` programs unflattened, fx GraphModules), else a ``torch.fx`` trace."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
     module = copy.deepcopy(module)
     set_training(module, False)
-    try:
-        gm = fx.symbolic_trace(module)
-    except Exception as exc:
-        raise TechniqueFailed(f"fusion needs a torch.fx-traceable model: {str(exc).splitlines()[0][:200]}") from exc
-    mods = dict(gm.named_modules())
     fused = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(mods.get(node.target), _NORMS):
-            continue
-        prev = node.args[0]
-        if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
-            continue
-        layer, norm = mods[prev.target], mods[node.target]
+    for layer_name, norm_name in [pair for prefix, graph in _graphs(module) for pair in _pairs(module, graph, prefix)]:
+        layer, norm = module.get_submodule(layer_name), module.get_submodule(norm_name)
         if isinstance(layer, _CONVS):
             new = fuse_conv_bn_eval(layer, norm)
         elif isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
             new = fuse_linear_bn_eval(layer, norm)
         else:
             continue
-        _replace(gm, prev.target, new)
-        node.replace_all_uses_with(prev)
-        gm.graph.erase_node(node)
+        _replace(module, layer_name, new)
+        _replace(module, norm_name, nn.Identity())
         fused += 1
-    gm.graph.lint()
-    gm.recompile()
-    gm.delete_all_unused_submodules()
-    return gm, fused
+    return module, fused
 
 
-def _replace(gm: fx.GraphModule, target: str, new: nn.Module) -> None:
+def _graphs(module: nn.Module) -> list[tuple[str, fx.Graph]]:
+    owners = [(name, m.graph) for name, m in module.named_modules() if isinstance(getattr(m, "graph", None), fx.Graph)]
+    if owners:
+        return owners
+    try:
+        return [("", fx.symbolic_trace(module).graph)]
+    except Exception as exc:
+        raise TechniqueFailed(f"fusion needs a torch.fx-traceable model: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def _pairs(root: nn.Module, graph: fx.Graph, prefix: str) -> list[tuple[str, str]]:
+    """(layer, norm) names in ``root`` of every BatchNorm that ``graph`` (of the submodule ``prefix``) calls once,
+    right after a module that is called once and feeds only the norm."""
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    pairs = []
+    for node in graph.nodes:
+        prev = node.args[0] if node.op == "call_module" and node.args else None
+        if not (isinstance(prev, fx.Node) and prev.op == "call_module" and len(prev.users) == 1):
+            continue
+        names = tuple(f"{prefix}.{t}" if prefix else t for t in (prev.target, node.target))
+        if calls[node.target] == calls[prev.target] == 1 and isinstance(root.get_submodule(names[1]), _NORMS):
+            pairs.append(names)
+    return pairs
+
+
+def _replace(root: nn.Module, target: str, new: nn.Module) -> None:
     parent_name, _, name = target.rpartition(".")
-    parent = gm.get_submodule(parent_name) if parent_name else gm
-    setattr(parent, name, new)
+    setattr(root.get_submodule(parent_name) if parent_name else root, name, new)
 
 
 @implements(FuseConfig, fmt=Format.TORCH)
