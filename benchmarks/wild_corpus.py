@@ -87,9 +87,10 @@ def main() -> int:
         data = data_for(name, model, work)
         row["runs"].append(cli(["info", str(model), "--json"], work))
         if not a.skip_quantize:
-            for method in METHODS:
-                q = ["quantize", str(model), "--method", method, "-o", str(work / f"q-{name}-{method}.onnx"),
-                     "--batch", "1"]
+            for method in METHODS:  # BF16 runs on OpenVINO (ONNX Runtime has no BF16 CPU kernels: it says so)
+                suffix, rt = (".xml", ["--runtime", "openvino"]) if method == "bf16" else (".onnx", [])
+                q = ["quantize", str(model), "--method", method, "-o", str(work / f"q-{name}-{method}{suffix}"),
+                     "--batch", "1", *rt]
                 row["runs"].append(cli(q + (["--data", str(data)] if data and method == "static" else []), work))
         for with_data in (False, True):
             if with_data and data is None:

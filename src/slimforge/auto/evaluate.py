@@ -5,6 +5,7 @@ every goal."""
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,8 @@ class Evaluated:
     pareto: bool = False
     runoff: bool = False
     artifact: Artifact | None = None
+    at_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the user's further sizes, timed side by side
+    size_ratio: dict[str, Ratio] = field(default_factory=dict)
 
     def measurement(self) -> dict[str, Any]:
         return {"latency": self.latency, "size_mb": self.size_mb, "peak_memory_mb": self.peak_memory_mb,
@@ -210,9 +213,19 @@ def baseline_error(model: Artifact, feeds: Any, exc: BaseException) -> Exception
     except Exception:  # noqa: BLE001 - the shapes are only for the message
         shapes = "its inputs"
     text = str(exc).strip().splitlines()
-    why = text[0][:240] if text else type(exc).__name__
+    why = text[0].split("Status Message: ")[-1].split("] : ")[-1] if text else type(exc).__name__
+    why = re.sub(r"^\S+\.(h|cc|cpp):\d+ \S+ ", "", why)[:200]  # ORT's source location
+    dims = model.meta.get("dims") or {}
+    if model.path is not None and (not dims.get("ok") or any(r.get("user") for r in dims.get("rules", {}).values())):
+        from slimforge.io.shapes import probed_examples
+
+        found = probed_examples(model, None, model.source_id)  # what the model takes when left to the probe
+        dims = found[1] if found else dims
+    rules = (dims.get("rules") or {}).values()
+    steps = sorted({int(r["step"]) for r in rules if r.get("kind") == "image" and (r.get("step") or 1) > 1})
+    stride = f", its image sizes multiples of {steps[0]}" if len(steps) == 1 else ""
     return InputError(f"{model.name}: the original model does not run on {shapes} ({why}); give the shapes it "
-                      f"takes with {shape_hint(model.io)} (or pass --data)")
+                      f"takes with {shape_hint(model.io)}{stride} (or pass --data)")
 
 
 def labels_of(ds: Any, limit: int) -> np.ndarray | None:

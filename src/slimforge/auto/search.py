@@ -133,6 +133,12 @@ def _evaluator(model: Artifact, tgt: Target, goals: Goals, data: Any, eval_limit
     goal_batch = goals.batch or tgt.batch_sizes[0]
     batch_sizes = tuple(sorted(set(tgt.batch_sizes) | {goal_batch}))
     if data is not None:
+        pre = getattr(data, "pre", None)
+        if isinstance(pre, dict) and pre.get("kind") == "image":
+            from slimforge.io.preprocess import describe
+
+            notes.append(f"images preprocessed as: {describe(pre)}; the baseline and every candidate get the same "
+                         "arrays")
         train_ds, eval_ds = split_data(data, eval_limit)
         if train_ds is not data:
             notes.append(f"data split: {len(train_ds)} examples for calibration and training, the last "

@@ -31,8 +31,12 @@ def runoff_spec(time_budget_s: float) -> BenchSpec:
 
 def slowdowns(ev: Evaluated) -> str:
     """The batch sizes at which ``ev`` is slower than the baseline, with the figures ("" when none): THE rule."""
-    return ", ".join(f"{b} ({ev.latency[b]['p50']:.3g} ms, {r.describe()} the baseline's speed)"
-                     for b, r in sorted(ev.ratio.items()) if r.verdict == SLOWER)
+    at_batch = [f"{b} ({ev.latency[b]['p50']:.3g} ms, {r.describe()} the baseline's speed)"
+                for b, r in sorted(ev.ratio.items()) if r.verdict == SLOWER]
+    at_size = [f"{b} at {label} ({ev.at_sizes[label]['p50']:.3g} ms, {r.describe()} the baseline's speed)"
+               for label, r in sorted(ev.size_ratio.items()) if r.verdict == SLOWER
+               for b in [ev.at_sizes[label]["batch"]]]
+    return ", ".join(at_batch + at_size)
 
 
 def speedup(ev: Evaluated) -> float:
@@ -70,7 +74,29 @@ def runoff(accepted: list[Evaluated], ev: Evaluator, base_runtime: str, *, spec:
         e.ratio = dict(r.ratio)
         e.runoff = True
         ev.judge(e)  # latency and speedup goals on the side-by-side timings
+    _at_sizes(lead, items, ev, spec)
     return comp.note(), comp.noisy
+
+
+def _at_sizes(lead: list[Evaluated], items: list[tuple[Any, str]], ev: Evaluator, spec: BenchSpec) -> None:
+    """The finalists and the baseline side by side at each further size the user gave (``--input-shape`` more
+    than once): a candidate slower there is slower (an INT8 model fast at 224x224 may lose at 512x512)."""
+    from slimforge.io.shapes import extra_size_feeds
+
+    for label, feeds in extra_size_feeds(ev.model):
+        batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+        ev.ctx.report_progress(f"runoff at {label}", 0, spec.max_rounds)
+        try:
+            results, _ = measure_all(items, lambda b, f=feeds: f, batch_sizes=(batch,), spec=spec, threads=ev.threads,
+                                     measure_memory=False,
+                                     on_round=lambda r, n, lb=label: ev.ctx.report_progress(f"runoff at {lb}", r, n))
+        except (SlimforgeError, RuntimeError, ValueError) as exc:
+            log.warning("timing at %s skipped: %s", label, exc)
+            continue
+        ev.base_doc.setdefault("at_sizes", {})[label] = {"batch": batch, **results[0].latency_ms[batch].to_dict()}
+        for e, r in zip(lead, results[1:]):
+            e.at_sizes[label] = {"batch": batch, **r.latency_ms[batch].to_dict(), "ratio": r.ratio[batch].to_dict()}
+            e.size_ratio[label] = r.ratio[batch]
 
 
 def apply_no_slowdown(evaluated: list[Evaluated]) -> None:

@@ -80,7 +80,7 @@ def load_model(model: str | None, input_shape: list[str] | None, *, arch: str | 
     """Load the model a command names: a path, or a state dict with ``--arch``; the bundled model when none.
     ``edits`` names a command that changes the structure: TorchScript is refused before it is read."""
     from slimforge.io.models import default_model_path, load
-    from slimforge.io.synth import parse_input_shapes
+    from slimforge.io.synth import parse_shape_sets
 
     source = model_source(model, weights, what=what)
     if arch is None and (weights is not None or arch_kwargs is not None):
@@ -93,8 +93,15 @@ def load_model(model: str | None, input_shape: list[str] | None, *, arch: str | 
         path = Path(source)
         if path.is_file() and path.stat().st_size and torch_file_kind(path) == TORCHSCRIPT:
             raise not_editable(path.name, edits)
-    return load(source or default_model_path(), input_shapes=parse_input_shapes(input_shape) or None, arch=arch,
-                arch_kwargs=arch_kwargs)
+    sets = parse_shape_sets(input_shape)
+    art = load(source or default_model_path(), input_shapes=sets[0] if sets else None, arch=arch,
+               arch_kwargs=arch_kwargs)
+    if len(sets) > 1:  # further sizes: verified, and timed side by side with the baseline in a search
+        import dataclasses
+
+        extra = [{k: list(v) for k, v in s.items()} for s in sets[1:]]
+        art = dataclasses.replace(art, meta={**art.meta, "extra_shapes": extra})
+    return art
 
 
 def load_models(models: list[str] | None, input_shape: list[str] | None, *, arch: str | None,

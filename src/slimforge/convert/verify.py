@@ -91,6 +91,12 @@ def verify(reference: RunFn, candidate: RunFn, cases: Sequence[tuple[str, Mappin
 
 def verification_cases(art: Artifact) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Input sets that exercise every dynamic axis of ``art``: several batch sizes, sequence lengths, image sizes."""
+    from slimforge.io.shapes import extra_size_feeds
+
+    return _cases(art) + [(f"at {label}", feeds) for label, feeds in extra_size_feeds(art)]
+
+
+def _cases(art: Artifact) -> list[tuple[str, dict[str, np.ndarray]]]:
     if (art.meta.get("dims") or {}).get("ok"):
         return _probed_cases(art)
     pre = art.meta.get("preprocess") or {}

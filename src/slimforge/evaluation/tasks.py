@@ -50,10 +50,12 @@ def detect_task(io: IOSpec, ref: Sequence[np.ndarray], meta: Mapping[str, Any] |
         if "box" in names or "det" in names or _box_layout(out) is not None:
             return "detection"
         return "sequence"
-    if out.ndim == 4 and image_in is not None:
+    if out.ndim == 4 and image_in is not None:  # a map per pixel: a mask or probabilities, or an image
         in_c = image_in.shape[1] if isinstance(image_in.shape[1], int) else 3
-        return "image-to-image" if out.shape[1] == in_c and out.shape[1] in (1, 3) and not _probability(out) \
-            else "segmentation"
+        if any(w in names for w in ("mask", "seg", "prob", "sigmoid", "score", "heatmap")):
+            return "segmentation"
+        image = out.shape[1] == 3 or (out.shape[1] == in_c == 1 and not _probability(out))
+        return "image-to-image" if image else "segmentation"
     return "generic"
 
 

@@ -119,6 +119,11 @@ class ImageFolder:
         if not self.files:
             raise DataError(f"{self.path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
         self.classes = sorted({p.parent.name for p in self.files if p.parent != self.path})
+        if len(self.classes) > 1:  # round-robin over the classes: any held-out tail holds every class
+            groups = sorted({p.parent.name for p in self.files})
+            by_class = [[p for p in self.files if p.parent.name == c] for c in groups]
+            self.files = [p for rank in range(max(map(len, by_class))) for group in by_class
+                          for p in group[rank:rank + 1]]
         self.input_name = art.io.input_names[0]
         self.pre = image_preprocess_for(art)
 
@@ -159,9 +164,12 @@ def image_preprocess_for(art: Artifact) -> dict[str, Any]:
     derived = {"kind": "image", "resize": min(h, w), "crop": min(h, w), "size": (h, w), "channels": c,
                "mean": [0.0] * c, "std": [1.0] * c, "rescale": 1 / 255, "layout": "NHWC" if nhwc else "NCHW",
                "order": "RGB", "source": "derived from the input shape"}
-    user = {k: v for k, v in pre.items() if k != "kind"}
+    user = {k: v for k, v in pre.items() if k not in ("kind", "source")}
     if "resize" in user:
         user["resize_then_crop"] = True
+    if user:
+        given = sorted({"rescale": "scale"}.get(k, k) for k in user if k != "resize_then_crop")
+        user["source"] = f"--preprocess {', '.join(given)}; the rest derived from the input shape"
     return {**derived, **user}
 
 

@@ -290,3 +290,18 @@ def with_probed_shapes(art: Any, user_shapes: Mapping[str, tuple[int, ...]] | No
     if found is None:
         return art
     return dataclasses.replace(art, examples=found[0], meta={**art.meta, "dims": found[1]})
+
+
+def extra_size_feeds(art: Any, *, seed: int = 11) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """``(label, feeds)`` at each further size the user asked for (``--input-shape`` given more than once for an
+    input, kept in ``meta['extra_shapes']``); the other inputs keep their example shapes."""
+    from slimforge.io.synth import synthesize
+
+    out = []
+    for i, sizes in enumerate(art.meta.get("extra_shapes") or ()):
+        shapes = {t.name: tuple(int(d) for d in sizes[t.name]) if t.name in sizes else
+                  tuple(np.shape(art.examples[t.name])) for t in art.io.inputs}
+        specs = tuple(TensorSpec(t.name, shapes[t.name], t.dtype) for t in art.io.inputs)
+        feeds = synthesize(IOSpec(specs), meta=art.meta, seed=seed + i)
+        out.append((",".join(f"{k}={'x'.join(map(str, v))}" for k, v in sizes.items()), feeds))
+    return out

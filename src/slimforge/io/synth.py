@@ -34,6 +34,24 @@ def parse_input_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, t
     return out
 
 
+def parse_shape_sets(specs: list[str] | tuple[str, ...] | None) -> list[dict[str, tuple[int, ...]]]:
+    """Repeated ``--input-shape`` for one input: several sizes to run at, the first the main one.
+
+    Example:
+        >>> parse_shape_sets(["x:1x3x256x256", "x:1x3x512x512"])
+        [{'x': (1, 3, 256, 256)}, {'x': (1, 3, 512, 512)}]
+    """
+    sets: list[dict[str, tuple[int, ...]]] = []
+    for spec in specs or ():
+        (name, shape), = parse_input_shapes([spec]).items()
+        target = next((s for s in sets if name not in s), None)
+        if target is None:
+            target = {}
+            sets.append(target)
+        target[name] = shape
+    return sets
+
+
 def concrete_shape(spec: TensorSpec, *, batch: int, seq: int, example: np.ndarray | None = None) -> tuple[int, ...]:
     """Choose a concrete shape for ``spec``: named dims get the batch or sequence size, others the example's size."""
     shape: list[int] = []
