@@ -100,7 +100,8 @@ def test_optimize_without_data_never_slower_and_verifies_every_output(files, key
         assert synth, "candidates were measured on synthesised audio, state and sample-rate inputs"
 
 
-@pytest.mark.parametrize("key", ["cnn", pytest.param("detector", marks=pytest.mark.slow)])  # the detector: slow
+@pytest.mark.slow  # a speed threshold: a performance goal (benchmarks/wild_int8.py measures it with intervals)
+@pytest.mark.parametrize("key", ["cnn", "detector"])
 def test_cnn_and_detector_with_calibration_images_are_faster(files, key, tmp_path):
     res = slimforge.optimize(str(files[key]), target="cpu", goals={"min_speedup": 1.5, "batch": 1},
                              data=files["calib"], output_dir=tmp_path, time_budget_s=300)

@@ -57,7 +57,8 @@ def test_calibration_memory_does_not_grow_with_samples(digits, tmp_path):
 
 @pytest.mark.parametrize("method, runtime, suffix", [
     ("dynamic", "torch", ".pt"), ("bf16", "torch", ".pt"), ("static", "torch_compile", ".pt"),
-    ("qat", "torch_compile", ".pt"), ("dynamic", "onnxruntime", ".onnx"),
+    pytest.param("qat", "torch_compile", ".pt", marks=pytest.mark.slow),  # QAT: test_qat_on_digits_* in the default
+    ("dynamic", "onnxruntime", ".onnx"),
     ("static", "onnxruntime", ".onnx"), ("fp16", "onnxruntime", ".onnx"), ("int4", "onnxruntime", ".onnx"),
     ("int8-weight", "onnxruntime", ".onnx"), ("static", "openvino", ".xml"), ("bf16", "openvino", ".xml"),
     ("int8-weight", "openvino", ".xml"), ("int4", "openvino", ".xml"),

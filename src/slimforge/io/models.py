@@ -77,7 +77,7 @@ def load(source: str | Path | "nn.Module", *, example_inputs: ExampleInputs | No
         >>> import torch, slimforge
         >>> art = slimforge.load(torch.nn.Conv2d(3, 8, 3), example_inputs=torch.randn(1, 3, 16, 16))
         >>> art.io.outputs[0].shape
-        ('batch', 8, 'height', 'width')
+        ('batch', 8, 'height-2', 'width-2')
     """
     if _is_module(source):
         examples = examples_from(example_inputs, input_names or forward_names(source), input_shapes, source)
