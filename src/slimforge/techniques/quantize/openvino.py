@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import re
 
 from slimforge.core.artifact import Artifact, Format, Step
 from slimforge.core.context import RunContext
@@ -58,6 +59,30 @@ def _is_transformer(art: Artifact) -> bool:
     return (art.meta.get("preprocess") or {}).get("kind") == "text" or art.meta.get("task") == "embedding"
 
 
+# activations that go negative (SiLU is Sigmoid * x, Hardswish, GELU, ...): a symmetric activation scale (NNCF's
+# PERFORMANCE preset) spends half its codes on a range they barely use, so they get asymmetric ones (MIXED)
+SIGNED_ACTIVATIONS = {"Sigmoid", "HSwish", "HardSigmoid", "Gelu", "Elu", "PRelu", "Selu", "SoftPlus", "Mish", "Swish",
+                      "Tanh", "Clamp"}
+
+
+def _preset(nncf, model, transformer: bool):
+    """MIXED (asymmetric activations) for transformers and for nets with activations that go negative; PERFORMANCE
+    (symmetric, the fastest kernels) where every quantized activation follows a ReLU-like op."""
+    types = {op.get_type_name() for op in model.get_ops()}
+    if transformer or types & SIGNED_ACTIVATIONS:
+        return nncf.QuantizationPreset.MIXED
+    return nncf.QuantizationPreset.PERFORMANCE
+
+
+def ignored_scope(nncf, names: tuple[str, ...]):
+    """``exclude`` names the ONNX nodes; OpenVINO's importer keeps a node's name on the op that ends it and names the
+    ops it splits off after it (a Conv with a bias becomes ``NAME/WithoutBiases`` + ``NAME``), so each name also
+    covers those."""
+    if not names:
+        return None
+    return nncf.IgnoredScope(patterns=[f"^{re.escape(n)}(/.*)?$" for n in names], validate=False)
+
+
 @implements(StaticQuantConfig, fmt=Format.OPENVINO)
 def _quantize_static_openvino(art: Artifact, cfg: StaticQuantConfig, ctx: RunContext) -> Artifact:
     ov = require("openvino", extra="openvino")
@@ -74,20 +99,21 @@ def _quantize_static_openvino(art: Artifact, cfg: StaticQuantConfig, ctx: RunCon
     samples = _Stream(ctx, cfg.num_samples, art.io.input_names)
     ctx.report_progress("calibrate (nncf)", 0, 1)
     model = ov.Core().read_model(str(art.path))
-    ignored = nncf.IgnoredScope(names=list(cfg.exclude), validate=False) if cfg.exclude else None
+    ignored = ignored_scope(nncf, cfg.exclude)
+    preset = _preset(nncf, model, transformer)
     try:
         with _quiet():
             quantized = nncf.quantize(
                 model, nncf.Dataset(samples), subset_size=cfg.num_samples,
                 model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                preset=nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE,
+                preset=preset,
                 ignored_scope=ignored, advanced_parameters=advanced)
     except Exception as exc:
         raise TechniqueFailed(f"NNCF quantization failed on {art.name}: {str(exc).splitlines()[0][:300]}") from exc
     ctx.report_progress("calibrate (nncf)", 1, 1)
     child = art.derive(Step("quantize_static", cfg.to_dict()),
                        meta={"precision": "int8-static", "calibration": cfg.calibration.value,
-                             "calibration_samples": samples.seen})
+                             "calibration_samples": samples.seen, "nncf_preset": preset.value})
     return _save_checked(ov, quantized, art, child, ctx, min_cosine=cfg.min_cosine,
                          what=dict(method="static INT8 (NNCF)", applies_to="Convolution, MatMul and the ops "
                                    "NNCF quantizes around them"))
