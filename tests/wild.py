@@ -354,10 +354,54 @@ class MobileNetV3Large(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def _classifier(model: nn.Module, path: Path, producer: str) -> Path:
-    """Random init (Kaiming, as torchvision), BatchNorm statistics from real photos, exported at 224x224 with a
-    dynamic batch named as another exporter names it."""
+def _photo_crops(n: int, size: int, seed: int) -> torch.Tensor:
+    """Square crops of random size from scikit-learn's sample photos, resized to ``size``, scaled to [0, 1]."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        s = int(rng.integers(size // 2, min(img.shape[:2])))
+        y, x = int(rng.integers(0, img.shape[0] - s)), int(rng.integers(0, img.shape[1] - s))
+        crop = np.asarray(Image.fromarray(img[y:y + s, x:x + s]).resize((size, size)), np.float32)
+        crops.append(crop.transpose(2, 0, 1) / 255.0)
+    return torch.tensor(np.stack(crops))
+
+
+def _fit_head(model: nn.Module, last: nn.Linear, classes: int = 10) -> None:
+    """A trained classifier's last layer: a linear probe on the net's features of real photo crops, fit to the
+    visual clusters (k-means) of those features. A random last layer over 1000 classes puts the top two logits
+    within ~2% of the logits' spread on most images, so any rounding (BF16 included) flips top-1; a trained head's
+    margins are what top-1 agreement is meant to measure. The other rows keep their random init."""
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+
+    feats: list[torch.Tensor] = []
+    hook = last.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach()))
+    with torch.no_grad():
+        for batch in _photo_crops(384, 224, seed=7).split(64):
+            model(batch)
+    hook.remove()
+    x = torch.cat(feats).numpy().astype(np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd
+    labels = KMeans(classes, n_init=4, random_state=0).fit_predict(z)
+    probe = LogisticRegression(C=0.05, max_iter=2000).fit(z, labels)
+    w = probe.coef_ / sd
+    b = probe.intercept_ - (w * mu).sum(1)
+    with torch.no_grad():
+        last.weight[:classes] = torch.tensor(w, dtype=torch.float32)
+        last.bias[:classes] = torch.tensor(b, dtype=torch.float32)
+
+
+def _classifier(model: nn.Module, last: nn.Linear, path: Path, producer: str) -> Path:
+    """Random init (PyTorch's defaults), BatchNorm statistics from real photos, a last layer fit as a linear probe
+    on real photos (``_fit_head``), exported at 224x224 with a dynamic batch named as another exporter names it."""
     _bn_from_photos(model, (1, 3, 224, 224))
+    _fit_head(model, last)
     _export(model, (torch.rand(1, 3, 224, 224),), path, ["input"], ["logits"],
             {"input": {0: "DynamicDimension.0"}, "logits": {0: "DynamicDimension.0"}})
     return _producer(path, producer, "1.0")
@@ -365,9 +409,11 @@ def _classifier(model: nn.Module, path: Path, producer: str) -> Path:
 
 def resnet18(path: Path) -> Path:
     torch.manual_seed(10)
-    return _classifier(ResNet18(), path, "pytorch")
+    model = ResNet18()
+    return _classifier(model, model.fc, path, "pytorch")
 
 
 def mobilenet_v3(path: Path) -> Path:
     torch.manual_seed(11)
-    return _classifier(MobileNetV3Large(), path, "tf2onnx")
+    model = MobileNetV3Large()
+    return _classifier(model, model.head[-1], path, "tf2onnx")
