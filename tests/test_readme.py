@@ -22,6 +22,7 @@ test as it is written:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -217,6 +218,12 @@ def test_readme_cli_examples_run(tmp_path):
             res = subprocess.run(["bash", "-c", cmd], cwd=root, env=env, capture_output=True, text=True,
                                  timeout=900, stdin=subprocess.DEVNULL)
             ok = (0, 3) if cmd.startswith("slimforge optimize") and "--target" in cmd else (0,)
+            if cmd.startswith("slimforge run") and res.returncode == 2:
+                # a search on a shared 2-core machine may find no gain in its 60 s: then the recipe has no steps,
+                # optimize said so, and run says so in one line
+                assert "the recipe has no steps (its search found no gain" in res.stderr, res.stderr[-3000:]
+                assert "no gain" in " ".join(json.loads((root / "out" / "report.json").read_text())["notes"])
+                ok = (2,)
             assert res.returncode in ok, f"{cmd}\nexit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
             assert "Traceback" not in res.stderr, res.stderr[-3000:]
             ran.append(cmd)

@@ -114,7 +114,10 @@ def _auto(art: Any, target: str, goal_args: dict[str, Any], latency_stat: str, b
     print_search(res.report, from_cache=res.from_cache)
     if "artifact" in res.paths:
         console.print(f"artifact: {res.paths['artifact']}")
-    console.print(f"recipe:   {res.paths.get('recipe')}  (re-run: slimforge run {res.paths.get('recipe')})")
+    if res.report.get("result") is not None:
+        console.print(f"recipe:   {res.paths.get('recipe')}  (re-run: slimforge run {res.paths.get('recipe')})")
+    else:
+        console.print(f"recipe:   {res.paths.get('recipe')}  (no steps: nothing beat the original on this target)")
     console.print(f"report:   {res.paths.get('html')}  (self-contained; also report.json, report.csv, *.png)")
     if not res.goals_met:
         err_console.print("goals not met: " + "; ".join(res.missed))
