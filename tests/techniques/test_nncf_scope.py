@@ -16,7 +16,7 @@ def _quantize(src, data, tmp_path, **kw):
                               workdir=tmp_path / f"w{len(kw)}", check_speed=False, **kw)
 
 
-def _fq_inputs(path):
+def _int8_convs(path):
     """Friendly names of the Convolutions with INT8 weights (an i8 constant, converted and scaled) in the IR."""
     import openvino as ov
 
@@ -40,9 +40,9 @@ def images(tmp_path_factory):
 def test_excluded_onnx_node_names_stay_float_in_the_ir(tmp_path, images):
     src = foreign.cnn(tmp_path / "cnn.onnx")
     convs = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv"]
-    full = _fq_inputs(_quantize(src, images, tmp_path).path)
+    full = _int8_convs(_quantize(src, images, tmp_path).path)
     assert len(full) == len(convs)
-    kept = _fq_inputs(_quantize(src, images, tmp_path, exclude=(convs[1], convs[-1])).path)
+    kept = _int8_convs(_quantize(src, images, tmp_path, exclude=(convs[1], convs[-1])).path)
     assert f"{convs[1]}/WithoutBiases" not in kept and f"{convs[-1]}/WithoutBiases" not in kept
     assert full - kept == {f"{convs[1]}/WithoutBiases", f"{convs[-1]}/WithoutBiases"}
 

@@ -74,7 +74,7 @@ def _preset(nncf, model, transformer: bool):
     return nncf.QuantizationPreset.PERFORMANCE
 
 
-def ignored_scope(nncf, names: tuple[str, ...]):
+def _ignored_scope(nncf, names: tuple[str, ...]):
     """``exclude`` names the ONNX nodes; OpenVINO's importer keeps a node's name on the op that ends it and names the
     ops it splits off after it (a Conv with a bias becomes ``NAME/WithoutBiases`` + ``NAME``), so each name also
     covers those."""
@@ -99,7 +99,7 @@ def _quantize_static_openvino(art: Artifact, cfg: StaticQuantConfig, ctx: RunCon
     samples = _Stream(ctx, cfg.num_samples, art.io.input_names)
     ctx.report_progress("calibrate (nncf)", 0, 1)
     model = ov.Core().read_model(str(art.path))
-    ignored = ignored_scope(nncf, cfg.exclude)
+    ignored = _ignored_scope(nncf, cfg.exclude)
     preset = _preset(nncf, model, transformer)
     try:
         with _quiet():
