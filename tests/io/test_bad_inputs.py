@@ -36,6 +36,17 @@ def test_truncated_torchscript(tmp_path, mlp):
         slimforge.load(cut, example_inputs=torch.randn(1, 16))
 
 
+@pytest.mark.parametrize("spec, match", [
+    ("1x16x3", r"has 3 dimensions, but input '\S+' has 2 .*give all 2 dimensions"),
+    ("1x15", r"sets dimension 1 to 15, but input '\S+' fixes it at 16"),
+])
+def test_input_shape_of_wrong_rank_or_fixed_dim(mlp_onnx, spec, match):
+    name = slimforge.load(mlp_onnx).io.input_names[0]
+    with pytest.raises(slimforge.ConfigError, match=match):
+        slimforge.load(mlp_onnx, input_shapes={name: tuple(int(d) for d in spec.split("x"))})
+    assert slimforge.load(mlp_onnx, input_shapes={name: (3, 16)}).examples[name].shape == (3, 16)
+
+
 def test_empty_and_unknown_files(tmp_path):
     empty = tmp_path / "empty.onnx"
     empty.touch()

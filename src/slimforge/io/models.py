@@ -205,6 +205,21 @@ def _examples_for_spec(io: IOSpec, example_inputs: ExampleInputs | None,
         if name not in feeds:
             raise ConfigError(f"--input-shape names '{name}', but the model's inputs are {io.input_names}")
         spec = next(t for t in io.inputs if t.name == name)
+        _check_shape(spec, shape)
         one = IOSpec((type(spec)(spec.name, shape, spec.dtype),))
         feeds[name] = synthesize(one, meta=meta)[name]
     return feeds
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    """Refuse an ``--input-shape`` of the wrong rank, or one that contradicts a fixed dimension."""
+    declared = list(spec.shape)
+    fix = f"give all {len(declared)} dimensions, e.g. {spec.name}:" + "x".join(
+        str(d) if isinstance(d, int) and d > 0 else "1" if i == 0 else "224" for i, d in enumerate(declared))
+    if len(shape) != len(declared):
+        raise ConfigError(f"--input-shape {spec.name}:{'x'.join(map(str, shape))} has {len(shape)} dimensions, "
+                          f"but input '{spec.name}' has {len(declared)} {declared}: {fix}")
+    for axis, (want, got) in enumerate(zip(declared, shape)):
+        if isinstance(want, int) and want > 0 and want != got:
+            raise ConfigError(f"--input-shape {spec.name}:{'x'.join(map(str, shape))} sets dimension {axis} to {got}, "
+                              f"but input '{spec.name}' fixes it at {want} {declared}: {fix}")
