@@ -111,15 +111,21 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     best = res.artifact
     from slimforge.io.save import save
 
-    suffix = _SUFFIX.get(best.format, ".pt")
+    suffix = ".pt2" if best.meta.get("device") == "cuda" else _SUFFIX.get(best.format, ".pt")  # GPU: an engine
     art_path = out_dir / f"{base.name}-{res.target.name}{suffix}"
     try:  # the winner, or (no gain on this target) the original model as the best effort
         best = save(best, art_path)
     except SlimforgeError as exc:
-        if res.best is not None:
+        if res.best is not None and suffix == ".pt2" and base.format is Format.TORCH:
+            res.notes.append(f"the GPU engine could not be built ({exc}); written instead: the original model as a "
+                             "program and recipe.yaml, whose steps `slimforge run` re-applies when loading")
+            art_path = out_dir / f"{base.name}-{res.target.name}-weights.pt2"
+            best = save(base, art_path)
+        elif res.best is not None:
             raise
-        res.notes.append(f"the original model could not be saved as a file ({exc}); nothing written")
-        art_path = None
+        else:
+            res.notes.append(f"the original model could not be saved as a file ({exc}); nothing written")
+            art_path = None
     recipe = Recipe(steps=res.best.candidate.steps if res.best else (),
                     runtime=res.best.candidate.runtime if res.best else res.baseline_measurement["runtime"],
                     baseline_runtime=res.baseline_measurement["runtime"],

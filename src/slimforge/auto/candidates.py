@@ -198,9 +198,55 @@ def prune_and_distill(space: SearchSpace) -> Iterable[Candidate]:
     trained = (PruneConfig(ratio=0.5, round_to=8, min_cosine=0.0),
                DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3, max_drop=None,
                              min_cosine=None))  # (like min_cosine=0.0 above: the search's quality goals judge)
+    if space.target.device == "cuda":
+        from slimforge.techniques.gpu import GpuConfig
+
+        yield candidate("pruned 50% + distilled, torch bf16", (*trained, GpuConfig(dtype="bf16", min_cosine=0.0)),
+                        "torch", "bf16", cost=20, trains=True)
+        return
     onnx = [*_to_onnx(space), GraphOptConfig()]
     yield candidate("pruned 50% + distilled, onnxruntime fp32", (*trained, *onnx), "onnxruntime", "fp32", cost=20,
                     trains=True)
     yield candidate("pruned 50% + distilled, onnxruntime int8 static", (*trained, *onnx, StaticQuantConfig(
         calibration=Calibration.MINMAX, per_channel=True, op_types=("MatMul",) if space.text else (),
         min_cosine=0.0)), "onnxruntime", "int8", cost=21, trains=True)
+
+
+@proposer
+def gpu(space: SearchSpace) -> Iterable[Candidate]:
+    """On a GPU target, for PyTorch models: TF32, FP16 and BF16 eager (channels_last for convolutional nets),
+    ``torch.compile`` (CUDA graphs: the launch overhead of small batches), attention kept fused under compile, FP8
+    (torchao, compute capability >= 8.9) and INT8 weights (torchao). bf16 eager and bf16 + compile are also what a
+    user would try by hand: the report shows them beside the choice."""
+    if space.target.device != "cuda" or not space.is_torch:
+        return
+    from torch import nn
+
+    from slimforge.techniques.gpu import GpuConfig
+
+    conv = any(isinstance(m, nn.Conv2d) for m in space.art.handle.modules())
+    attention = any("attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower()
+                    for m in space.art.handle.modules())
+    yield candidate("torch tf32", (GpuConfig(dtype="tf32", min_cosine=0.0),), "torch", "fp32", cost=1)
+    for dt in ("bf16", "fp16"):
+        yield candidate(f"torch {dt} eager", (GpuConfig(dtype=dt, min_cosine=0.0),), "torch", dt, cost=1)
+        if conv:
+            yield candidate(f"torch {dt} channels_last", (GpuConfig(dtype=dt, channels_last=conv, min_cosine=0.0),),
+                            "torch", dt, cost=1)
+    yield candidate("torch bf16 + compile", (GpuConfig(dtype="bf16", compile="default", min_cosine=0.0),), "torch",
+                    "bf16", cost=3)
+    yield candidate("torch fp16 + compile + CUDA graphs", (GpuConfig(
+        dtype="fp16", channels_last=conv, compile="reduce-overhead", min_cosine=0.0),), "torch", "fp16", cost=3)
+    if attention:
+        yield candidate("torch fp16 + compile + CUDA graphs, attention fused", (GpuConfig(
+            dtype="fp16", compile="reduce-overhead", fused_attention=True, min_cosine=0.0),), "torch", "fp16",
+            cost=3)
+        yield candidate("torch bf16 + compile, attention fused", (GpuConfig(
+            dtype="bf16", compile="default", fused_attention=True, min_cosine=0.0),), "torch", "bf16", cost=3)
+    from slimforge.techniques.quantize.torch_fp8 import Fp8Config
+
+    yield candidate("torch fp8 rowwise (torchao) + compile", (Fp8Config(min_cosine=0.0), GpuConfig(
+        dtype="keep", compile="default", fused_attention=attention, min_cosine=0.0)), "torch", "fp8", cost=4)
+    yield candidate("torch fp8 rowwise (torchao) + compile + CUDA graphs", (Fp8Config(min_cosine=0.0), GpuConfig(
+        dtype="keep", compile="reduce-overhead", fused_attention=attention, min_cosine=0.0)), "torch", "fp8",
+        cost=4, after="torch fp8 rowwise (torchao) + compile")

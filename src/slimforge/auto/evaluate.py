@@ -47,6 +47,7 @@ class Evaluated:
     artifact: Artifact | None = None
     at_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the user's further sizes, timed side by side
     size_ratio: dict[str, Ratio] = field(default_factory=dict)
+    end_to_end: dict[int, dict[str, Any]] = field(default_factory=dict)  # GPU: host in, host out, per batch
 
     def measurement(self) -> dict[str, Any]:
         return {"latency": self.latency, "size_mb": self.size_mb, "peak_memory_mb": self.peak_memory_mb,
@@ -84,15 +85,16 @@ class Evaluator:
 
     def __init__(self, model: Artifact, *, ctx: RunContext, cache: StepCache, measures: MeasureCache, eval_ds: Any,
                  eval_limit: int, feeds: Any, batch_sizes: tuple[int, ...], spec: BenchSpec, threads: int | None,
-                 goals: Goals, goal_batch: int, data_key: str, target_key: str) -> None:
+                 goals: Goals, goal_batch: int, data_key: str, target_key: str, device: str = "cpu") -> None:
         self.model, self.ctx, self.cache, self.measures = model, ctx, cache, measures
         self.eval_ds, self.eval_limit, self.feeds = eval_ds, eval_limit, feeds
         self.batch_sizes, self.spec, self.threads = batch_sizes, spec, threads
         self.goals, self.goal_batch, self.target_key = goals, goal_batch, target_key
+        self.device = device  # where the baseline runs and every candidate is timed (cuda: the gpu target)
         self.quality_goals = Goals(**{k: v for k, v in goals.to_dict().items() if k in QUALITY_GOALS})
         self.task = str(model.meta.get("task") or "generic")
         self.mkey = (batch_sizes, threads, data_key, len(eval_ds), eval_limit, spec, self.task,
-                     goals.max_memory_mb is not None)
+                     goals.max_memory_mb is not None, device)
         self.base_doc: dict[str, Any] = {}
         self.ref_outs: list[np.ndarray] = []
         self.labels: np.ndarray | None = None
@@ -108,12 +110,15 @@ class Evaluator:
             doc["latency"] = {int(b): v for b, v in doc["latency"].items()}
             doc["shapes"] = {int(b): v for b, v in (doc.get("shapes") or {}).items()}
             return doc, outs, True
-        outs, _ = collect_outputs(art, self.eval_ds, runtime=runtime, limit=self.eval_limit)
+        outs, _ = collect_outputs(art, self.eval_ds, runtime=runtime, limit=self.eval_limit, device=self.device)
         memory = self.goals.max_memory_mb is not None
         bench = measure(art, runtime, self.feeds, batch_sizes=self.batch_sizes, spec=self.spec, threads=self.threads,
-                        measure_memory=memory)
+                        measure_memory=memory, device=self.device)
+        gpu = bench.device == "cuda"  # on a GPU: device memory, and the end-to-end latency beside compute
         doc = {"latency": {b: t.to_dict() for b, t in bench.latency_ms.items()}, "shapes": bench.shapes,
-               "size_mb": art.size_bytes() / 1e6, "peak_memory_mb": bench.peak_memory_mb if memory else None}
+               "size_mb": art.size_bytes() / 1e6,
+               "peak_memory_mb": bench.device_memory_mb if gpu else bench.peak_memory_mb if memory else None,
+               "end_to_end": {b: t.to_dict() for b, t in bench.end_to_end_ms.items()}}
         self.measures.put(mkey, doc, outs)
         return doc, outs, False
 
@@ -139,6 +144,7 @@ class Evaluator:
         ev.artifact = art
         ev.latency, ev.size_mb, ev.peak_memory_mb = doc["latency"], doc["size_mb"], doc.get("peak_memory_mb")
         ev.shapes = doc.get("shapes") or {}
+        ev.end_to_end = doc.get("end_to_end") or {}
         ev.ratio = {b: Ratio.between(timing_of(self.base_doc["latency"][b]), ev.timing(b)) for b in ev.latency
                     if b in self.base_doc["latency"]}
         ev.quality = quality(self.ref_outs, outs, self.labels, self.task)
@@ -168,7 +174,7 @@ class Evaluator:
         from slimforge.evaluation.metrics import fidelity_metrics
         from slimforge.evaluation.run import collect_outputs
 
-        out, _ = collect_outputs(art, self.eval_ds, runtime=runtime, limit=self.eval_limit)
+        out, _ = collect_outputs(art, self.eval_ds, runtime=runtime, limit=self.eval_limit, device=self.device)
         ref = self.ref_outs
         if len(ref) != len(out) or not ref:
             return Check("verify_against_original", False, {}, f"{len(out)} outputs, the original has {len(ref)}")

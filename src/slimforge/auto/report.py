@@ -16,7 +16,8 @@ def _variant(e: Evaluated, path: Path | None) -> dict[str, Any]:
                    reason=e.reason, size_mb=e.size_mb, peak_memory_mb=e.peak_memory_mb, shapes=e.shapes,
                    goals=[g.to_dict() for g in e.goals], pareto=e.pareto, cached=e.cached, seconds=e.seconds,
                    runoff=e.runoff, **({"file": str(path)} if path is not None and e.status == "chosen" else {}),
-                   **({"at_sizes": e.at_sizes} if e.at_sizes else {}))
+                   **({"at_sizes": e.at_sizes} if e.at_sizes else {}),
+                   **({"end_to_end_ms": e.end_to_end} if e.end_to_end else {}))
 
 
 def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_name: str | None) -> dict[str, Any]:
@@ -24,7 +25,8 @@ def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_
     baseline = variant(res.baseline.name, runtime=base["runtime"], art=res.baseline, latency=base["latency"],
                        quality=base.get("quality"), size_mb=base["size_mb"], peak_memory_mb=base.get("peak_memory_mb"),
                        shapes=base.get("shapes") or {}, status="baseline",
-                       **({"at_sizes": base["at_sizes"]} if base.get("at_sizes") else {}))
+                       **({"at_sizes": base["at_sizes"]} if base.get("at_sizes") else {}),
+                       **({"end_to_end_ms": base["end_to_end"]} if base.get("end_to_end") else {}))
     candidates = [_variant(e, artifact_path) for e in res.evaluated]
     timing = {"method": "each candidate timed alone (median with its 95% interval), then the leading candidates and "
                         "the baseline side by side in interleaved rounds", "note": res.timing_note,

@@ -8,6 +8,7 @@ time budget no longer allows. The winner is verified against the original model 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from slimforge.auto.targets import Target, detect_machine, feasible, get_target
 from slimforge.bench import BenchSpec
 from slimforge.core.artifact import Artifact, Check, Format
 from slimforge.core.context import ProgressFn, RunContext
-from slimforge.errors import NothingQuantized, SlimforgeError
+from slimforge.errors import ConfigError, NothingQuantized, SlimforgeError
 from slimforge.io.inputs import SyntheticData, feeds_for, split_data
 from slimforge.plan.cache import MeasureCache, StepCache, cache_root, data_fingerprint
 
@@ -62,6 +63,7 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     t0 = time.perf_counter()
     machine = detect_machine()
     tgt, notes = feasible(get_target(target), machine)
+    tgt = _gpu_format(model, tgt, notes)
     goals_given, goals = goals, (goals or Goals()).merged(tgt.goals)
     ev, train_ds = _evaluator(model, tgt, goals, data, eval_limit, spec, progress, use_cache, notes)
     base_rt = "torch" if model.format is Format.TORCH else _default_runtime(model)
@@ -91,6 +93,10 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
             best.peak_memory_mb = best_mem.result()
         ev.ctx.report_progress("peak memory, baseline and chosen", 2, 2)
     goal_results = best.goals if best is not None else assess(goals, base_doc, base_doc, ev.goal_batch)
+    if not any(e.latency for e in evaluated):  # nothing was measured: no goal can be said to be met
+        goal_results = [dataclasses.replace(g, value=None) for g in goal_results]
+        notes.append(f"no candidate could be measured on target {tgt.name} ({len(evaluated)} proposed, "
+                     f"{sum(e.status == 'failed' for e in evaluated)} failed); the goals are not met")
     fallback = model if best is None else best.artifact
     if best is None:
         fallback = _no_gain(model, ev, notes)
@@ -119,6 +125,23 @@ def _task_goals(ev: Evaluator, goals: Goals, user_quality: bool, notes: list[str
                  + (f", default tolerance {DEFAULT_DROP[task]}" if not user_quality and task in DEFAULT_DROP else "")
                  + "; cosine is reported beside it")
     return goals
+
+
+def _gpu_format(model: Artifact, tgt: Target, notes: list[str]) -> Target:
+    """The gpu target's techniques work on PyTorch modules; an ONNX model runs there only through ONNX Runtime's CUDA
+    execution provider."""
+    if tgt.device != "cuda" or model.format is Format.TORCH:
+        return tgt
+    from slimforge.runtimes import get_runtime
+
+    if model.format is Format.ONNX and "cuda" in get_runtime("onnxruntime").devices():
+        notes.append("gpu target, ONNX model: candidates run on ONNX Runtime's CUDA execution provider")
+        return dataclasses.replace(tgt, runtimes=("onnxruntime",), precisions=("fp32", "fp16"))
+    raise ConfigError(f"{model.name}: the gpu target optimises PyTorch models (fp16/bf16/FP8, torch.compile, CUDA "
+                      f"graphs), and this is a {model.format.value} model; pass the PyTorch model (an nn.Module, a "
+                      ".pt2, or --arch with --weights)" + (", or install onnxruntime-gpu for ONNX Runtime's CUDA "
+                                                           "execution provider" if model.format is Format.ONNX
+                                                           else ""))
 
 
 def _default_runtime(model: Artifact) -> str:
@@ -153,7 +176,8 @@ def _evaluator(model: Artifact, tgt: Target, goals: Goals, data: Any, eval_limit
     ev = Evaluator(model, ctx=ctx, cache=StepCache(root), measures=MeasureCache(root), eval_ds=eval_ds,
                    eval_limit=eval_limit, feeds=feeds_for(model, data), batch_sizes=batch_sizes, spec=spec,
                    threads=tgt.threads, goals=goals, goal_batch=goal_batch, data_key=data_fingerprint(data),
-                   target_key=f"threads={tgt.threads};calibration={data_fingerprint(train_ds)}")
+                   target_key=f"threads={tgt.threads};calibration={data_fingerprint(train_ds)};device={tgt.device}",
+                   device=tgt.device)
     return ev, train_ds
 
 

@@ -62,7 +62,7 @@ def runoff(accepted: list[Evaluated], ev: Evaluator, base_runtime: str, *, spec:
     ev.ctx.report_progress("runoff of the leading candidates", 0, spec.max_rounds)
     try:
         results, comp = measure_all(items, ev.feeds, batch_sizes=ev.batch_sizes, spec=spec, threads=ev.threads,
-                                    measure_memory=False,
+                                    device=ev.device, measure_memory=False,
                                     on_round=lambda r, n: ev.ctx.report_progress("runoff of the leading candidates",
                                                                                  r, n))
     except (SlimforgeError, RuntimeError, ValueError) as exc:
@@ -88,7 +88,7 @@ def _at_sizes(lead: list[Evaluated], items: list[tuple[Any, str]], ev: Evaluator
         ev.ctx.report_progress(f"runoff at {label}", 0, spec.max_rounds)
         try:
             results, _ = measure_all(items, lambda b, f=feeds: f, batch_sizes=(batch,), spec=spec, threads=ev.threads,
-                                     measure_memory=False,
+                                     device=ev.device, measure_memory=False,
                                      on_round=lambda r, n, lb=label: ev.ctx.report_progress(f"runoff at {lb}", r, n))
         except (SlimforgeError, RuntimeError, ValueError) as exc:
             log.warning("timing at %s skipped: %s", label, exc)
@@ -202,7 +202,7 @@ def _side_by_side(best: Evaluated, other: Evaluated, ev: Evaluator) -> str:
     try:
         results, _ = measure_all([(best.artifact, best.candidate.runtime), (other.artifact, other.candidate.runtime)],
                                  ev.feeds, batch_sizes=ev.batch_sizes, spec=ABLATION_SPEC, threads=ev.threads,
-                                 measure_memory=False)
+                                 device=ev.device, measure_memory=False)
     except (SlimforgeError, RuntimeError, ValueError) as exc:
         log.warning("ablation timing failed: %s", exc)
         return SLOWER

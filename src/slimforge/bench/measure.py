@@ -35,6 +35,8 @@ class BenchResult:
     ratio: dict[int, Ratio] = field(default_factory=dict)
     timing_note: str = ""
     noisy: bool = False
+    end_to_end_ms: dict[int, Timing] = field(default_factory=dict)  # GPU: host inputs in, host outputs out
+    device_memory_mb: float | None = None  # GPU: weights plus the peak working memory of one run (largest batch)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +48,8 @@ class BenchResult:
             "shapes": {str(b): v for b, v in self.shapes.items()},
             "peak_memory_mb": self.peak_memory_mb, "memory_method": self.memory_method, "size_mb": self.size_mb,
             "timing": self.timing_note, "noisy": self.noisy,
+            "end_to_end_ms": {str(b): t.to_dict() for b, t in self.end_to_end_ms.items()},
+            "device_memory_mb": self.device_memory_mb,
         }
 
 
@@ -68,10 +72,14 @@ def measure_all(items: Sequence[tuple[Artifact, str | None]], feeds_for: FeedsFn
     feeds = {k: {b: fn(b) for b in batch_sizes} for k, fn in zip(keys, fns)}
     runtimes = [rt or default_runtime(art) for art, rt in items]
     sessions: dict[str, Any] = {}
+    gpu = device == "cuda" or any(art.meta.get("device") == "cuda" for art, _ in items)
+    weights: dict[str, float] = {}
     try:
         for k, (art, _), rt in zip(keys, items, runtimes):
             sessions[k] = open_session(art, rt, device=device, threads=threads, precision=precision)
+            weights[k] = art.size_bytes() / 2**20 if gpu else 0.0  # parameters and buffers, where it runs
         comp = compare(sessions, feeds, spec, reference=keys[0] if len(keys) > 1 else None, on_round=on_round)
+        extra = {k: _gpu_extras(sessions[k], feeds[k], batch_sizes, spec, weights[k]) for k in keys} if gpu else {}
     finally:
         for s in sessions.values():
             s.close()
@@ -87,7 +95,10 @@ def measure_all(items: Sequence[tuple[Artifact, str | None]], feeds_for: FeedsFn
             r.shapes[b] = shapes_of(feeds[k][b])
             if comp.reference is not None and k != comp.reference:
                 r.ratio[b] = comp.ratio(k, b)
-        if measure_memory and device == "cpu":
+        if k in extra:
+            r.end_to_end_ms, r.device_memory_mb = extra[k]
+            r.device = "cuda"
+        if measure_memory and not gpu:
             from slimforge.bench.memory import peak_memory_mb
 
             r.peak_memory_mb, r.memory_method = peak_memory_mb(art, rt, feeds[k][max(batch_sizes)], threads=threads,
@@ -108,3 +119,23 @@ def measure(art: Artifact, runtime: str | None, feeds_for: FeedsFn, *, batch_siz
         for b in batch_sizes:
             on_batch(b)
     return results[0]
+
+
+def _gpu_extras(sess: Any, feeds: dict[int, Mapping[str, np.ndarray]], batch_sizes: Sequence[int], spec: BenchSpec,
+                weights_mb: float) -> tuple[dict[int, Timing], float]:
+    """End-to-end latency (numpy in, numpy out: the copies a caller without device tensors pays), and the session's
+    device memory: its weights plus the peak one run at the largest batch adds (``torch.cuda.max_memory_allocated``)."""
+    import torch
+
+    from slimforge.bench.timing import time_session
+
+    e2e = {b: time_session(sess, feeds[b], BenchSpec(warmup=2, repeats=max(spec.repeats // 2, 5),
+                                                      min_time_s=min(spec.min_time_s, 0.5), max_time_s=5.0))
+           for b in batch_sizes}
+    big = feeds[max(batch_sizes)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    sess.run(big)
+    torch.cuda.synchronize()
+    return e2e, round(weights_mb + (torch.cuda.max_memory_allocated() - start) / 2**20, 1)

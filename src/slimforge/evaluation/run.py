@@ -11,11 +11,11 @@ from slimforge.io.data import Dataset
 
 
 def collect_outputs(art: Artifact, data: Dataset, *, runtime: str | None = None, batch_size: int = 32,
-                    limit: int | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
+                    limit: int | None = None, device: str = "cpu") -> tuple[list[np.ndarray], np.ndarray | None]:
     """Run ``art`` over the data; returns the concatenated outputs and labels (if the data has them)."""
     from slimforge.runtimes import open_session
 
-    sess = open_session(art, runtime)
+    sess = open_session(art, runtime, device=device)
     outs: list[list[np.ndarray]] = []
     labels: list[np.ndarray] = []
     try:

@@ -257,7 +257,13 @@ def _saved_examples(path: Path) -> dict[str, Any] | None:
 
 def load_program(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
     """A ``torch.export`` program, unflattened into an editable module (``Format.TORCH``) when that reproduces it,
-    else the program's flat module (``Format.TORCH_EXPORT``: it runs and exports, but is not edited)."""
+    else the program's flat module (``Format.TORCH_EXPORT``: it runs and exports, but is not edited). A GPU engine
+    (an AOTInductor package, ``io.engine``) loads as a runnable artifact."""
+    from slimforge.io.engine import is_engine
+
+    if is_engine(path):
+        return _load_engine(path, example_inputs=example_inputs, input_names=input_names, input_shapes=input_shapes,
+                            name=name, task=task)
     try:
         import torch
 
@@ -285,3 +291,22 @@ def load_program(path: Path, *, example_inputs, input_names, input_shapes, name,
         module, meta["not_editable"] = program.module(), why
     return torch_artifact(module, examples, fmt=Format.TORCH if not why else Format.TORCH_EXPORT, path=path,
                           meta=meta, source_id=f"file:{file_digest(path)}")
+
+
+def _load_engine(path: Path, *, example_inputs, input_names, input_shapes, name, task) -> Artifact:
+    from slimforge.io.engine import load_engine
+    from slimforge.io.sidecar import read_sidecar
+
+    side = read_sidecar(path)
+    saved_io = _saved_io(path)
+    if example_inputs is None and not input_shapes:
+        example_inputs = _saved_examples(path)
+        if example_inputs is None:
+            raise ConfigError(f"{path}: a GPU engine without its .slimforge.json sidecar; pass example_inputs=... "
+                              "(or --input-shape)")
+    names = list(input_names or (saved_io.input_names if saved_io else [f"input_{i}" for i in
+                                                                        range(len(example_inputs or input_shapes))]))
+    examples = examples_from(example_inputs, names, input_shapes, None)
+    meta = {**(side.get("meta") or {}), **make_meta(name or path.stem, task or (side.get("meta") or {}).get("task"),
+                                                     None)}
+    return load_engine(path, examples=examples, meta=meta, source_id=f"file:{file_digest(path)}")

@@ -17,6 +17,7 @@ from slimforge.techniques.quantize import torch_fp8 as _q_torch_fp8  # noqa: F40
 from slimforge.techniques.quantize import torch_pt2e as _q_torch_pt2e  # noqa: F401
 from slimforge.techniques.quantize import weight_only as _q_weight_only  # noqa: F401
 from slimforge.techniques import fuse as _fuse  # noqa: F401
+from slimforge.techniques import gpu as _gpu  # noqa: F401
 from slimforge.techniques import lowrank as _lowrank  # noqa: F401
 from slimforge.techniques.prune import torch_prune as _prune  # noqa: F401
 from slimforge.techniques.distill import torch_distill as _distill  # noqa: F401

@@ -1,0 +1,165 @@
+"""GPU engine files: a model placed for the GPU (precision, memory format) compiled ahead of time by AOTInductor
+into a ``.pt2`` package, with a dynamic batch (and dynamic image sizes where the model has them) between declared
+bounds, like an engine's optimisation profile. Loading one needs neither the model's Python code nor a compile."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimforge.core.artifact import Artifact, Format
+from slimforge.errors import ModelLoadError, TechniqueFailed
+
+log = logging.getLogger(__name__)
+MAX_BATCH = 256  # the profile's upper bound on the batch dimension
+MAX_SIDE = 2048  # and on dynamic image heights and widths
+
+
+def is_engine(path: Path) -> bool:
+    """Whether ``path`` is an AOTInductor package (a zip holding compiled code), not a torch.export program."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/aotinductor/" in n or n.startswith("aotinductor/") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+class _Placed(nn.Module):
+    """What the engine computes: FP32 inputs cast to the model's dtype and memory format, FP32 outputs."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype | None, channels_last: bool) -> None:
+        super().__init__()
+        self.inner, self.dtype, self.channels_last = inner, dtype, channels_last
+
+    def forward(self, *xs: torch.Tensor):
+        args = []
+        for x in xs:
+            if x.is_floating_point() and self.dtype is not None:
+                x = x.to(self.dtype)
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            args.append(x)
+        out = self.inner(*args)
+        if isinstance(out, torch.Tensor):
+            return out.float() if out.is_floating_point() else out
+        return tuple(o.float() if o.is_floating_point() else o for o in out)
+
+
+def _dynamic_shapes(art: Artifact) -> tuple[Any, ...]:
+    from torch.export import Dim
+
+    dims: dict[str, Any] = {}
+    shapes = []
+    for spec in art.io.inputs:
+        axes = {}
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, str) or d is None:
+                name = str(d or f"{spec.name}_{axis}").replace("-", "_").replace("+", "_").replace(" ", "_")
+                top = MAX_BATCH if axis == 0 else MAX_SIDE
+                axes[axis] = dims.setdefault(name, Dim(name if name.isidentifier() else f"d{len(dims)}", min=1,
+                                                       max=top) if axis == 0 else Dim.AUTO)
+        shapes.append(axes or None)
+    return tuple(shapes)
+
+
+def write_engine(art: Artifact, tmp: Path) -> None:
+    """Compile the placed model ``art`` (a ``GpuModule``) into an AOTInductor package at ``tmp``."""
+    placed = art.handle
+    inner = getattr(placed, "inner", None)
+    if inner is None:
+        raise TechniqueFailed(f"{art.name} is not a model placed for the GPU; only those are written as engines")
+    module = _Placed(inner, getattr(placed, "dtype", None), bool(getattr(placed, "channels_last", False))).eval()
+    examples = []
+    for a in art.examples.values():  # batch 2: a batch of 1 would be specialised away
+        t = torch.from_numpy(np.ascontiguousarray(a)).to("cuda")
+        examples.append(torch.cat([t, t]) if t.ndim and t.shape[0] == 1 else t)
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    tf32 = bool(getattr(placed, "tf32", False))
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        with torch.no_grad():
+            program = torch.export.export(module, tuple(examples), dynamic_shapes=_dynamic_shapes(art))
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+    except Exception as exc:
+        raise TechniqueFailed(f"{art.name} cannot be compiled into an engine (torch.export + AOTInductor): "
+                              f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
+                              ) from exc
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+class EngineModule(nn.Module):
+    """A loaded engine: inputs moved to the GPU, run by the AOTInductor runner (TF32 where it was built with it);
+    with ``graphs``, each input shape is captured once into a CUDA graph and replayed (small batches are launch-bound)."""
+
+    def __init__(self, runner: Any, tf32: bool, graphs: bool) -> None:
+        super().__init__()
+        self.runner, self.tf32, self.graphs = runner, tf32, graphs
+        self.device = torch.device("cuda")
+        self._captured: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def _run(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        from slimforge.torch_utils import outputs_to_list
+
+        return outputs_to_list(self.runner(*args))
+
+    def _replay(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        key = tuple((tuple(a.shape), a.dtype) for a in args)
+        hit = self._captured.get(key)
+        if hit is None:
+            if len(self._captured) >= 8:  # a bounded set of shapes (a server's batch sizes)
+                return self._run(args)
+            static = [a.clone() for a in args]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self._run(static)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    outs = self._run(static)
+            except RuntimeError as exc:  # a runner that cannot be captured runs plainly
+                log.warning("CUDA graph capture of the engine failed (%s); running it without", exc)
+                self.graphs = False
+                return self._run(args)
+            hit = self._captured[key] = (graph, static, outs)
+        graph, static, outs = hit
+        for s, a in zip(static, args):
+            s.copy_(a)
+        graph.replay()
+        return [o.clone() for o in outs]
+
+    def forward(self, *xs: torch.Tensor):
+        args = [x.to(self.device, non_blocking=True) for x in xs]
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32 or old
+        try:
+            out = self._replay(args) if self.graphs else self._run(args)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+        return out[0] if len(out) == 1 else tuple(out)
+
+
+def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, Any], source_id: str) -> Artifact:
+    """An engine file as an artifact that runs (``Format.TORCH_EXPORT``: not edited by techniques)."""
+    from slimforge.io.artifacts import torch_artifact
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"{path}: a GPU engine (AOTInductor package) needs an NVIDIA GPU with CUDA; this machine "
+                             "has none")
+    try:
+        runner = torch._inductor.aoti_load_package(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot load the GPU engine: {str(exc).strip().splitlines()[0][:300]}") from exc
+    placed = str(meta.get("gpu", ""))  # how the model was placed, e.g. "fp16 + compile + CUDA graphs"
+    module = EngineModule(runner, tf32=meta.get("precision") == "tf32", graphs="CUDA graphs" in placed)
+    meta = {**meta, "device": "cuda", "engine": "aoti"}
+    return torch_artifact(module, examples, fmt=Format.TORCH_EXPORT, path=path, meta=meta, source_id=source_id)

@@ -1,0 +1,110 @@
+"""The gpu target. Without CUDA (CI): one clear line and exit 2, and the proposers' GPU candidates. With CUDA
+(marked ``gpu``): the search runs and measures on the GPU, and the winner is an engine file that loads and serves."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import slimforge
+from slimforge.auto.candidates import SearchSpace, propose
+from slimforge.auto.targets import get_target
+
+CUDA = torch.cuda.is_available()
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.conv(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(t.mean(1))
+
+
+@pytest.mark.skipif(CUDA, reason="checks the message on a machine without CUDA")
+def test_gpu_target_without_cuda_exits_2_with_one_line(tmp_path):
+    model = tmp_path / "m.pt2"
+    slimforge.save(slimforge.load(Tiny().eval(), example_inputs=torch.randn(1, 3, 8, 8)), model)
+    proc = subprocess.run([sys.executable, "-m", "slimforge", "optimize", str(model), "--target", "gpu", "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "needs a CUDA GPU" in lines[0] and "--target cpu" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_gpu_proposer_offers_placed_compiled_and_fp8_variants():
+    art = slimforge.load(Tiny().eval(), example_inputs=torch.randn(1, 3, 8, 8))
+    space = SearchSpace(art=art, target=get_target("gpu"), train_seconds=None)
+    names = {c.name: c for c in propose(space)}
+    for want in ("torch tf32", "torch bf16 eager", "torch fp16 eager", "torch fp16 channels_last",
+                 "torch bf16 + compile", "torch fp16 + compile + CUDA graphs",
+                 "torch bf16 + compile, attention fused", "torch fp8 rowwise (torchao) + compile"):
+        assert want in names, sorted(names)
+    assert all(c.runtime == "torch" for c in names.values())  # no CPU runtime is offered for the GPU
+    graphs = names["torch fp16 + compile + CUDA graphs"].steps[-1]
+    assert graphs.channels_last and graphs.compile.value == "reduce-overhead"  # a conv net: channels_last too
+    cpu = {c.name for c in propose(SearchSpace(art=art, target=get_target("cpu"), train_seconds=None))}
+    assert not any(n.startswith("torch tf32") or "CUDA graphs" in n for n in cpu)
+
+
+def test_onnx_model_on_the_gpu_target_names_what_is_needed(tmp_path, mlp_onnx, monkeypatch):
+    import importlib
+
+    from slimforge.auto.targets import Machine
+
+    search_mod = importlib.import_module("slimforge.auto.search")
+
+    fake = Machine(cpu="x", flags=(), cuda=True, cuda_name="H200", fp8=True,
+                   runtimes=("torch", "onnxruntime", "openvino"))
+    monkeypatch.setattr(search_mod, "detect_machine", lambda: fake)
+    with pytest.raises(slimforge.ConfigError, match=r"gpu target optimises PyTorch models.*onnxruntime-gpu"):
+        search_mod.search(slimforge.load(mlp_onnx), target="gpu")
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal without CUDA")
+def test_gpu_step_refuses_without_cuda():
+    from slimforge.techniques.gpu import GpuConfig
+
+    art = slimforge.load(Tiny().eval(), example_inputs=torch.randn(1, 3, 8, 8))
+    from slimforge.core.context import RunContext
+    from slimforge.plan.engine import run_steps
+    from slimforge.plan.recipe import Recipe
+
+    with pytest.raises(slimforge.SlimforgeError, match="needs an NVIDIA GPU"):
+        run_steps(art, Recipe(steps=(GpuConfig(dtype="bf16"),), runtime="torch"), RunContext())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_search_measures_on_the_gpu_and_writes_an_engine(tmp_path):
+    model = Tiny().eval()
+    res = slimforge.auto_optimize(slimforge.load(model, example_inputs=torch.randn(1, 3, 16, 16)), target="gpu",
+                                  output_dir=tmp_path / "out", time_budget_s=600, use_cache=False)
+    rows = res.report["candidates"]
+    measured = [r for r in rows if r.get("latency")]
+    assert len(measured) >= 6, [(r["name"], r["status"], r["reason"]) for r in rows]
+    assert res.report["baseline"].get("end_to_end_ms")  # timed on the GPU: compute and end to end
+    assert all(r.get("peak_memory_mb") for r in measured)  # device memory per variant
+    art_path = res.paths.get("artifact")
+    assert art_path is not None and art_path.suffix == ".pt2", res.report["notes"]
+    # a fresh process loads the engine without the model's code and gives the same outputs
+    code = ("import sys, numpy as np, torch, slimforge; a = slimforge.load(sys.argv[1]); "
+            "x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype('float32'); "
+            "from slimforge.runtimes import open_session; np.save(sys.argv[2], open_session(a).run({a.io.input_names[0]: x})[0])")
+    subprocess.run([sys.executable, "-c", code, str(art_path), str(tmp_path / "y.npy")], check=True, timeout=300)
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype("float32")
+    with torch.no_grad():
+        ref = model.cuda()(torch.from_numpy(x).cuda()).cpu().numpy()
+    got = np.load(tmp_path / "y.npy")
+    cos = float((ref * got).sum() / (np.linalg.norm(ref) * np.linalg.norm(got)))
+    assert cos > 0.99, cos
