@@ -241,12 +241,7 @@ def gpu(space: SearchSpace) -> Iterable[Candidate]:
         yield candidate("torch fp16 + compile + CUDA graphs, attention fused", (GpuConfig(
             dtype="fp16", compile="reduce-overhead", fused_attention=True, min_cosine=0.0),), "torch", "fp16",
             cost=3)
-        yield candidate("torch bf16 + compile, attention fused", (GpuConfig(
-            dtype="bf16", compile="default", fused_attention=True, min_cosine=0.0),), "torch", "bf16", cost=3)
     from slimforge.techniques.quantize.torch_fp8 import Fp8Config
 
-    yield candidate("torch fp8 rowwise (torchao) + compile", (Fp8Config(min_cosine=0.0), GpuConfig(
-        dtype="keep", compile="default", fused_attention=attention, min_cosine=0.0)), "torch", "fp8", cost=4)
-    yield candidate("torch fp8 rowwise (torchao) + compile + CUDA graphs", (Fp8Config(min_cosine=0.0), GpuConfig(
-        dtype="keep", compile="reduce-overhead", fused_attention=attention, min_cosine=0.0)), "torch", "fp8",
-        cost=4, after="torch fp8 rowwise (torchao) + compile")
+    # eager: on torch 2.11 + torchao 0.17, compiling the float8 model did not finish in 80 s on an H200 (MLP)
+    yield candidate("torch fp8 rowwise (torchao)", (Fp8Config(min_cosine=0.0),), "torch", "fp8", cost=4)
