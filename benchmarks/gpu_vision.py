@@ -72,14 +72,14 @@ def flops_per_image(model: torch.nn.Module) -> float:
     return float(fc.get_total_flops())
 
 
-_LAST = [""]
+_SEEN: set[tuple[str, float]] = set()
 
 
 def _progress(ev) -> None:
-    if ev.task != _LAST[0] or ev.completed != getattr(_progress, "done", None):
-        if ev.task.startswith(("search", "baseline", "runoff")) and ev.completed != getattr(_progress, "done", None):
-            say("  ", ev.task, ev.completed, "/", ev.total)
-        _LAST[0], _progress.done = ev.task, ev.completed
+    """Each new step of the search, its baseline and its runoff, once."""
+    if ev.task.startswith(("search", "baseline", "runoff")) and (ev.task, ev.completed) not in _SEEN:
+        _SEEN.add((ev.task, ev.completed))
+        say("  ", ev.task, ev.completed, "/", ev.total)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
