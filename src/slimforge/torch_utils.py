@@ -1,8 +1,10 @@
-"""Helpers for torch modules shared by every layer: run a module on numpy feeds, set its mode, flatten outputs."""
+"""Helpers for torch modules shared by every layer: run a module on numpy feeds, set its mode, flatten outputs, cast
+around a module placed on a GPU, and the FP32 matmul precision (IEEE or TF32) of a call."""
 
 from __future__ import annotations
 
-from typing import Mapping
+import contextlib
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -54,3 +56,40 @@ def run_module(module: nn.Module, feeds: Mapping[str, np.ndarray]) -> list[np.nd
         if any(modes.values()):  # each submodule back in its own mode (a model in eval mode may hold a
             for m, mode in modes.items():  # wrapper that is not, or the reverse)
                 m.training = mode
+
+
+@contextlib.contextmanager
+def fp32_precision(tf32: bool) -> Iterator[None]:
+    """FP32 matmuls and convolutions on a GPU in IEEE FP32 (``tf32=False``) or TensorFloat-32 for this call only;
+    the process-wide flags are restored after. An FP32 baseline must be IEEE: cuDNN convolutions default to TF32
+    and other code in the process may have turned it on for matmuls."""
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    old = m.allow_tf32, c.allow_tf32
+    m.allow_tf32 = c.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        m.allow_tf32, c.allow_tf32 = old
+
+
+class Placed(nn.Module):
+    """A model placed for a GPU as one traceable function: float inputs cast to the model's dtype (and to
+    channels_last for images), float outputs back in FP32. Compiled or exported whole, so the casts fuse into the
+    model's first and last kernels (and sit inside its CUDA graph)."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype | None, channels_last: bool) -> None:
+        super().__init__()
+        self.inner, self.dtype, self.channels_last = inner, dtype, channels_last
+
+    def forward(self, *xs: torch.Tensor):
+        args = []
+        for x in xs:
+            if x.is_floating_point() and self.dtype is not None:
+                x = x.to(self.dtype)
+            if self.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            args.append(x)
+        out = self.inner(*args)
+        if isinstance(out, torch.Tensor):
+            return out.float() if out.is_floating_point() else out
+        return tuple(o.float() if o.is_floating_point() else o for o in outputs_to_list(out))

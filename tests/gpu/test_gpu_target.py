@@ -46,7 +46,8 @@ def test_gpu_proposer_offers_placed_compiled_and_fp8_variants():
     names = {c.name: c for c in propose(space)}
     for want in ("torch tf32", "torch bf16 eager", "torch fp16 eager", "torch fp16 channels_last",
                  "torch bf16 + compile", "torch fp16 + compile + CUDA graphs",
-                 "torch fp16 + compile + CUDA graphs, attention fused", "torch fp8 rowwise (torchao)"):
+                 "torch fp8 rowwise + compile + CUDA graphs", "torch int8 dynamic (torchao) + compile",
+                 "torch fp16 + compile + CUDA graphs, attention fused", "torch fp8 rowwise"):
         assert want in names, sorted(names)
     assert all(c.runtime == "torch" for c in names.values())  # no CPU runtime is offered for the GPU
     graphs = names["torch fp16 + compile + CUDA graphs"].steps[-1]
@@ -108,3 +109,22 @@ def test_gpu_search_measures_on_the_gpu_and_writes_an_engine(tmp_path):
     got = np.load(tmp_path / "y.npy")
     cos = float((ref * got).sum() / (np.linalg.norm(ref) * np.linalg.norm(got)))
     assert cos > 0.99, cos
+
+
+def test_placed_casts_inside_and_fp32_precision_restores_the_flags():
+    from slimforge.torch_utils import Placed, fp32_precision
+
+    conv = nn.Conv2d(3, 4, 3).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8)
+    y = Placed(conv, torch.bfloat16, channels_last=True)(x)
+    assert y.dtype == torch.float32 and y.shape == (2, 4, 6, 6)
+    ref = nn.functional.conv2d(x, conv.weight.float(), conv.bias.float())
+    assert float((y - ref).norm() / ref.norm()) < 0.02
+    m, c = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = m.allow_tf32, c.allow_tf32
+    with fp32_precision(True):
+        assert m.allow_tf32 and c.allow_tf32
+        with fp32_precision(False):
+            assert not m.allow_tf32 and not c.allow_tf32
+        assert m.allow_tf32
+    assert (m.allow_tf32, c.allow_tf32) == before

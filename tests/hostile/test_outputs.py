@@ -3,7 +3,6 @@ scratch space (after the next run) and no report of another run."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil

@@ -61,8 +61,8 @@ def test_technique_contract(kind, fmt, formats, tmp_path):
 
         if not fp8_supported():
             pytest.skip("FP8 needs a GPU of compute capability >= 8.9 (tests/techniques/test_fp8.py covers it)")
-    if kind == "gpu" and not torch.cuda.is_available():
-        pytest.skip("the gpu technique needs CUDA (tests/gpu/test_gpu_target.py covers its refusal here)")
+    if kind in ("gpu", "int8_gpu") and not torch.cuda.is_available():
+        pytest.skip("this technique needs CUDA (tests/gpu/test_gpu_target.py covers the refusal here)")
     art = formats[fmt]
     cfg_type = slimforge.core.config.config_types()[kind]
     cfg = cfg_type()

@@ -35,3 +35,27 @@ def test_fp8_on_gpu_verifies_and_runs(tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 32, 256)).astype(np.float32)
     out = slimforge.open_session(q, "torch", device="cuda").run({art.io.input_names[0]: x})[0]
     assert out.shape == (4, 32, 256) and out.dtype == np.float32
+
+
+def test_fp8_linear_rowwise_keeps_small_rows_that_tensorwise_underflows():
+    """The FP8 GEMM (``torch._scaled_mm``, which also runs on CPU): per-row activation scales keep a row 10^7
+    times smaller than its neighbour, one scale per tensor flushes it to zero."""
+    from slimforge.techniques.quantize.torch_fp8 import Fp8Linear, quantize_fp8
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32, bias=False).bfloat16()
+    x = torch.randn(16, 64).bfloat16()
+    x[0] *= 1000.0
+    x[1] *= 1e-4
+    with torch.no_grad():
+        ref = lin(x).float()
+        row, ten = Fp8Linear(lin, rowwise=True)(x).float(), Fp8Linear(lin, rowwise=False)(x).float()
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    assert rel(row, ref) < 0.08 and rel(row[1], ref[1]) < 0.08
+    assert rel(ten[1], ref[1]) > 0.9  # underflowed
+    q, s = quantize_fp8(x.float(), rowwise=True)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (16, 1)
+    assert rel(q.float() * s, x.float()) < 0.05

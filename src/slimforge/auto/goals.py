@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from slimforge.core.config import check_unit
 from slimforge.errors import ConfigError
 
 Amount = float | str | None
@@ -78,8 +79,7 @@ class Goals:
             object.__setattr__(self, name, parse_amount(getattr(self, name), name))
         if self.latency_stat not in ("p50", "p95", "p99"):
             raise ConfigError(f"latency_stat must be p50, p95 or p99, got {self.latency_stat!r}")
-        if self.min_cosine is not None and not 0.0 <= self.min_cosine <= 1.0:
-            raise ConfigError(f"min_cosine must be in [0, 1], got {self.min_cosine}")
+        check_unit("min_cosine", self.min_cosine, allow_none=True)
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 100.0:
             raise ConfigError(f"min_accuracy is a percentage in [0, 100], got {self.min_accuracy}")
         if self.batch is not None and self.batch < 1:

@@ -278,15 +278,22 @@ def _finish_choice(evaluated: list[Evaluated], ev: Evaluator) -> Evaluated | Non
 
 
 def _no_gain(model: Artifact, ev: Evaluator, notes: list[str]) -> Artifact:
+    """The original model (ONNX: normalised; on a GPU target: placed on the GPU in IEEE FP32, so it is written as
+    an engine file that serves there)."""
+    gpu = ev.device == "cuda" and model.format is Format.TORCH
     notes.append("no gain on this target: no candidate met the quality goals and beat the baseline; the original "
-                 "model is handed back" + (", normalised" if model.format is Format.ONNX else ""))
-    if model.format is not Format.ONNX:
+                 "model is handed back" + (", normalised" if model.format is Format.ONNX else "")
+                 + (", in FP32 on the GPU" if gpu else ""))
+    if model.format is not Format.ONNX and not gpu:
         return model
     from slimforge.convert.normalize import NormalizeConfig
     from slimforge.plan.engine import run_steps
     from slimforge.plan.recipe import Recipe
+    from slimforge.techniques.gpu import GpuConfig
 
+    step = GpuConfig(dtype="fp32", min_cosine=0.0) if gpu else NormalizeConfig()
     try:
-        return run_steps(model, Recipe(steps=(NormalizeConfig(),)), ev.ctx, cache=ev.cache, target=ev.target_key)
+        recipe = Recipe(steps=(step,), runtime="torch") if gpu else Recipe(steps=(step,))
+        return run_steps(model, recipe, ev.ctx, cache=ev.cache, target=ev.target_key)
     except (SlimforgeError, RuntimeError, ValueError, OSError):
         return model

@@ -123,6 +123,20 @@ def require_gain(evaluated: list[Evaluated], base_size_mb: float | None) -> None
                          + ") and not smaller")
 
 
+def per_batch_best(evaluated: list[Evaluated]) -> dict[int, dict[str, Any]]:
+    """At each batch size, the fastest candidate that met the quality goals and is measurably faster than the
+    baseline there (the no-slowdown rule per batch: one slower at batch 1 may still be the one for batch 256)."""
+    quality_ok = [e for e in evaluated if e.status in ("accepted", "chosen") or (
+        e.status == "rejected" and e.reason.startswith(("slower than the baseline", "no measurable gain")))]
+    out: dict[int, dict[str, Any]] = {}
+    for b in sorted({b for e in quality_ok for b in e.ratio}):
+        faster = [e for e in quality_ok if b in e.ratio and e.ratio[b].verdict == FASTER]
+        if faster:
+            e = min(faster, key=lambda c: c.latency[b]["p50"])
+            out[b] = {"name": e.candidate.name, "p50_ms": e.latency[b]["p50"], "speedup": e.ratio[b].to_dict()}
+    return out
+
+
 def mark_pareto(evaluated: list[Evaluated], batch: int, labelled: bool) -> None:
     """Pareto front over (latency, quality, size) among the candidates that were measured."""
     pts = [e for e in evaluated if batch in e.latency]

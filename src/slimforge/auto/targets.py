@@ -69,7 +69,7 @@ PRESETS: dict[str, Target] = {
                      runtimes=("onnxruntime",), precisions=("fp32", "int8", "int4"), batch_sizes=(1,), threads=1,
                      goals={"max_accuracy_drop": "2%"}),
     "gpu": Target(name="gpu", description="an NVIDIA GPU: latency at batch 1, throughput at 32 and 256",
-                  device="cuda", runtimes=("torch",), precisions=("fp32", "fp16", "bf16", "fp8"),
+                  device="cuda", runtimes=("torch",), precisions=("fp32", "fp16", "bf16", "fp8", "int8"),
                   batch_sizes=(1, 32, 256), training=True,
                   goals={"max_accuracy_drop": "1%"}),
 }

@@ -73,6 +73,18 @@ def coerce_fields(cfg: Config) -> None:
             object.__setattr__(cfg, f.name, coerced)
 
 
+def check_unit(name: str, value: float | None, *, allow_none: bool = False) -> None:
+    """Refuse a fraction outside [0, 1] (a cosine or an agreement threshold) with one clear ``ConfigError``.
+
+    Example:
+        >>> check_unit("min_cosine", 0.99)
+    """
+    if value is None and allow_none:
+        return
+    if value is None or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1]{' or None' if allow_none else ''}, got {value}")
+
+
 def config_types() -> dict[str, type[Config]]:
     """All registered config kinds (after importing the built-in techniques)."""
     load_plugins()

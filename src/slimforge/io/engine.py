@@ -15,6 +15,7 @@ from torch import nn
 
 from slimforge.core.artifact import Artifact, Format
 from slimforge.errors import ModelLoadError, TechniqueFailed
+from slimforge.torch_utils import Placed, fp32_precision
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 256  # the profile's upper bound on the batch dimension
@@ -28,27 +29,6 @@ def is_engine(path: Path) -> bool:
             return any("/aotinductor/" in n or n.startswith("aotinductor/") for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
-
-
-class _Placed(nn.Module):
-    """What the engine computes: FP32 inputs cast to the model's dtype and memory format, FP32 outputs."""
-
-    def __init__(self, inner: nn.Module, dtype: torch.dtype | None, channels_last: bool) -> None:
-        super().__init__()
-        self.inner, self.dtype, self.channels_last = inner, dtype, channels_last
-
-    def forward(self, *xs: torch.Tensor):
-        args = []
-        for x in xs:
-            if x.is_floating_point() and self.dtype is not None:
-                x = x.to(self.dtype)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            args.append(x)
-        out = self.inner(*args)
-        if isinstance(out, torch.Tensor):
-            return out.float() if out.is_floating_point() else out
-        return tuple(o.float() if o.is_floating_point() else o for o in out)
 
 
 def _dynamic_shapes(art: Artifact) -> tuple[Any, ...]:
@@ -74,24 +54,19 @@ def write_engine(art: Artifact, tmp: Path) -> None:
     inner = getattr(placed, "inner", None)
     if inner is None:
         raise TechniqueFailed(f"{art.name} is not a model placed for the GPU; only those are written as engines")
-    module = _Placed(inner, getattr(placed, "dtype", None), bool(getattr(placed, "channels_last", False))).eval()
+    module = Placed(inner, getattr(placed, "dtype", None), bool(getattr(placed, "channels_last", False))).eval()
     examples = []
     for a in art.examples.values():  # batch 2: a batch of 1 would be specialised away
         t = torch.from_numpy(np.ascontiguousarray(a)).to("cuda")
         examples.append(torch.cat([t, t]) if t.ndim and t.shape[0] == 1 else t)
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    tf32 = bool(getattr(placed, "tf32", False))
     try:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        with torch.no_grad():
+        with torch.no_grad(), fp32_precision(bool(getattr(placed, "tf32", False))):
             program = torch.export.export(module, tuple(examples), dynamic_shapes=_dynamic_shapes(art))
             torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
     except Exception as exc:
         raise TechniqueFailed(f"{art.name} cannot be compiled into an engine (torch.export + AOTInductor): "
                               f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}"
                               ) from exc
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 class EngineModule(nn.Module):
@@ -139,12 +114,8 @@ class EngineModule(nn.Module):
 
     def forward(self, *xs: torch.Tensor):
         args = [x.to(self.device, non_blocking=True) for x in xs]
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.tf32 or old
-        try:
+        with fp32_precision(self.tf32):
             out = self._replay(args) if self.graphs else self._run(args)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = old
         return out[0] if len(out) == 1 else tuple(out)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from slimforge.core.artifact import Artifact, Format
 from slimforge.runtimes.base import check_feeds, register_runtime
-from slimforge.torch_utils import outputs_to_list, set_training
+from slimforge.torch_utils import fp32_precision, outputs_to_list, set_training
 
 
 class TorchSession:
@@ -47,7 +47,10 @@ class TorchSession:
         return [self._to_device(a) for a in check_feeds(self.art, feeds)]
 
     def run_tensors(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        with torch.inference_mode():
+        if self.device.type != "cuda":
+            with torch.inference_mode():
+                return outputs_to_list(self.module(*tensors))
+        with torch.inference_mode(), fp32_precision(False):  # FP32 is IEEE FP32 unless the model asks for TF32
             return outputs_to_list(self.module(*tensors))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

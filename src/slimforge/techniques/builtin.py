@@ -14,6 +14,7 @@ from slimforge.techniques.quantize import openvino as _q_openvino  # noqa: F401
 from slimforge.techniques.quantize import qat as _q_qat  # noqa: F401
 from slimforge.techniques.quantize import torch_dynamic as _q_torch_dynamic  # noqa: F401
 from slimforge.techniques.quantize import torch_fp8 as _q_torch_fp8  # noqa: F401
+from slimforge.techniques.quantize import torch_int8_gpu as _q_torch_int8_gpu  # noqa: F401
 from slimforge.techniques.quantize import torch_pt2e as _q_torch_pt2e  # noqa: F401
 from slimforge.techniques.quantize import weight_only as _q_weight_only  # noqa: F401
 from slimforge.techniques import fuse as _fuse  # noqa: F401

@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from slimforge.core.artifact import Artifact, Format, Step
-from slimforge.core.config import Config, coerce_fields
+from slimforge.core.config import Config, check_unit, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import ConfigError, TechniqueFailed, UnsupportedModelError
 from slimforge.evaluation.fidelity import fidelity_check
+from slimforge.torch_utils import Placed, fp32_precision, outputs_to_list
 
 
 class GpuDtype(str, enum.Enum):
@@ -58,8 +59,7 @@ class GpuConfig(Config):
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if not 0.0 <= self.min_cosine <= 1.0:
-            raise ConfigError(f"min_cosine must be in [0, 1], got {self.min_cosine}")
+        check_unit("min_cosine", self.min_cosine)
         if self.fused_attention and self.compile is CompileMode.NONE:
             raise ConfigError("fused_attention applies under compile; set compile to default or reduce-overhead")
 
@@ -105,23 +105,10 @@ def fused_attention(on: bool) -> Iterator[None]:
         F.scaled_dot_product_attention = _REAL_SDPA
 
 
-@contextlib.contextmanager
-def tf32(on: bool) -> Iterator[None]:
-    """TensorFloat-32 for this call only (the process-wide flags are restored after)."""
-    if not on:
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 class GpuModule(nn.Module):
-    """The placed model: moves inputs to its GPU, casts float inputs to its dtype (channels_last for images), runs
-    (compiled, where set) and returns FP32 tensors on the GPU."""
+    """The placed model: moves inputs to its GPU and runs ``Placed(inner)`` (compiled where set, so the input casts
+    and the FP32 outputs are inside the compiled graph and its CUDA graph), returning FP32 tensors on the GPU. FP32
+    runs in IEEE precision unless the dtype is TF32."""
 
     def __init__(self, inner: nn.Module, cfg: GpuConfig, device: torch.device, dtype: torch.dtype | None) -> None:
         super().__init__()
@@ -132,33 +119,22 @@ class GpuModule(nn.Module):
         self.tf32 = cfg.dtype is GpuDtype.TF32
         self.fused = cfg.fused_attention
         self.graphs = cfg.compile is CompileMode.GRAPHS
-        # kept out of the registered submodules: the weights are ``inner``'s, once
-        self.__dict__["runner"] = inner if cfg.compile is CompileMode.NONE else torch.compile(
-            inner, mode=None if cfg.compile is CompileMode.DEFAULT else cfg.compile.value, dynamic=False)
+        placed = Placed(inner, dtype, cfg.channels_last).eval()
+        # kept out of the registered submodules: the weights are ``inner``'s, once. One static graph per input
+        # shape (a server's few batch sizes): a CUDA graph replays one shape, and dynamic shapes cost speed
+        self.__dict__["runner"] = placed if cfg.compile is CompileMode.NONE else torch.compile(
+            placed, mode=None if cfg.compile is CompileMode.DEFAULT else cfg.compile.value, dynamic=False)
         self.eval()
 
-    def inputs(self, xs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        out = []
-        for x in xs:
-            x = x.to(self.device, non_blocking=True)
-            if x.is_floating_point() and self.dtype is not None:
-                x = x.to(self.dtype)
-            if self.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(x)
-        return out
-
     def forward(self, *xs: torch.Tensor):
-        from slimforge.torch_utils import outputs_to_list
-
-        args = self.inputs(xs)
+        args = [x.to(self.device, non_blocking=True) for x in xs]
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with tf32(self.tf32), fused_attention(self.fused):
+        with fp32_precision(self.tf32), fused_attention(self.fused):
             out = outputs_to_list(self.runner(*args))
-        # float outputs as fresh FP32 tensors: a CUDA graph overwrites its outputs on the next replay
-        res = [o.float() if o.dtype != torch.float32 else (o.clone() if self.graphs else o) for o in out]
-        return res[0] if len(res) == 1 else tuple(res)
+        if self.graphs:  # a CUDA graph overwrites its outputs on the next replay
+            out = [o.clone() for o in out]
+        return out[0] if len(out) == 1 else tuple(out)
 
 
 def cuda_required(what: str) -> None:

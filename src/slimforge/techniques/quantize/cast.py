@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from slimforge.core.artifact import Artifact, Format, Step
-from slimforge.core.config import Config, coerce_fields
+from slimforge.core.config import Config, check_unit, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
-from slimforge.errors import ConfigError, TechniqueFailed, UnsupportedModelError, require
+from slimforge.errors import TechniqueFailed, UnsupportedModelError, require
 from slimforge.evaluation.fidelity import fidelity_check
 from slimforge.techniques.quantize.coverage import require_quantized
 
@@ -49,8 +49,7 @@ class CastConfig(Config):
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        if not 0.0 <= self.min_cosine <= 1.0:
-            raise ConfigError(f"min_cosine must be in [0, 1], got {self.min_cosine}")
+        check_unit("min_cosine", self.min_cosine)
 
 
 @implements(CastConfig, fmt=Format.TORCH)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimforge.core.artifact import Artifact, Format, Step
-from slimforge.core.config import Config, coerce_fields
+from slimforge.core.config import Config, check_unit, coerce_fields
 from slimforge.core.context import RunContext
 from slimforge.core.outputs import atomic_path
 from slimforge.core.registry import implements
@@ -54,8 +54,7 @@ class StaticQuantConfig(Config):
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         if not 90.0 <= self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in [90, 100], got {self.percentile}")
-        if not 0.0 <= self.min_cosine <= 1.0:
-            raise ConfigError(f"min_cosine must be in [0, 1], got {self.min_cosine}")
+        check_unit("min_cosine", self.min_cosine)
 
 
 _CHUNK = 16
