@@ -18,7 +18,8 @@ CUDA = torch.cuda.is_available()
 class Tiny(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1))
         self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
         self.head = nn.Linear(16, 10)
 
@@ -52,6 +53,10 @@ def test_gpu_proposer_offers_placed_compiled_and_fp8_variants():
     assert all(c.runtime == "torch" for c in names.values())  # no CPU runtime is offered for the GPU
     graphs = names["torch fp16 + compile + CUDA graphs"].steps[-1]
     assert graphs.channels_last and graphs.compile.value == "reduce-overhead"  # a conv net: channels_last too
+    patch = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.Flatten(), nn.Linear(16 * 4, 10))  # a ViT-like stem
+    vit_like = {c.name for c in propose(SearchSpace(art=slimforge.load(patch.eval(), example_inputs=torch.randn(
+        1, 3, 8, 8)), target=get_target("gpu"), train_seconds=None))}
+    assert "torch fp16 eager" in vit_like and not any("channels_last" in n for n in vit_like)
     cpu = {c.name for c in propose(SearchSpace(art=art, target=get_target("cpu"), train_seconds=None))}
     assert not any(n.startswith("torch tf32") or "CUDA graphs" in n for n in cpu)
 

@@ -224,7 +224,7 @@ def gpu(space: SearchSpace) -> Iterable[Candidate]:
 
     from slimforge.techniques.gpu import GpuConfig
 
-    conv = any(isinstance(m, nn.Conv2d) for m in space.art.handle.modules())
+    conv = sum(isinstance(m, nn.Conv2d) for m in space.art.handle.modules()) > 2  # not a ViT's patch embedding
     attention = any("attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower()
                     for m in space.art.handle.modules())
     yield candidate("torch tf32", (GpuConfig(dtype="tf32", min_cosine=0.0),), "torch", "fp32", cost=1)
