@@ -133,3 +133,20 @@ def test_placed_casts_inside_and_fp32_precision_restores_the_flags():
             assert not m.allow_tf32 and not c.allow_tf32
         assert m.allow_tf32
     assert (m.allow_tf32, c.allow_tf32) == before
+
+
+def test_a_search_worth_of_compiled_models_all_run_compiled():
+    """Every placed model shares ``Placed.forward``; Dynamo's default recompile limit (8) made the ninth and later
+    compiled variants of a search silently run eager (runs on CPU: Inductor compiles for it too)."""
+    from torch.profiler import profile
+
+    from slimforge.techniques.gpu import GpuConfig, GpuModule
+
+    cfg = GpuConfig(dtype="fp32", compile="default", min_cosine=0.0)
+    mods = [GpuModule(nn.Linear(8 + i, 8).eval(), cfg, torch.device("cpu"), None) for i in range(10)]  # 10 models
+    with torch.inference_mode():
+        for m in mods:
+            m(torch.randn(2, m.inner.in_features))
+        with profile() as prof:
+            mods[-1](torch.randn(2, 17))
+    assert any("Torch-Compiled Region" in e.key for e in prof.key_averages())

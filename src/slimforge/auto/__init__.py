@@ -120,7 +120,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
             res.notes.append(f"the GPU engine could not be built ({exc}); written instead: the original model as a "
                              "program and recipe.yaml, whose steps `slimforge run` re-applies when loading")
             art_path = out_dir / f"{base.name}-{res.target.name}-weights.pt2"
-            best = save(base, art_path)
+            save(base, art_path)  # the result stays the in-memory winner on the GPU
         elif res.best is not None:
             raise
         else:

@@ -177,7 +177,7 @@ def quantization(space: SearchSpace) -> Iterable[Candidate]:
         yield candidate("openvino int8 static (nncf)", (*ov, StaticQuantConfig(
             calibration=Calibration.MINMAX, per_channel=True, exclude=tail, min_cosine=0.0)), "openvino", "int8",
             cost=5)
-    if space.is_torch:
+    if space.is_torch and space.target.device != "cuda":  # quantized::linear_dynamic runs on CPUs only
         yield candidate("torch int8 dynamic", (DynamicQuantConfig(per_channel=True, min_cosine=0.0),), "torch",
                         "int8", cost=2)
 

@@ -61,7 +61,8 @@ def write_engine(art: Artifact, tmp: Path) -> None:
         examples.append(torch.cat([t, t]) if t.ndim and t.shape[0] == 1 else t)
     try:
         with torch.no_grad(), fp32_precision(bool(getattr(placed, "tf32", False))):
-            program = torch.export.export(module, tuple(examples), dynamic_shapes=_dynamic_shapes(art))
+            # Placed.forward(*xs): one varargs parameter, so its dynamic shapes are one tuple of per-input specs
+            program = torch.export.export(module, tuple(examples), dynamic_shapes=(_dynamic_shapes(art),))
             torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
     except Exception as exc:
         raise TechniqueFailed(f"{art.name} cannot be compiled into an engine (torch.export + AOTInductor): "

@@ -120,6 +120,8 @@ class GpuModule(nn.Module):
         self.fused = cfg.fused_attention
         self.graphs = cfg.compile is CompileMode.GRAPHS
         placed = Placed(inner, dtype, cfg.channels_last).eval()
+        if cfg.compile is not CompileMode.NONE:
+            _room_for_graphs()
         # kept out of the registered submodules: the weights are ``inner``'s, once. One static graph per input
         # shape (a server's few batch sizes): a CUDA graph replays one shape, and dynamic shapes cost speed
         self.__dict__["runner"] = placed if cfg.compile is CompileMode.NONE else torch.compile(
@@ -135,6 +137,17 @@ class GpuModule(nn.Module):
         if self.graphs:  # a CUDA graph overwrites its outputs on the next replay
             out = [o.clone() for o in out]
         return out[0] if len(out) == 1 else tuple(out)
+
+
+def _room_for_graphs(per_process: int = 256) -> None:
+    """Every placed model runs the same ``Placed.forward`` code object, and Dynamo counts one model at one shape as
+    one recompile of it: past its default limit (8) every further model silently ran eager (a search compiles a
+    dozen variants at several batch sizes). Raised for this process."""
+    import torch._dynamo.config as dc
+
+    for name in ("recompile_limit", "accumulated_recompile_limit"):
+        if getattr(dc, name, per_process) < per_process:
+            setattr(dc, name, per_process)
 
 
 def cuda_required(what: str) -> None:

@@ -99,10 +99,14 @@ class Fp8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        xq, sx = _quantizer(self.rowwise)(x.reshape(-1, self.in_features))
+        x2 = x.reshape(-1, self.in_features)
+        m = x2.shape[0]
+        if m % 16:  # FP8 GEMMs take row counts in multiples of 16: pad a few zero rows, slice them off after
+            x2 = torch.nn.functional.pad(x2, (0, 0, 0, 16 - m % 16))
+        xq, sx = _quantizer(self.rowwise)(x2)
         y = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=sx if self.rowwise else sx.reshape(()),
                              scale_b=self.weight_scale, bias=self.bias, out_dtype=torch.bfloat16)
-        return y.reshape(*lead, self.out_features)
+        return y[:m].reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, {'rowwise' if self.rowwise else 'tensorwise'}"
@@ -120,23 +124,25 @@ def _swap_linears(module: torch.nn.Module, eligible, rowwise: bool, prefix: str 
 class Fp8Module(torch.nn.Module):
     """Runs the quantized module on its GPU in BF16; moves inputs there and returns FP32 on the caller's device."""
 
-    def __init__(self, inner: torch.nn.Module, device: torch.device) -> None:
+    def __init__(self, inner: torch.nn.Module, device: torch.device, min_rows: int = 0, pad: bool = True) -> None:
         super().__init__()
         self.inner = inner
         self.device = device
+        self.pad = pad  # torchao's GEMMs need padded batches; Fp8Linear pads its own rows
+        self.min_rows = min_rows  # torch._int_mm (INT8) needs more than 16 rows
         self.dtype = torch.bfloat16  # what an engine file casts inputs to
 
     def forward(self, *xs: torch.Tensor):
         where = xs[0].device if xs else self.device
         args = [x.to(self.device, torch.bfloat16) if x.is_floating_point() else x.to(self.device) for x in xs]
-        args, batch = _pad_rows(args)
+        args, batch = _pad_rows(args, self.min_rows) if self.pad else (args, args[0].shape[0] if args else None)
         out = self.inner(*args)
         if isinstance(out, torch.Tensor):
             return out[:batch].float().to(where)
         return tuple((o[:batch].float() if o.is_floating_point() else o[:batch]).to(where) for o in out)
 
 
-def _pad_rows(xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], int | None]:
+def _pad_rows(xs: list[torch.Tensor], min_rows: int = 0) -> tuple[list[torch.Tensor], int | None]:
     """cuBLAS FP8 matmuls need the row count (batch x positions) to be a multiple of 16: pad the batch with zeros
     (outputs are sliced back). Examples do not interact in eval mode, so padding changes no real output."""
     import math
@@ -146,7 +152,7 @@ def _pad_rows(xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], int | None]:
     batch = xs[0].shape[0]
     rows = math.prod(xs[0].shape[1:-1]) if xs[0].ndim > 2 else 1
     step = 16 // math.gcd(rows, 16)
-    padded = -(-batch // step) * step
+    padded = -(-max(batch, -(-min_rows // rows)) // step) * step
     if padded == batch:
         return xs, batch
     out = []
@@ -190,7 +196,8 @@ def _fp8_torch(art: Artifact, cfg: Fp8Config, ctx: RunContext) -> Artifact:
     except (RuntimeError, TypeError, ValueError) as exc:
         raise TechniqueFailed(f"fp8 ({cfg.backend.value}) failed on {art.name}: {str(exc).splitlines()[0][:300]}"
                               ) from exc
-    child = art.derive(Step("fp8", cfg.to_dict()), handle=Fp8Module(module, device), path=None,
+    placed = Fp8Module(module, device, pad=cfg.backend is Backend.TORCHAO)
+    child = art.derive(Step("fp8", cfg.to_dict()), handle=placed, path=None,
                        meta={"precision": "fp8", "device": "cuda", "quantized_layers": n})
     return child.with_check(fidelity_check(art, child, min_cosine=cfg.min_cosine, name="quant_fidelity",
                                            data=ctx.calibration_data))

@@ -75,7 +75,7 @@ def _int8_gpu(art: Artifact, cfg: Int8GpuConfig, ctx: RunContext) -> Artifact:
         quantize_(module, qcfg, filter_fn=eligible)
     except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
         raise TechniqueFailed(f"{cfg.describe()} failed on {art.name}: {str(exc).splitlines()[0][:300]}") from exc
-    child = art.derive(Step("int8_gpu", cfg.to_dict()), handle=Fp8Module(module, device), path=None,
+    child = art.derive(Step("int8_gpu", cfg.to_dict()), handle=Fp8Module(module, device, min_rows=17), path=None,
                        meta={"precision": "int8", "device": "cuda", "quantized_layers": n})
     return child.with_check(fidelity_check(art, child, min_cosine=cfg.min_cosine, name="quant_fidelity",
                                            data=ctx.calibration_data))
