@@ -89,7 +89,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def vision(name: str, out: Path, budget: float, serve: bool) -> dict:
+def vision(name: str, out: Path, budget: float) -> dict:
     import copy
 
     import timm
@@ -142,9 +142,8 @@ def vision(name: str, out: Path, budget: float, serve: bool) -> dict:
                            "vs_fp32": comp.ratio(n, b).to_dict() if n != "fp32 eager" else None}
         table[n]["cosine_to_fp32"] = cos[n]
     fresh = engine_in_fresh_process(engine, res.report, art, out) if engine and engine.suffix == ".pt2" else None
-    served = serve_and_load(engine, out / f"{name}-load") if engine and serve else None
     return {"model": arch, "gflops_per_image": flops / 1e9, "search_seconds": search_s, "chosen": chosen,
-            "per_batch_best": res.report.get("per_batch_best"), "serving": served,
+            "per_batch_best": res.report.get("per_batch_best"),
             "engine": str(engine) if engine else None, "candidates": rows, "table": table,
             "goals_met": res.goals_met, "notes": res.report.get("notes"), "engine_fresh_process": fresh,
             "timing": comp.note()}
@@ -172,7 +171,7 @@ def serve_and_load(engine: Path, out: Path, port: int = 8765) -> dict:
             say(f"serving (max batch {max_batch}) ready in {ready_s:.0f} s; load test at concurrency 64")
             dest = out / f"max-batch-{max_batch}"
             proc = subprocess.run([sys.executable, "-m", "slimforge", "loadtest", f"http://127.0.0.1:{port}",
-                                   "--concurrency", "64", "--duration", "12s", "-o", str(dest), "--force"],
+                                   "--concurrency", "64", "--duration", "10s", "-o", str(dest), "--force"],
                                   capture_output=True, text=True, timeout=200)
             doc = json.loads((dest / "loadtest.json").read_text()) if (dest / "loadtest.json").exists() else None
             result[f"max_batch_{max_batch}"] = {"ready_s": ready_s, "rc": proc.returncode, "summary": doc,
@@ -304,7 +303,11 @@ def main() -> None:
     for name in args.models.split(","):
         t = time.perf_counter()
         try:
-            doc["results"][name] = mlp() if name == "mlp" else vision(name, out, args.budget, args.serve)
+            doc["results"][name] = mlp() if name == "mlp" else vision(name, out, args.budget)
+            engine = doc["results"][name].get("engine")
+            if args.serve and engine:  # written first: the timings stand if serving runs out of time
+                path.write_text(json.dumps(doc, indent=2, default=str))
+                doc["results"][name]["serving"] = serve_and_load(Path(engine), out / f"{name}-load")
         except Exception as exc:  # noqa: BLE001 - one model's failure is reported, the others still run
             import traceback
 
