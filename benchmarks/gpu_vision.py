@@ -27,7 +27,7 @@ from slimforge.bench.timing import BenchSpec
 
 PEAK_TFLOPS = 989.0  # H100/H200 dense bf16
 BATCHES = (1, 32, 256)
-SPEC = BenchSpec(warmup=3, repeats=20, min_time_s=0.3, max_time_s=60.0, rounds=5, max_rounds=8, rel_ci=0.03)
+SPEC = BenchSpec(warmup=3, repeats=20, min_time_s=0.3, max_time_s=30.0, rounds=5, max_rounds=8, rel_ci=0.03)
 
 
 T0 = time.perf_counter()
