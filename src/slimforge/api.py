@@ -87,6 +87,35 @@ def benchmark(models: ModelLike | Sequence[ModelLike], *, runtime: str | None = 
     return results
 
 
+@quiet_libraries()
+def profile(model: ModelLike, *, runtime: str | None = None, device: str = "cpu", batch: int = 1,
+            data: str | Path | Dataset | None = None, runs: int = 20, threads: int | None = None,
+            output_dir: str | Path | None = None, force: bool = False) -> Any:
+    """Per-layer profile of ``model`` on ``runtime`` (torch models are exported to ONNX for onnxruntime and
+    openvino): self time and share, calls, FLOPs, parameters, activation memory, arithmetic intensity and GFLOP/s
+    per layer, against the end-to-end latency timed apart. With ``output_dir``: JSON, CSV, HTML and two plots (the
+    time per layer and the roofline). Returns a ``bench.profile.ProfileResult``.
+
+    Example:
+        >>> # res = slimforge.profile("minilm/", runtime="onnxruntime", batch=8, output_dir="prof")
+        >>> # [layer.name for layer in res.bottlenecks(0.05)]
+    """
+    from slimforge.bench.profile import profile_model
+
+    art = as_artifact(model)
+    if runtime in ("onnxruntime", "openvino") and art.format is Format.TORCH:
+        art = export(art)  # verified against the model, like every export
+    ds = as_data(data, art, default_text=True) if data is not None else None
+    feeds = feeds_for(art, ds)(batch)
+    res = profile_model(art, runtime, device=device, batch=batch, feeds=feeds, runs=runs, threads=threads)
+    if output_dir is not None:
+        from slimforge.report.profile import write_profile
+
+        with claim_output_dir(output_dir, force=force, inputs=[art.path]) as out:
+            write_profile(res.to_dict(), out)
+    return res
+
+
 def benchmark_report(results: Sequence[BenchResult], arts: Sequence[Artifact],
                      data: str | Path | None = None) -> dict[str, Any]:
     """The report document (kind ``benchmark``) of ``benchmark``'s results: the first model is the baseline."""

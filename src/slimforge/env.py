@@ -22,7 +22,7 @@ def cpu_info() -> dict[str, Any]:
         >>> "flags" in cpu_info()
         True
     """
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags, mhz = platform.processor() or platform.machine(), set(), 0.0
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -32,10 +32,16 @@ def cpu_info() -> dict[str, Any]:
                     model = value.strip()
                 elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
-    except OSError:
+                elif key == "cpu MHz":
+                    mhz = max(mhz, float(value or 0))
+    except (OSError, ValueError):
+        pass
+    try:  # the rated maximum where the kernel says it (the MHz above may be an idle reading)
+        mhz = max(mhz, int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1000)
+    except (OSError, ValueError):
         pass
     return {"model": model, "arch": platform.machine(), "flags": sorted(f for f in _FLAGS if f in flags),
-            "logical_cores": os.cpu_count()}
+            "logical_cores": os.cpu_count(), "ghz": round(mhz / 1000, 3) if mhz else None}
 
 
 def has_cpu_flag(*names: str) -> bool:

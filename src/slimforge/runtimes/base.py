@@ -85,7 +85,7 @@ def default_runtime(art: Artifact) -> str:
 
 
 def open_session(art: Artifact, runtime: str | None = None, *, device: str = "cpu", threads: int | None = None,
-                 precision: str | None = None) -> Session:
+                 precision: str | None = None, profiling: bool = False) -> Session:
     """Open ``art`` on a runtime (default: the natural one for its format).
 
     Example:
@@ -105,6 +105,11 @@ def open_session(art: Artifact, runtime: str | None = None, *, device: str = "cp
         raise MissingDependencyError(rt.name, extra=extra_for(rt.name))
     if device not in rt.devices():
         raise ConfigError(f"runtime {rt.name} has no device {device!r} here; available: {', '.join(rt.devices())}")
+    if profiling:  # the runtime's own per-node profiler on (ONNX Runtime, OpenVINO): see bench.profile
+        if rt.name not in ("onnxruntime", "openvino"):
+            raise ConfigError(f"runtime {rt.name} has no per-node profiler; torch models are profiled with "
+                              "torch.profiler (slimforge.profile)")
+        return rt.open(art, device=device, threads=threads, precision=precision, profiling=True)  # type: ignore
     return rt.open(art, device=device, threads=threads, precision=precision)
 
 

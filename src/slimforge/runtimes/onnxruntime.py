@@ -47,10 +47,15 @@ class OrtRuntime:
         return ("cpu", "cuda") if "CUDAExecutionProvider" in ort.get_available_providers() else ("cpu",)
 
     def open(self, art: Artifact, *, device: str = "cpu", threads: int | None = None,
-             precision: str | None = None) -> OrtSession:
+             precision: str | None = None, profiling: bool = False) -> OrtSession:
         ort = require("onnxruntime", extra="onnx")
         so = ort.SessionOptions()
         so.log_severity_level = 3
+        if profiling:  # per-node kernel times and shapes, written by end_profiling() into the run's scratch folder
+            from slimforge.core.scratch import scratch_dir
+
+            so.enable_profiling = True
+            so.profile_file_prefix = str(scratch_dir() / "ort-profile")
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1

@@ -49,12 +49,12 @@ class OpenVinoRuntime:
         return ("cpu",) if self.available() else ()
 
     def open(self, art: Artifact, *, device: str = "cpu", threads: int | None = None,
-             precision: str | None = None) -> OvSession:
+             precision: str | None = None, profiling: bool = False) -> OvSession:
         ov = require("openvino", extra="openvino")
         precision = precision or art.meta.get("inference_precision")  # set by a cast step
         if precision not in _PRECISIONS:
             raise ConfigError(f"openvino precision must be one of fp32, bf16, fp16, got {precision!r}")
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", **({"PERF_COUNT": True} if profiling else {})}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         if _PRECISIONS[precision]:

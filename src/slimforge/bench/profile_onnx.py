@@ -1,0 +1,245 @@
+"""Per-layer profile of an ONNX or OpenVINO model: ONNX Runtime's session profiling (per-node kernel times and the
+shapes each node ran with) or OpenVINO's performance counters (per executed node, fused nodes included).
+
+Nodes are grouped into the source module they came from, where the exporter kept its scope: the TorchScript exporter
+names nodes by module path (``/encoder/layer.0/attention/self/query/MatMul``), the dynamo exporter records
+``pkg.torch.onnx.name_scopes``. So a user sees ``encoder.layer.0.attention.self.query``, not a list of MatMuls.
+FLOPs count what ``FlopCounterMode`` counts for a torch model (matrix products and convolutions, 2 per
+multiply-add, no bias or elementwise work), so the totals of a model and its export agree.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from slimforge.bench.profile import LayerProfile, end_to_end_ms
+from slimforge.bench.timing import BenchSpec
+from slimforge.core.artifact import Artifact
+
+GRAPH = "(graph)"
+_MATMUL = {"MatMul": 0, "FusedMatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "DynamicQuantizeMatMul": 0,
+           "MatMulIntegerToFloat": 0, "Gemm": 0, "FusedGemm": 0}
+_CONV = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "NhwcConv": 1, "Convolution": 1,
+         "GroupConvolution": 1}
+
+
+def scope_of(node_name: str) -> str:
+    """The module path in a TorchScript-exporter node name.
+
+    Example:
+        >>> scope_of("/encoder/layer.0/attention/self/query/MatMul")
+        'encoder.layer.0.attention.self.query'
+        >>> scope_of("/features/features.0/Conv"), scope_of("Conv_12")
+        ('features.0', '(graph)')
+    """
+    if not node_name.startswith("/"):
+        return GRAPH
+    parts = [p for p in node_name.split("/")[1:-1] if p]
+    path: list[str] = []
+    for p in parts:  # a container's child is named "<container>.<index>", its parent component repeated
+        if path and p.startswith(path[-1] + "."):
+            path[-1] = p
+        else:
+            path.append(p)
+    return ".".join(path) or GRAPH
+
+
+def onnx_scopes(path: Path) -> dict[str, str]:
+    """Node name -> module path from the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata, where present."""
+    import onnx
+
+    out: dict[str, str] = {}
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - no scopes is a fine answer
+        return out
+    for node in model.graph.node:
+        for prop in node.metadata_props:
+            if prop.key == "pkg.torch.onnx.name_scopes":
+                try:
+                    scopes = [s for s in ast.literal_eval(prop.value) if s]
+                except (ValueError, SyntaxError):
+                    continue
+                if scopes:
+                    out[node.name] = scopes[-1]
+    return out
+
+
+def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> float:
+    """FLOPs of one node from its shapes (matrix products and convolutions; 0 for the rest).
+
+    Example:
+        >>> node_flops("MatMul", [[2, 8, 16], [16, 4]], [[2, 8, 4]])
+        1024.0
+    """
+    if not outputs or not inputs:
+        return 0.0
+    out = math.prod(outputs[0])
+    if op in _MATMUL:
+        a = inputs[_MATMUL[op]]
+        if op in ("Gemm", "FusedGemm"):
+            m = outputs[0][0] if outputs[0] else 1
+            k = math.prod(a) // max(m, 1)
+        else:
+            k = a[-1] if a else 0
+        return 2.0 * out * k
+    if op in _CONV and len(inputs) > _CONV[op]:
+        w = inputs[_CONV[op]]
+        per_out = math.prod(w[2:]) if op == "GroupConvolution" else math.prod(w[1:])
+        return 2.0 * out * per_out
+    return 0.0
+
+
+def _shapes(entries: Any) -> list[list[int]]:
+    return [list(next(iter(e.values()))) for e in entries or [] if isinstance(e, dict) and e]
+
+
+def _group(nodes: list[dict[str, Any]], runs: int) -> list[LayerProfile]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for n in nodes:
+        groups.setdefault(n["scope"], []).append(n)
+    layers = []
+    for scope, ns in groups.items():
+        ops = sorted({n["op"] for n in ns})
+        names = sorted({n["name"] for n in ns})
+        layers.append(LayerProfile(
+            name=scope, kind="+".join(ops)[:60], self_ms=sum(n["us"] for n in ns) / 1000.0 / runs,
+            calls=len(ns) / runs, flops=sum(n["flops"] for n in ns) / runs or None,
+            params=sum(n.get("params", 0) for n in ns) // runs or None,
+            activation_bytes=sum(n.get("out_bytes", 0) for n in ns) // runs or None,
+            bytes_moved=sum(n.get("moved", 0) for n in ns) // runs or None, nodes=tuple(names)))
+    return layers
+
+
+def _ort_nodes(trace: Path, scopes: Mapping[str, str]) -> list[dict[str, Any]]:
+    events = json.loads(trace.read_text())
+    nodes = []
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        args = e.get("args", {})
+        name = e["name"][: -len("_kernel_time")].removeprefix("fused ")  # ORT names some fusions "fused <node>"
+        ins, outs = _shapes(args.get("input_type_shape")), _shapes(args.get("output_type_shape"))
+        op = str(args.get("op_name", "?"))
+        nodes.append({"name": name, "op": op, "us": float(e.get("dur", 0)), "flops": node_flops(op, ins, outs),
+                      "scope": scopes.get(name) or scope_of(name), "params": int(args.get("parameter_size", 0)),
+                      "out_bytes": int(args.get("output_size", 0)),
+                      "moved": int(args.get("parameter_size", 0)) + int(args.get("activation_size", 0))
+                      + int(args.get("output_size", 0))})
+    return nodes
+
+
+def _ov_costs(sess: Any, art: Artifact, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[float, list[str]]]:
+    """Per executed OpenVINO node: the FLOPs of the original ops fused into it (from the model reshaped to the
+    feeds' static shapes) and those ops' names (``originalLayersNames``)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(art.path))
+    model.reshape({p.get_any_name(): ov.PartialShape(list(a.shape)) for p, a in zip(model.inputs, feeds.values())})
+    flops: dict[str, float] = {}
+    outs_of: dict[str, list[int]] = {}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if op.get_output_size() and op.get_output_partial_shape(0).is_static:
+            outs_of[op.get_friendly_name()] = list(op.get_output_shape(0))
+        if kind not in ("MatMul", "Convolution", "GroupConvolution"):
+            continue
+        ins = [list(op.input(i).get_shape()) for i in range(op.get_input_size())]
+        outs = [list(op.output(0).get_shape())]
+        if kind == "MatMul":
+            a = ins[0]
+            k = (a[-2] if op.get_attributes().get("transpose_a") and len(a) > 1 else a[-1]) if a else 0
+            flops[op.get_friendly_name()] = 2.0 * math.prod(outs[0]) * k
+        else:
+            flops[op.get_friendly_name()] = node_flops(kind, ins, outs)
+    out = {}
+    for op in sess.compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        raw = rt["originalLayersNames"].value if "originalLayersNames" in rt else ""  # an OVAny
+        names = [n.strip() for n in str(raw).split(",") if n.strip()]
+        f = sum(flops.get(n, 0.0) for n in names)
+        layer_type = str(rt["layerType"].value) if "layerType" in rt else ""
+        if not f and layer_type == "FullyConnected" and names and names[0] in outs_of and op.get_input_size() > 1:
+            w = op.get_input_partial_shape(1)  # the plugin's MatMul -> FullyConnected keeps only the bias's name
+            if w.is_static:
+                f = 2.0 * math.prod(outs_of[names[0]]) * list(w.to_shape())[-1]
+        out[op.get_friendly_name()] = (f, names)
+    return out
+
+
+def _known_scopes(art: Artifact) -> set[str]:
+    """The module scopes of the ONNX graph's node names (what OpenVINO's derived names are matched against)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(art.path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an OpenVINO IR: no ONNX names
+        return set()
+    return {scope_of(n.name) for n in model.graph.node} - {GRAPH}
+
+
+def _longest_scope(names: list[str], known: set[str]) -> str:
+    """The longest known module scope that a node's name (or one of its original ops' names) lies under; OpenVINO
+    appends its own parts (``/WithoutBiases``, reorders), so the plain rule would take them for modules."""
+    best = GRAPH
+    for name in names:
+        parts = [p for p in name.split("/")[1:] if p] if name.startswith("/") else []
+        for i in range(len(parts), 0, -1):
+            cand = scope_of("/" + "/".join(parts[:i]) + "/x")
+            if cand in known:
+                best = cand if len(cand) > len(best) or best == GRAPH else best
+                break
+    return best if best != GRAPH or not names else scope_of(names[0])
+
+
+def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], *, device: str, runs: int,
+                  threads: int | None, spec: BenchSpec) -> tuple[list[LayerProfile], float | None, float, list[str]]:
+    from slimforge.runtimes import open_session
+
+    plain = open_session(art, runtime, device=device, threads=threads)
+    e2e = end_to_end_ms(plain, feeds, spec)
+    plain.close()
+    sess: Any = open_session(art, runtime, device=device, threads=threads, profiling=True)
+    scopes = onnx_scopes(Path(art.path)) if art.path is not None and str(art.path).endswith(".onnx") else {}
+    if runtime == "onnxruntime":
+        for _ in range(runs + 1):
+            sess.run(feeds)
+        trace = Path(sess.sess.end_profiling())
+        try:
+            nodes = _drop_first_run(_ort_nodes(trace, scopes), runs)
+        finally:
+            trace.unlink(missing_ok=True)  # the trace sits in the run's scratch folder: not left behind
+        note = f"ONNX Runtime session profiling, {runs} runs after a warm-up run; FLOPs from the shapes nodes ran with"
+    else:
+        costs = _ov_costs(sess, art, feeds)
+        known = _known_scopes(art)
+        for _ in range(3):
+            sess.run(feeds)
+        nodes = []
+        for _ in range(runs):
+            sess.run(feeds)
+            for info in sess.request.get_profiling_info():
+                if str(info.status).endswith("NOT_RUN") or str(info.status).endswith("OPTIMIZED_OUT"):
+                    continue
+                f, originals = costs.get(info.node_name, (0.0, []))
+                where = next((scopes[n] for n in originals if n in scopes), None) or _longest_scope(
+                    [info.node_name, *originals], known)
+                nodes.append({"name": info.node_name, "op": f"{info.node_type}:{info.exec_type}",
+                              "us": info.real_time.total_seconds() * 1e6, "flops": f, "scope": where})
+        note = f"OpenVINO performance counters, {runs} runs; FLOPs from the compiled model's static shapes"
+    sess.close()
+    layers = _group(nodes, runs)
+    total = sum(n["flops"] for n in nodes) / runs
+    return layers, total or None, e2e, [note]
+
+
+def _drop_first_run(nodes: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
+    """ONNX Runtime's first run after opening allocates: the trace holds runs + 1 runs; keep the last ``runs``."""
+    per_run = len(nodes) // (runs + 1) if nodes else 0
+    return nodes[per_run:] if per_run else nodes
