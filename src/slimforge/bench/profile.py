@@ -5,8 +5,8 @@ The times come from each runtime's own profiler, never from timers of ours aroun
 CUDA kernels) with a ``record_function`` range per module, ONNX Runtime's session profiling (per-node kernel times and
 shapes), OpenVINO's performance counters (per executed, possibly fused, node). FLOPs of torch models come from
 ``torch.utils.flop_counter.FlopCounterMode``; of ONNX graphs, from the shapes ONNX Runtime ran with
-(``bench.profile_onnx``). The end-to-end latency is measured separately by the one timing loop, so a profile says how
-much of it its layers account for.
+(``bench.profile_onnx``). The end-to-end latency comes from plain runs (no profiler) interleaved with the profiled
+ones, so a profile says how much of it its layers account for under the same load.
 
 Example:
     >>> # res = profile_model(slimforge.load("minilm.onnx"), "onnxruntime", batch=8)
@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from slimforge.bench.timing import BenchSpec, time_session
+from slimforge.bench.timing import BenchSpec
 from slimforge.core.artifact import Artifact, Format
 from slimforge.errors import ConfigError
 
@@ -67,7 +67,7 @@ class ProfileResult:
     device: str
     batch: int
     layers: tuple[LayerProfile, ...]  # sorted by self time, largest first
-    end_to_end_ms: float  # p50 of the separately timed runs (the one timing loop), no profiler attached
+    end_to_end_ms: float  # median of plain runs (no profiler), interleaved with the profiled runs
     flops: float | None  # per run; torch: FlopCounterMode's total
     peak: Mapping[str, Any] = field(default_factory=dict)  # the device's ceilings (bench.peaks)
     notes: tuple[str, ...] = ()
@@ -173,11 +173,6 @@ def profile_model(art: Artifact, runtime: str | None = None, *, device: str = "c
     return ProfileResult(model=art.name, runtime=runtime, device=device, batch=int(next(iter(feeds.values())).shape[0])
                          if feeds else batch, layers=finish(layers), end_to_end_ms=e2e, flops=flops,
                          peak=device_peaks(device, precision=_precision(art)), notes=tuple(notes))
-
-
-def end_to_end_ms(sess: Any, feeds: Mapping[str, np.ndarray], spec: BenchSpec) -> float:
-    """The p50 latency of plain runs (no profiler), by the one timing loop."""
-    return time_session(sess, feeds, spec).p50
 
 
 def _precision(art: Artifact) -> str:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import ast
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from slimforge.bench.profile import LayerProfile, end_to_end_ms
+from slimforge.bench.compare import compute_call
+from slimforge.bench.profile import LayerProfile
 from slimforge.bench.timing import BenchSpec
 from slimforge.core.artifact import Artifact
 
@@ -100,20 +102,26 @@ def _shapes(entries: Any) -> list[list[int]]:
     return [list(next(iter(e.values()))) for e in entries or [] if isinstance(e, dict) and e]
 
 
-def _group(nodes: list[dict[str, Any]], runs: int) -> list[LayerProfile]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for n in nodes:
-        groups.setdefault(n["scope"], []).append(n)
+def _group(per_run: list[list[dict[str, Any]]]) -> list[LayerProfile]:
+    """Nodes grouped by module scope; a layer's time is the median over the runs of its nodes' summed time, its
+    FLOPs, sizes and node list those of one run."""
+    first: dict[str, list[dict[str, Any]]] = {}
+    for n in per_run[0]:
+        first.setdefault(n["scope"], []).append(n)
+    ms: dict[str, list[float]] = {scope: [] for scope in first}
+    for nodes in per_run:
+        acc = dict.fromkeys(first, 0.0)
+        for n in nodes:
+            acc[n["scope"]] = acc.get(n["scope"], 0.0) + n["us"] / 1000.0
+        for scope in first:
+            ms[scope].append(acc[scope])
     layers = []
-    for scope, ns in groups.items():
-        ops = sorted({n["op"] for n in ns})
-        names = sorted({n["name"] for n in ns})
+    for scope, ns in first.items():
         layers.append(LayerProfile(
-            name=scope, kind="+".join(ops)[:60], self_ms=sum(n["us"] for n in ns) / 1000.0 / runs,
-            calls=len(ns) / runs, flops=sum(n["flops"] for n in ns) / runs or None,
-            params=sum(n.get("params", 0) for n in ns) // runs or None,
-            activation_bytes=sum(n.get("out_bytes", 0) for n in ns) // runs or None,
-            bytes_moved=sum(n.get("moved", 0) for n in ns) // runs or None, nodes=tuple(names)))
+            name=scope, kind="+".join(sorted({n["op"] for n in ns}))[:60], self_ms=float(np.median(ms[scope])),
+            calls=len(ns), flops=sum(n["flops"] for n in ns) or None, params=sum(n.get("params", 0) for n in ns) or None,
+            activation_bytes=sum(n.get("out_bytes", 0) for n in ns) or None,
+            bytes_moved=sum(n.get("moved", 0) for n in ns) or None, nodes=tuple(sorted({n["name"] for n in ns}))))
     return layers
 
 
@@ -200,46 +208,57 @@ def _longest_scope(names: list[str], known: set[str]) -> str:
 
 def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], *, device: str, runs: int,
                   threads: int | None, spec: BenchSpec) -> tuple[list[LayerProfile], float | None, float, list[str]]:
+    """Plain runs (timed) and profiled runs (a second session with the runtime's profiler on) interleaved, so the
+    end-to-end latency and the per-node times see the same machine."""
     from slimforge.runtimes import open_session
 
     plain = open_session(art, runtime, device=device, threads=threads)
-    e2e = end_to_end_ms(plain, feeds, spec)
-    plain.close()
     sess: Any = open_session(art, runtime, device=device, threads=threads, profiling=True)
     scopes = onnx_scopes(Path(art.path)) if art.path is not None and str(art.path).endswith(".onnx") else {}
-    if runtime == "onnxruntime":
-        for _ in range(runs + 1):
-            sess.run(feeds)
+    call = compute_call(plain, feeds)
+    for _ in range(max(spec.warmup, 1)):
+        call()
+    sess.run(feeds)  # the profiling session's first run allocates: dropped below (ORT) or not read (OpenVINO)
+    ov = runtime == "openvino"
+    costs = _ov_costs(sess, art, feeds) if ov else {}
+    known = _known_scopes(art) if ov else set()
+    e2e, per_run = [], []
+    for _ in range(runs):
+        t = time.perf_counter()
+        call()
+        plain.sync()
+        e2e.append((time.perf_counter() - t) * 1000.0)
+        sess.run(feeds)
+        if ov:
+            per_run.append(_ov_nodes(sess, costs, scopes, known))
+    if not ov:
         trace = Path(sess.sess.end_profiling())
         try:
-            nodes = _drop_first_run(_ort_nodes(trace, scopes), runs)
+            nodes = _ort_nodes(trace, scopes)
         finally:
             trace.unlink(missing_ok=True)  # the trace sits in the run's scratch folder: not left behind
-        note = f"ONNX Runtime session profiling, {runs} runs after a warm-up run; FLOPs from the shapes nodes ran with"
-    else:
-        costs = _ov_costs(sess, art, feeds)
-        known = _known_scopes(art)
-        for _ in range(3):
-            sess.run(feeds)
-        nodes = []
-        for _ in range(runs):
-            sess.run(feeds)
-            for info in sess.request.get_profiling_info():
-                if str(info.status).endswith("NOT_RUN") or str(info.status).endswith("OPTIMIZED_OUT"):
-                    continue
-                f, originals = costs.get(info.node_name, (0.0, []))
-                where = next((scopes[n] for n in originals if n in scopes), None) or _longest_scope(
-                    [info.node_name, *originals], known)
-                nodes.append({"name": info.node_name, "op": f"{info.node_type}:{info.exec_type}",
-                              "us": info.real_time.total_seconds() * 1e6, "flops": f, "scope": where})
-        note = f"OpenVINO performance counters, {runs} runs; FLOPs from the compiled model's static shapes"
+        per = len(nodes) // (runs + 1)
+        per_run = [nodes[per * (i + 1): per * (i + 2)] for i in range(runs)] if per else [nodes]
     sess.close()
-    layers = _group(nodes, runs)
-    total = sum(n["flops"] for n in nodes) / runs
-    return layers, total or None, e2e, [note]
+    plain.close()
+    layers = _group(per_run)
+    total = sum(n["flops"] for n in per_run[0])
+    how = ("OpenVINO performance counters (per executed node; FLOPs of the original ops fused into it, from the "
+           "model reshaped to the inputs' shapes)" if ov else
+           "ONNX Runtime session profiling (per-node kernel times; FLOPs from the shapes each node ran with)")
+    note = f"{how}; {runs} profiled runs interleaved with {runs} plain timed runs, per layer the median"
+    return layers, total or None, float(np.median(e2e)), [note]
 
 
-def _drop_first_run(nodes: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
-    """ONNX Runtime's first run after opening allocates: the trace holds runs + 1 runs; keep the last ``runs``."""
-    per_run = len(nodes) // (runs + 1) if nodes else 0
-    return nodes[per_run:] if per_run else nodes
+def _ov_nodes(sess: Any, costs: Mapping[str, tuple[float, list[str]]], scopes: Mapping[str, str],
+              known: set[str]) -> list[dict[str, Any]]:
+    nodes = []
+    for info in sess.request.get_profiling_info():
+        if str(info.status).endswith(("NOT_RUN", "OPTIMIZED_OUT")):
+            continue
+        f, originals = costs.get(info.node_name, (0.0, []))
+        where = next((scopes[n] for n in originals if n in scopes), None) or _longest_scope(
+            [info.node_name, *originals], known)
+        nodes.append({"name": info.node_name, "op": f"{info.node_type}:{info.exec_type}",
+                      "us": info.real_time.total_seconds() * 1e6, "flops": f, "scope": where})
+    return nodes

@@ -8,13 +8,15 @@ hand-written attention, say) stays with it. The model's own forward is ``(model)
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from slimforge.bench.profile import LayerProfile, end_to_end_ms
+from slimforge.bench.compare import compute_call
+from slimforge.bench.profile import LayerProfile
 from slimforge.bench.timing import BenchSpec
 from slimforge.core.artifact import Artifact
 
@@ -74,8 +76,8 @@ def _static_costs(model: nn.Module, args: list[torch.Tensor]) -> tuple[dict[str,
     return costs, float(fc.get_total_flops())
 
 
-def _self_times(events: Any, cuda: bool, runs: int) -> dict[str, tuple[float, int]]:
-    """Self time (ms per run) and calls per module from the profiler's event tree."""
+def _self_times(events: Any, cuda: bool) -> dict[str, tuple[float, int]]:
+    """Self time (ms) and calls per module of one profiled run, from the profiler's event tree."""
     out: dict[str, list[float]] = {}
 
     def total(e: Any) -> float:
@@ -94,7 +96,7 @@ def _self_times(events: Any, cuda: bool, runs: int) -> dict[str, tuple[float, in
         acc = out.setdefault(e.name[len(_PREFIX):], [0.0, 0])
         acc[0] += max(own, 0.0)
         acc[1] += 1
-    return {k: (v[0] / 1000.0 / runs, round(v[1] / runs)) for k, v in out.items()}
+    return {k: (v[0] / 1000.0, int(v[1])) for k, v in out.items()}
 
 
 def profile_torch(art: Artifact, feeds: Mapping[str, np.ndarray], *, device: str, runs: int, threads: int | None,
@@ -106,34 +108,51 @@ def profile_torch(art: Artifact, feeds: Mapping[str, np.ndarray], *, device: str
     sess = open_session(art, "torch", device=device, threads=threads)
     model = sess.module  # the session's own copy where it moved or cast the model: the user's stays as it is
     args = sess.prepare(feeds)  # type: ignore[attr-defined]
-    e2e = end_to_end_ms(sess, feeds, spec)
     costs, flops = _static_costs(model, args)
     stack: list[Any] = []
-    handles = []
-    for name, m in _modules(model).items():
-        def pre(_m: nn.Module, _a: Any, _n: str = name) -> None:
+    handles: list[Any] = []
+    active = [False]  # the module ranges are recorded only in the profiled runs
+
+    def pre(_m: nn.Module, _a: Any, _n: str) -> None:
+        if active[0]:
             rf = record_function(_PREFIX + _n)
             rf.__enter__()
             stack.append(rf)
 
-        def post(_m: nn.Module, _a: Any, _o: Any) -> None:
+    def post(_m: nn.Module, _a: Any, _o: Any) -> None:
+        if active[0]:
             stack.pop().__exit__(None, None, None)
-        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+
+    for name, m in _modules(model).items():
+        handles += [m.register_forward_pre_hook(lambda mod, a, _n=name: pre(mod, a, _n)),
+                    m.register_forward_hook(post)]
     cuda = device == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    plain = compute_call(sess, feeds)
+    per_run: list[dict[str, tuple[float, int]]] = []
+    e2e: list[float] = []
     try:
-        for _ in range(2):
-            sess.run_tensors(args)  # type: ignore[attr-defined]
-        sess.sync()
-        with profile(activities=acts, profile_memory=True) as prof:
-            for _ in range(runs):
-                sess.run_tensors(args)  # type: ignore[attr-defined]
+        for _ in range(spec.warmup):
+            plain()
+        for _ in range(runs):  # plain and profiled runs interleaved: both see the same machine
             sess.sync()
+            t = time.perf_counter()
+            plain()
+            sess.sync()
+            e2e.append((time.perf_counter() - t) * 1000.0)
+            active[0] = True
+            with profile(activities=acts) as prof:
+                sess.run_tensors(args)  # type: ignore[attr-defined]
+                sess.sync()
+            active[0] = False
+            per_run.append(_self_times(prof.events(), cuda))
     finally:
         for h in handles:
             h.remove()
         stack.clear()
-    times = _self_times(prof.events(), cuda, runs)
+    names = {n for r in per_run for n in r}
+    times = {n: (float(np.median([r.get(n, (0.0, 0))[0] for r in per_run])),
+                 int(np.median([r.get(n, (0.0, 0))[1] for r in per_run]))) for n in names}
     mods = _modules(model)
     layers = []
     for name, (ms, calls) in times.items():
@@ -141,7 +160,8 @@ def profile_torch(art: Artifact, feeds: Mapping[str, np.ndarray], *, device: str
         layers.append(LayerProfile(name=name, kind=type(mods[name]).__name__ if name in mods else "?", self_ms=ms,
                                    calls=calls, flops=c.get("flops") or None, params=c.get("params"),
                                    activation_bytes=c.get("out"), bytes_moved=c.get("moved")))
-    notes = [f"torch.profiler, {runs} runs, {'CUDA kernel' if cuda else 'CPU'} time per module range minus its "
+    notes = [f"torch.profiler, {runs} profiled runs interleaved with {runs} plain timed runs; per layer the median "
+             f"over the runs of its {'CUDA kernel' if cuda else 'CPU'} time in its module range minus its "
              "sub-modules'; FLOPs from FlopCounterMode"]
     sess.close()
-    return layers, flops, e2e, notes
+    return layers, flops, float(np.median(e2e)), notes
