@@ -6,8 +6,8 @@ PINNED = [
     "Artifact", "BenchResult", "BenchSpec", "Check", "Config", "ConfigError", "DataError", "Format", "IOSpec",
     "InputError", "MissingDependencyError", "ModelLoadError", "OptimizeResult", "Recipe", "RunContext",
     "SlimforgeError", "Step", "TechniqueFailed", "TensorSpec", "Timing", "UnsupportedModelError",
-    "VerificationError", "__version__", "benchmark", "evaluate", "export", "info", "load", "load_data",
-    "open_session", "optimize", "quantize", "save", "prune", "distill", "lowrank", "fuse",
+    "VerificationError", "__version__", "benchmark", "benchmark_devices", "evaluate", "export", "info", "load",
+    "load_data", "open_session", "optimize", "profile", "quantize", "save", "prune", "distill", "lowrank", "fuse",
     "AutoResult", "Goals", "Target", "auto_optimize_for_deployment", "load_optimized",
 ]
 

@@ -21,7 +21,7 @@ logging.getLogger("slimforge").addHandler(logging.NullHandler())
 _LAZY = {
     "OptimizeResult": "slimforge.api", "benchmark": "slimforge.api", "evaluate": "slimforge.api",
     "export": "slimforge.api", "info": "slimforge.api", "optimize": "slimforge.api", "quantize": "slimforge.api",
-    "profile": "slimforge.api",
+    "profile": "slimforge.api", "benchmark_devices": "slimforge.api",
     "AutoResult": "slimforge.auto", "Goals": "slimforge.auto", "Target": "slimforge.auto",
     "auto_optimize": "slimforge.auto", "auto_optimize_for_deployment": "slimforge.auto",
     "load_optimized": "slimforge.auto", "BenchResult": "slimforge.bench", "BenchSpec": "slimforge.bench",
@@ -79,6 +79,7 @@ __all__ = [
     "__version__",
     "benchmark",
     "profile",
+    "benchmark_devices",
     "distill",
     "evaluate",
     "export",

@@ -100,7 +100,7 @@ def profile(model: ModelLike, *, runtime: str | None = None, device: str = "cpu"
         >>> # res = slimforge.profile("minilm/", runtime="onnxruntime", batch=8, output_dir="prof")
         >>> # [layer.name for layer in res.bottlenecks(0.05)]
     """
-    from slimforge.bench.profile import profile_model
+    from slimforge.bench.profiler import profile_model
 
     art = as_artifact(model)
     if runtime in ("onnxruntime", "openvino") and art.format is Format.TORCH:
@@ -114,6 +114,32 @@ def profile(model: ModelLike, *, runtime: str | None = None, device: str = "cpu"
         with claim_output_dir(output_dir, force=force, inputs=[art.path]) as out:
             write_profile(res.to_dict(), out)
     return res
+
+
+def benchmark_devices(model: ModelLike, *, devices: Sequence[str] = ("cpu", "cuda"),
+                      prices: dict[str, float] | None = None, runtime: str | None = None,
+                      batch_sizes: Sequence[int] = (1, 32), data: str | Path | Dataset | None = None,
+                      threads: int | None = None, spec: BenchSpec = BenchSpec(),
+                      output_dir: str | Path | None = None, force: bool = False) -> list[Any]:
+    """CPU vs GPU with cost: per device and batch size p50/p95/p99, throughput, the cost of 1,000 inferences at
+    ``prices`` ($/hour) and the speedup over the CPU; a device this machine lacks is named as not measured. With
+    ``output_dir``: ``benchmark_cpu_gpu.csv``, ``.json`` and ``.png``. Returns ``bench.cost.DeviceRow``s.
+
+    Example:
+        >>> # slimforge.benchmark_devices("vit.pt2", prices={"cpu": 0.2, "cuda": 3.5}, output_dir="cost")
+    """
+    from slimforge.bench.cost import device_benchmark
+
+    art = as_artifact(model)
+    rows = device_benchmark(art, feeds_for(art, as_data(data, art, default_text=True)), devices=tuple(devices),
+                            prices=prices or {}, batch_sizes=tuple(batch_sizes), runtime=runtime, spec=spec,
+                            threads=threads)
+    if output_dir is not None:
+        from slimforge.report.cost import write_cost_report
+
+        with claim_output_dir(output_dir, force=force, inputs=[art.path]) as out:
+            write_cost_report([r.to_dict() for r in rows], out, model=art.name)
+    return rows
 
 
 def benchmark_report(results: Sequence[BenchResult], arts: Sequence[Artifact],

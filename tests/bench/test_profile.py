@@ -16,18 +16,23 @@ from slimforge.bench.profile_onnx import node_flops, scope_of
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
-def _flop_counter_total(module: torch.nn.Module, x: np.ndarray | dict) -> float:
+def _flop_counter_total(module: torch.nn.Module, x: np.ndarray | dict, *, cpu_sdpa: bool = True) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from slimforge.bench.profile_torch import flop_counter
+
     args = [torch.from_numpy(v) for v in (x.values() if isinstance(x, dict) else [x])]
-    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+    with (flop_counter() if cpu_sdpa else FlopCounterMode(display=False)) as fc, torch.inference_mode():
         module(*args)
     return float(fc.get_total_flops())
 
 
 def _check_files(res: ProfileResult, out) -> None:
     doc = json.loads((out / "profile.json").read_text())
-    assert doc["bottlenecks"] == [x.name for x in res.layers if x.pct > 0.05] and doc["bottlenecks"]
+    assert doc["bottlenecks"] == [x.name for x in res.layers if x.pct > 0.05]
+    hot_blocks = [b["name"] for b in doc["blocks"] if b["pct"] > 0.05]
+    assert doc["bottleneck_blocks"] == hot_blocks and hot_blocks
+    assert abs(sum(b["pct"] for b in doc["blocks"]) - 1.0) < 1e-6
     assert abs(sum(x["pct"] for x in doc["layers"]) - 1.0) < 1e-6
     csv_rows = (out / "profile.csv").read_text().strip().splitlines()
     assert len(csv_rows) == len(doc["layers"]) + 1 and csv_rows[0].startswith("name,kind,self_ms,pct")
@@ -35,7 +40,7 @@ def _check_files(res: ProfileResult, out) -> None:
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
     page = (out / "profile.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and doc["bottlenecks"][0] in page
+    assert page.count("data:image/png;base64,") == 2 and doc["bottleneck_blocks"][0] in page
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -63,7 +68,14 @@ def test_profile_minilm(minilm, runtime, tmp_path):
     from slimforge.io.inputs import feeds_for
 
     feeds = feeds_for(minilm, None)(8)
-    assert res.flops == pytest.approx(_flop_counter_total(minilm.handle, feeds), rel=1e-3)
+    # FlopCounterMode plus the CPU flash-attention kernel its registry lacks: the attention products (2 x 2 x batch
+    # x heads x seq^2 x head_dim a layer) are what the plain counter misses, and what ONNX Runtime's MatMuls show
+    # (an export drops the BERT pooler's 384x384 product, which the sentence embedding does not use: 2.4 MFLOP)
+    tol = 1e-6 if runtime == "torch" else 1e-3
+    assert res.flops == pytest.approx(_flop_counter_total(minilm.handle, feeds), rel=tol)
+    attention = 6 * 2 * (2 * 8 * 12 * 64 * 64 * 32)
+    plain = _flop_counter_total(minilm.handle, feeds, cpu_sdpa=False)
+    assert _flop_counter_total(minilm.handle, feeds) - plain == pytest.approx(attention, rel=1e-6)
     blocks = res.by_module(res.block_depth())
     layer0 = next(b for b in blocks if b.name.endswith("encoder.layer.0"))
     assert 0.05 < layer0.pct < 0.4  # one of six encoder layers: a real share of the time, not all of it
@@ -85,13 +97,13 @@ def test_profile_cli_writes_and_prints(digits, tmp_path):
 
 def test_bottlenecks_and_blocks_from_numbers():
     layers = finish([LayerProfile(name=f"enc.layer.{i}.ffn", kind="Linear", self_ms=ms, calls=1, flops=2e6)
-                     for i, ms in enumerate([6.0, 3.0, 0.6, 0.4])])
+                     for i, ms in enumerate([4.0, 3.0, 2.0, 1.0])])
     res = ProfileResult(model="m", runtime="torch", device="cpu", batch=1, layers=layers, end_to_end_ms=10.0,
                         flops=8e6)
-    assert [x.name for x in res.bottlenecks(0.05)] == ["enc.layer.0.ffn", "enc.layer.1.ffn", "enc.layer.2.ffn"]
+    assert [x.name for x in res.bottlenecks(0.05)] == [f"enc.layer.{i}.ffn" for i in range(4)]
     assert [x.name for x in res.bottlenecks(0.2)] == ["enc.layer.0.ffn", "enc.layer.1.ffn"]
-    assert res.layers[0].pct == pytest.approx(0.6) and res.coverage == pytest.approx(1.0)
-    assert res.layers[0].gflops_s == pytest.approx(2e6 / 6e6)
+    assert res.layers[0].pct == pytest.approx(0.4) and res.coverage == pytest.approx(1.0)
+    assert res.layers[0].gflops_s == pytest.approx(2e6 / 4e6)
     with pytest.raises(slimforge.ConfigError):
         res.bottlenecks(5)
     assert res.block_depth() == 3 and [b.name for b in res.by_module(2)] == ["enc.layer"]

@@ -49,9 +49,10 @@ def cpu_peaks(cores: int, ghz: float, flags: tuple[str, ...]) -> dict[str, Any]:
     per_cycle = {"fp32": fp32, "bf16": bf16, "int8": int8}
     if "amx_int8" in f:  # one AMX unit: 1024 int8 / 512 bf16 multiply-adds a cycle
         per_cycle["int8"], per_cycle["bf16"] = 2048, 1024
+    isa = "AMX" if "amx_int8" in f else "AVX-512" if lanes == 16 else "AVX2" if lanes == 8 else "SSE"
     return {"device": "cpu", "gflops": {k: cores * ghz * v for k, v in per_cycle.items()},
             "ops_per_cycle": per_cycle, "cores": cores, "ghz": ghz,
-            "source": f"{cores} cores x {ghz:.2f} GHz x ops/cycle of {'AMX' if 'amx_int8' in f else 'AVX-512' if lanes == 16 else 'AVX2' if lanes == 8 else 'SSE'}"}
+            "source": f"{cores} cores x {ghz:.2f} GHz x ops/cycle of {isa} (two FMA ports assumed)"}
 
 
 @functools.lru_cache(maxsize=1)

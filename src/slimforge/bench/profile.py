@@ -9,7 +9,7 @@ shapes), OpenVINO's performance counters (per executed, possibly fused, node). F
 ones, so a profile says how much of it its layers account for under the same load.
 
 Example:
-    >>> # res = profile_model(slimforge.load("minilm.onnx"), "onnxruntime", batch=8)
+    >>> # res = bench.profiler.profile_model(slimforge.load("minilm.onnx"), "onnxruntime", batch=8)
     >>> # [layer.name for layer in res.bottlenecks(0.05)]
 """
 
@@ -18,10 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
-import numpy as np
-
 from slimforge.bench.timing import BenchSpec
-from slimforge.core.artifact import Artifact, Format
 from slimforge.errors import ConfigError
 
 PROFILE_SPEC = BenchSpec(warmup=3, repeats=20, min_time_s=0.5, max_time_s=10.0)
@@ -97,11 +94,12 @@ class ProfileResult:
         return sorted((_merge(k, g, self.total_ms) for k, g in groups.items()), key=lambda x: -x.self_ms)
 
     def block_depth(self) -> int:
-        """The shallowest name depth that splits the model into at least 4 blocks (e.g. the encoder layers)."""
+        """The shallowest name depth at which no block holds half the time (e.g. a transformer's layers)."""
         names = [x.name.split(".") for x in self.layers if not x.name.startswith("(")]
         deepest = max((len(n) for n in names), default=1)
         for d in range(1, deepest + 1):
-            if len({tuple(n[:d]) for n in names}) >= 4:
+            blocks = self.by_module(d)
+            if len(blocks) >= 3 and blocks[0].pct < 0.5:
                 return d
         return deepest
 
@@ -120,7 +118,9 @@ class ProfileResult:
         return {"model": self.model, "runtime": self.runtime, "device": self.device, "batch": self.batch,
                 "end_to_end_ms": self.end_to_end_ms, "total_self_ms": self.total_ms, "coverage": self.coverage,
                 "flops": self.flops, "peak": dict(self.peak), "notes": list(self.notes),
-                "bottlenecks": [x.name for x in self.bottlenecks()], "layers": [x.to_dict() for x in self.layers]}
+                "bottlenecks": [x.name for x in self.bottlenecks()], "layers": [x.to_dict() for x in self.layers],
+                "block_depth": self.block_depth(), "blocks": [x.to_dict() for x in self.by_module(self.block_depth())],
+                "bottleneck_blocks": [x.name for x in self.by_module(self.block_depth()) if x.pct > 0.05]}
 
 
 def _merge(name: str, group: list[LayerProfile], total: float) -> LayerProfile:
@@ -141,40 +141,3 @@ def finish(layers: list[LayerProfile]) -> tuple[LayerProfile, ...]:
     total = sum(x.self_ms for x in layers)
     kept = [replace(x, pct=x.self_ms / total if total else 0.0) for x in layers if x.self_ms > 0 or x.flops]
     return tuple(sorted(kept, key=lambda x: -x.self_ms))
-
-
-def profile_model(art: Artifact, runtime: str | None = None, *, device: str = "cpu", batch: int = 1,
-                  feeds: Mapping[str, np.ndarray] | None = None, runs: int = 20, threads: int | None = None,
-                  spec: BenchSpec = PROFILE_SPEC) -> ProfileResult:
-    """Profile ``art`` on ``runtime`` (default: its own) at ``batch`` on ``feeds`` (default: its example inputs
-    repeated to the batch size). ``runs`` profiled runs follow warm-up runs; the end-to-end latency is timed apart."""
-    from slimforge.bench.peaks import device_peaks
-    from slimforge.io.inputs import feeds_for
-    from slimforge.runtimes import default_runtime
-
-    if batch < 1 or runs < 1:
-        raise ConfigError(f"batch and runs must be >= 1, got batch={batch}, runs={runs}")
-    runtime = runtime or default_runtime(art)
-    feeds = dict(feeds) if feeds is not None else feeds_for(art, None)(batch)
-    if runtime in ("torch", "torch_compile"):
-        if art.format is not Format.TORCH:
-            raise ConfigError(f"runtime {runtime} profiles in-memory PyTorch models; {art.name} is "
-                              f"{art.format.value}: choose onnxruntime or openvino")
-        from slimforge.bench.profile_torch import profile_torch
-
-        layers, flops, e2e, notes = profile_torch(art, feeds, device=device, runs=runs, threads=threads, spec=spec)
-    elif runtime in ("onnxruntime", "openvino"):
-        from slimforge.bench.profile_onnx import profile_graph
-
-        layers, flops, e2e, notes = profile_graph(art, runtime, feeds, device=device, runs=runs, threads=threads,
-                                                  spec=spec)
-    else:
-        raise ConfigError(f"runtime must be torch, onnxruntime or openvino to profile, got {runtime!r}")
-    return ProfileResult(model=art.name, runtime=runtime, device=device, batch=int(next(iter(feeds.values())).shape[0])
-                         if feeds else batch, layers=finish(layers), end_to_end_ms=e2e, flops=flops,
-                         peak=device_peaks(device, precision=_precision(art)), notes=tuple(notes))
-
-
-def _precision(art: Artifact) -> str:
-    p = str(art.meta.get("precision") or "fp32")
-    return "int8" if p.startswith("int8") else p

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -78,7 +79,7 @@ def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> fl
 
     Example:
         >>> node_flops("MatMul", [[2, 8, 16], [16, 4]], [[2, 8, 4]])
-        1024.0
+        2048.0
     """
     if not outputs or not inputs:
         return 0.0
@@ -119,14 +120,35 @@ def _group(per_run: list[list[dict[str, Any]]]) -> list[LayerProfile]:
     for scope, ns in first.items():
         layers.append(LayerProfile(
             name=scope, kind="+".join(sorted({n["op"] for n in ns}))[:60], self_ms=float(np.median(ms[scope])),
-            calls=len(ns), flops=sum(n["flops"] for n in ns) or None, params=sum(n.get("params", 0) for n in ns) or None,
+            calls=len(ns), flops=sum(n["flops"] for n in ns) or None,
+            params=sum(n.get("params", 0) for n in ns) or None,
             activation_bytes=sum(n.get("out_bytes", 0) for n in ns) or None,
             bytes_moved=sum(n.get("moved", 0) for n in ns) or None, nodes=tuple(sorted({n["name"] for n in ns}))))
     return layers
 
 
-def _ort_nodes(trace: Path, scopes: Mapping[str, str]) -> list[dict[str, Any]]:
+def _ort_runs(trace: Path, scopes: Mapping[str, str], runs: int) -> list[list[dict[str, Any]]]:
+    """The trace's nodes, run by run (the first, allocating run dropped), each run with one more entry: the time
+    ONNX Runtime spent in the run outside any kernel (its ``model_run`` minus the kernels: scheduling, allocation,
+    copies), as the layer ``(runtime overhead)``."""
     events = json.loads(trace.read_text())
+    nodes = _ort_nodes(events, scopes)
+    totals = [float(e.get("dur", 0)) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    per = len(nodes) // (runs + 1)
+    if not per:
+        return [nodes]
+    out = []
+    for i in range(runs):
+        chunk = nodes[per * (i + 1): per * (i + 2)]
+        if len(totals) == runs + 1:
+            rest = max(totals[i + 1] - sum(n["us"] for n in chunk), 0.0)
+            chunk = chunk + [{"name": "model_run", "op": "session", "us": rest, "flops": 0.0,
+                              "scope": "(runtime overhead)"}]
+        out.append(chunk)
+    return out
+
+
+def _ort_nodes(events: list[dict[str, Any]], scopes: Mapping[str, str]) -> list[dict[str, Any]]:
     nodes = []
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
@@ -143,14 +165,15 @@ def _ort_nodes(trace: Path, scopes: Mapping[str, str]) -> list[dict[str, Any]]:
     return nodes
 
 
-def _ov_costs(sess: Any, art: Artifact, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[float, list[str]]]:
-    """Per executed OpenVINO node: the FLOPs of the original ops fused into it (from the model reshaped to the
-    feeds' static shapes) and those ops' names (``originalLayersNames``)."""
+def _ov_costs(sess: Any, art: Artifact, feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per executed OpenVINO node: the FLOPs and bytes moved (inputs, weights, outputs) of the original matrix
+    products and convolutions fused into it, from the model reshaped to the feeds' static shapes, and the original
+    ops' names (``originalLayersNames``)."""
     import openvino as ov
 
     model = ov.Core().read_model(str(art.path))
     model.reshape({p.get_any_name(): ov.PartialShape(list(a.shape)) for p, a in zip(model.inputs, feeds.values())})
-    flops: dict[str, float] = {}
+    cost: dict[str, tuple[float, int, int]] = {}  # name -> (flops, bytes moved, output bytes)
     outs_of: dict[str, list[int]] = {}
     for op in model.get_ordered_ops():
         kind = op.get_type_name()
@@ -160,24 +183,30 @@ def _ov_costs(sess: Any, art: Artifact, feeds: Mapping[str, np.ndarray]) -> dict
             continue
         ins = [list(op.input(i).get_shape()) for i in range(op.get_input_size())]
         outs = [list(op.output(0).get_shape())]
+        item = op.get_output_element_type(0).size
         if kind == "MatMul":
             a = ins[0]
             k = (a[-2] if op.get_attributes().get("transpose_a") and len(a) > 1 else a[-1]) if a else 0
-            flops[op.get_friendly_name()] = 2.0 * math.prod(outs[0]) * k
+            f = 2.0 * math.prod(outs[0]) * k
         else:
-            flops[op.get_friendly_name()] = node_flops(kind, ins, outs)
+            f = node_flops(kind, ins, outs)
+        out_b = math.prod(outs[0]) * item
+        cost[op.get_friendly_name()] = (f, sum(math.prod(i) for i in ins) * item + out_b, out_b)
     out = {}
     for op in sess.compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()
         raw = rt["originalLayersNames"].value if "originalLayersNames" in rt else ""  # an OVAny
         names = [n.strip() for n in str(raw).split(",") if n.strip()]
-        f = sum(flops.get(n, 0.0) for n in names)
+        f, moved, out_b = (sum(cost.get(n, (0.0, 0, 0))[i] for n in names) for i in range(3))
         layer_type = str(rt["layerType"].value) if "layerType" in rt else ""
         if not f and layer_type == "FullyConnected" and names and names[0] in outs_of and op.get_input_size() > 1:
             w = op.get_input_partial_shape(1)  # the plugin's MatMul -> FullyConnected keeps only the bias's name
             if w.is_static:
-                f = 2.0 * math.prod(outs_of[names[0]]) * list(w.to_shape())[-1]
-        out[op.get_friendly_name()] = (f, names)
+                n_out, k = math.prod(outs_of[names[0]]), list(w.to_shape())[-1]
+                rows = n_out // max(list(w.to_shape())[0], 1)
+                f, out_b = 2.0 * n_out * k, n_out * 4
+                moved = (rows * k + math.prod(list(w.to_shape())) + n_out) * 4
+        out[op.get_friendly_name()] = {"flops": f, "moved": moved, "out_bytes": out_b, "names": names}
     return out
 
 
@@ -212,8 +241,17 @@ def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], 
     end-to-end latency and the per-node times see the same machine."""
     from slimforge.runtimes import open_session
 
-    plain = open_session(art, runtime, device=device, threads=threads)
-    sess: Any = open_session(art, runtime, device=device, threads=threads, profiling=True)
+    # two sessions take turns: their thread pools must not spin-wait for work, or each slows the other down
+    spin = os.environ.get("SLIMFORGE_ORT_SPIN")
+    os.environ["SLIMFORGE_ORT_SPIN"] = "0"
+    try:
+        plain = open_session(art, runtime, device=device, threads=threads)
+        sess: Any = open_session(art, runtime, device=device, threads=threads, profiling=True)
+    finally:
+        if spin is None:
+            os.environ.pop("SLIMFORGE_ORT_SPIN", None)
+        else:
+            os.environ["SLIMFORGE_ORT_SPIN"] = spin
     scopes = onnx_scopes(Path(art.path)) if art.path is not None and str(art.path).endswith(".onnx") else {}
     call = compute_call(plain, feeds)
     for _ in range(max(spec.warmup, 1)):
@@ -234,11 +272,9 @@ def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], 
     if not ov:
         trace = Path(sess.sess.end_profiling())
         try:
-            nodes = _ort_nodes(trace, scopes)
+            per_run = _ort_runs(trace, scopes, runs)
         finally:
             trace.unlink(missing_ok=True)  # the trace sits in the run's scratch folder: not left behind
-        per = len(nodes) // (runs + 1)
-        per_run = [nodes[per * (i + 1): per * (i + 2)] for i in range(runs)] if per else [nodes]
     sess.close()
     plain.close()
     layers = _group(per_run)
@@ -250,15 +286,16 @@ def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], 
     return layers, total or None, float(np.median(e2e)), [note]
 
 
-def _ov_nodes(sess: Any, costs: Mapping[str, tuple[float, list[str]]], scopes: Mapping[str, str],
+def _ov_nodes(sess: Any, costs: Mapping[str, dict[str, Any]], scopes: Mapping[str, str],
               known: set[str]) -> list[dict[str, Any]]:
     nodes = []
     for info in sess.request.get_profiling_info():
         if str(info.status).endswith(("NOT_RUN", "OPTIMIZED_OUT")):
             continue
-        f, originals = costs.get(info.node_name, (0.0, []))
-        where = next((scopes[n] for n in originals if n in scopes), None) or _longest_scope(
-            [info.node_name, *originals], known)
+        c = costs.get(info.node_name, {"flops": 0.0, "moved": 0, "out_bytes": 0, "names": []})
+        where = next((scopes[n] for n in c["names"] if n in scopes), None) or _longest_scope(
+            [info.node_name, *c["names"]], known)
         nodes.append({"name": info.node_name, "op": f"{info.node_type}:{info.exec_type}",
-                      "us": info.real_time.total_seconds() * 1e6, "flops": f, "scope": where})
+                      "us": info.real_time.total_seconds() * 1e6, "flops": c["flops"], "scope": where,
+                      "moved": c["moved"], "out_bytes": c["out_bytes"]})
     return nodes

@@ -38,11 +38,28 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
     return {(name or ROOT): m for name, m in model.named_modules()}
 
 
+def _cpu_sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
+                    **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def flop_counter() -> Any:
+    """``FlopCounterMode`` that also counts the CPU flash-attention kernel (``F.scaled_dot_product_attention`` on a
+    CPU), which its registry lacks: without it a transformer's attention products count as zero on CPUs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    extra = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        extra[op] = _cpu_sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=extra)
+
+
 def _static_costs(model: nn.Module, args: list[torch.Tensor]) -> tuple[dict[str, dict[str, int]], float]:
     """Per module: self FLOPs (FlopCounterMode's inclusive counts minus the children's), parameters, input and
     output bytes, from one run; and FlopCounterMode's total."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     mods = _modules(model)
     io: dict[str, dict[str, int]] = {n: {"in": 0, "out": 0} for n in mods}
     handles = []
@@ -52,7 +69,7 @@ def _static_costs(model: nn.Module, args: list[torch.Tensor]) -> tuple[dict[str,
             io[_n]["out"] += _nbytes(out)
         handles.append(m.register_forward_hook(hook))
     try:
-        with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        with flop_counter() as fc, torch.inference_mode():
             model(*args)
     finally:
         for h in handles:

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from slimforge.cli.common import (Arch, ArchKwargs, InputShape, ModelArg, Preprocess, Task, Weights, drop, load_model,
-                                  load_models, parse_batches, with_overrides)
+from slimforge.cli.common import (Arch, ArchKwargs, Force, InputShape, ModelArg, Preprocess, Task, Weights, drop,
+                                  load_model, load_models, parse_batches, with_overrides)
 from slimforge.cli.render import console, err_console, print_checks, print_measurements
 from slimforge.errors import ConfigError, SlimforgeError
 
@@ -93,10 +93,18 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
                   help="package.module:Class for the state dict files among MODELS (and --weights).")] = None,
               weights: Annotated[Optional[Path], typer.Option(
                   help="A state dict for --arch, measured first (the baseline).")] = None,
-              arch_kwargs: ArchKwargs = None) -> None:
+              arch_kwargs: ArchKwargs = None,
+              device: Annotated[str, typer.Option(help="cpu, cuda, or cpu,cuda: the CPU-vs-GPU cost table.")] = "cpu",
+              price: Annotated[Optional[list[str]], typer.Option(
+                  help="$/hour of a device, e.g. --price cpu=0.20 --price cuda=3.50.")] = None,
+              output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the cost table goes.")
+                                    ] = Path("slimforge-out/benchmark"),
+              force: Force = False) -> None:
     """Measure latency p50/p95/p99 (medians with 95% intervals, models timed side by side in interleaved rounds),
-    speedup over the first model, throughput, peak memory and size."""
+    speedup over the first model, throughput, peak memory and size. With --device cpu,cuda or --price: per device
+    the throughput, the cost of 1,000 inferences and the GPU's speedup, as a CSV and a plot."""
     from slimforge.api import benchmark as api_benchmark
+    from slimforge.api import benchmark_devices as api_benchmark_devices
     from slimforge.api import benchmark_report
     from slimforge.bench import BenchSpec
     from slimforge.cli.progress import progress_bars
@@ -104,6 +112,17 @@ def benchmark(models: Annotated[Optional[list[str]], typer.Argument(help="One or
     batches = parse_batches(batch)
     arts = [with_overrides(a, None, preprocess)
             for a in load_models(models, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs)]
+    if device != "cpu" or price:
+        from slimforge.bench.cost import parse_prices
+        from slimforge.cli.render import print_cost
+
+        if len(arts) != 1:
+            raise ConfigError("the CPU-vs-GPU cost table takes one model; give one MODEL")
+        print_cost(api_benchmark_devices(arts[0], devices=[d.strip() for d in device.split(",") if d.strip()],
+                                         prices=parse_prices(price or []), runtime=runtime, batch_sizes=batches,
+                                         data=data, threads=threads, spec=BenchSpec(repeats=repeats),
+                                         output_dir=output_dir, force=force), output_dir)
+        return
     if json_out:
         from slimforge.core.outputs import prepare_output_file
 

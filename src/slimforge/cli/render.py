@@ -133,3 +133,20 @@ def print_checks(art: Any) -> None:
                                                                       "max_drop", "student_accuracy",
                                                                       "teacher_accuracy", "cosine_to_teacher")}
         console.print(f"check {c.name}: {mark} {key}", soft_wrap=True)
+
+
+def print_cost(rows: list[Any], out_dir: Any) -> None:
+    """The CPU-vs-GPU cost table (``bench.cost.DeviceRow``s)."""
+    table = Table(title="CPU vs GPU: latency, throughput and cost at full load")
+    for col in ("device", "batch", "p50 ms", "p95 ms", "p99 ms", "items/s", "$/hour", "$ per 1,000", "vs CPU"):
+        table.add_column(col, justify="right" if col not in ("device",) else "left")
+    for r in rows:
+        if not r.measured:
+            table.add_row(r.device, str(r.batch), f"not measured: {r.reason}", *[""] * 6)
+            continue
+        table.add_row(r.device, str(r.batch), f"{r.p50_ms:.3f}", f"{r.p95_ms:.3f}", f"{r.p99_ms:.3f}",
+                      f"{r.items_s:.1f}", "" if r.price_per_hour is None else f"{r.price_per_hour:.2f}",
+                      "" if r.cost_per_1000 is None else f"{r.cost_per_1000:.6f}",
+                      "" if r.speedup_vs_cpu is None else f"{r.speedup_vs_cpu:.2f}x")
+    console.print(table)
+    console.print(f"written: {out_dir}/benchmark_cpu_gpu.csv, benchmark_cpu_gpu.json, benchmark_cpu_gpu.png")

@@ -129,7 +129,8 @@ tr.hot{{background:#fde2e2}}img{{max-width:100%}}figure{{display:inline-block;ma
 {doc['total_self_ms']:.3f} ms ({100 * doc['coverage']:.0f}%). FLOPs per run: {(doc.get('flops') or 0) / 1e9:.4f} G.
 Device peak at {e(str(peak.get('precision')))}: {_f(peak.get('peak_gflops'))} GFLOP/s, memory
 {_f(peak.get('bandwidth_gbs'))} GB/s ({e(str(peak.get('source', '')))}).</p>
-<p>Bottlenecks (over 5% of the time): {e(', '.join(doc.get('bottlenecks') or []) or 'none')}</p>
+<p>Bottlenecks (layers over 5% of the time): {e(', '.join(doc.get('bottlenecks') or []) or 'none')}<br>
+By block: {e(', '.join(f"{b['name']} {100 * b['pct']:.1f}%" for b in doc.get('blocks') or []))}</p>
 {imgs}
 <table><tr><th>layer</th><th>kind</th><th>self ms</th><th>%</th><th>calls</th><th>MFLOP</th><th>params</th>
 <th>activations KiB</th><th>FLOP/byte</th><th>GFLOP/s</th></tr>{rows}</table>
