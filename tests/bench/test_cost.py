@@ -29,7 +29,8 @@ def test_cost_rows_and_files(tmp_path):
         assert len(gpu) == 2 and not any(r.measured for r in gpu) and all("no CUDA GPU" in r.reason for r in gpu)
         assert all(r.cost_per_1000 is None and r.p50_ms is None for r in gpu)
     table = list(csv.DictReader((tmp_path / "cost" / "benchmark_cpu_gpu.csv").open()))
-    assert [(t["device"], t["batch"], t["measured"]) for t in table][:2] == [("cpu", "1", "True"), ("cpu", "16", "True")]
+    assert [(t["device"], t["batch"], t["measured"]) for t in table][:2] == [("cpu", "1", "True"),
+                                                                              ("cpu", "16", "True")]
     assert (tmp_path / "cost" / "benchmark_cpu_gpu.png").read_bytes()[:4] == b"\x89PNG"
 
 
