@@ -48,6 +48,7 @@ class Evaluated:
     at_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the user's further sizes, timed side by side
     size_ratio: dict[str, Ratio] = field(default_factory=dict)
     end_to_end: dict[int, dict[str, Any]] = field(default_factory=dict)  # GPU: host in, host out, per batch
+    roofline: dict[str, float | None] = field(default_factory=dict)  # flops_per_item, peak_gflops (bench.flops)
 
     def measurement(self) -> dict[str, Any]:
         return {"latency": self.latency, "size_mb": self.size_mb, "peak_memory_mb": self.peak_memory_mb,
@@ -118,7 +119,8 @@ class Evaluator:
         doc = {"latency": {b: t.to_dict() for b, t in bench.latency_ms.items()}, "shapes": bench.shapes,
                "size_mb": art.size_bytes() / 1e6,
                "peak_memory_mb": bench.device_memory_mb if gpu else bench.peak_memory_mb if memory else None,
-               "end_to_end": {b: t.to_dict() for b, t in bench.end_to_end_ms.items()}}
+               "end_to_end": {b: t.to_dict() for b, t in bench.end_to_end_ms.items()},
+               "flops_per_item": bench.flops_per_item, "peak_gflops": bench.peak_gflops}
         self.measures.put(mkey, doc, outs)
         return doc, outs, False
 
@@ -145,6 +147,7 @@ class Evaluator:
         ev.latency, ev.size_mb, ev.peak_memory_mb = doc["latency"], doc["size_mb"], doc.get("peak_memory_mb")
         ev.shapes = doc.get("shapes") or {}
         ev.end_to_end = doc.get("end_to_end") or {}
+        ev.roofline = {k: doc.get(k) for k in ("flops_per_item", "peak_gflops")}
         ev.ratio = {b: Ratio.between(timing_of(self.base_doc["latency"][b]), ev.timing(b)) for b in ev.latency
                     if b in self.base_doc["latency"]}
         ev.quality = quality(self.ref_outs, outs, self.labels, self.task)

@@ -18,7 +18,7 @@ def _variant(e: Evaluated, path: Path | None) -> dict[str, Any]:
                    goals=[g.to_dict() for g in e.goals], pareto=e.pareto, cached=e.cached, seconds=e.seconds,
                    runoff=e.runoff, **({"file": str(path)} if path is not None and e.status == "chosen" else {}),
                    **({"at_sizes": e.at_sizes} if e.at_sizes else {}),
-                   **({"end_to_end_ms": e.end_to_end} if e.end_to_end else {}))
+                   **({"end_to_end_ms": e.end_to_end} if e.end_to_end else {}), **e.roofline)
 
 
 def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_name: str | None) -> dict[str, Any]:
@@ -27,7 +27,8 @@ def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_
                        quality=base.get("quality"), size_mb=base["size_mb"], peak_memory_mb=base.get("peak_memory_mb"),
                        shapes=base.get("shapes") or {}, status="baseline",
                        **({"at_sizes": base["at_sizes"]} if base.get("at_sizes") else {}),
-                       **({"end_to_end_ms": base["end_to_end"]} if base.get("end_to_end") else {}))
+                       **({"end_to_end_ms": base["end_to_end"]} if base.get("end_to_end") else {}),
+                       flops_per_item=base.get("flops_per_item"), peak_gflops=base.get("peak_gflops"))
     candidates = [_variant(e, artifact_path) for e in res.evaluated]
     chosen = res.best.candidate.name if res.best else None
     per_batch = per_batch_best(res.evaluated)

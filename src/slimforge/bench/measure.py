@@ -37,6 +37,12 @@ class BenchResult:
     noisy: bool = False
     end_to_end_ms: dict[int, Timing] = field(default_factory=dict)  # GPU: host inputs in, host outputs out
     device_memory_mb: float | None = None  # GPU: weights plus the peak working memory of one run (largest batch)
+    flops_per_item: float | None = None  # bench.flops: matrix products and convolutions, 2 per multiply-add
+    peak_gflops: float | None = None  # the device's peak at this precision (bench.peaks)
+
+    def achieved_gflops(self, batch: int) -> float | None:
+        t = self.latency_ms.get(batch)
+        return self.flops_per_item * batch / t.p50 / 1e6 if self.flops_per_item and t else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,7 +55,9 @@ class BenchResult:
             "peak_memory_mb": self.peak_memory_mb, "memory_method": self.memory_method, "size_mb": self.size_mb,
             "timing": self.timing_note, "noisy": self.noisy,
             "end_to_end_ms": {str(b): t.to_dict() for b, t in self.end_to_end_ms.items()},
-            "device_memory_mb": self.device_memory_mb,
+            "device_memory_mb": self.device_memory_mb, "flops_per_item": self.flops_per_item,
+            "peak_gflops": self.peak_gflops,
+            "achieved_gflops": {str(b): self.achieved_gflops(b) for b in self.latency_ms},
         }
 
 
@@ -98,6 +106,7 @@ def measure_all(items: Sequence[tuple[Artifact, str | None]], feeds_for: FeedsFn
         if k in extra:
             r.end_to_end_ms, r.device_memory_mb = extra[k]
             r.device = "cuda"
+        r.flops_per_item, r.peak_gflops = _roofline(art, feeds[k][min(batch_sizes)], r.device, r.precision)
         if measure_memory and not gpu:
             from slimforge.bench.memory import peak_memory_mb
 
@@ -105,6 +114,18 @@ def measure_all(items: Sequence[tuple[Artifact, str | None]], feeds_for: FeedsFn
                                                                precision=precision)
         results.append(r)
     return results, comp
+
+
+def _roofline(art: Artifact, feeds: Mapping[str, np.ndarray], device: str, precision: str
+              ) -> tuple[float | None, float | None]:
+    """FLOPs per item and the device's peak at the precision (int8 for every INT8 flavour)."""
+    from slimforge.bench.flops import flops_per_item
+    from slimforge.bench.peaks import device_peaks
+
+    flops = flops_per_item(art, feeds)
+    if flops is None:
+        return None, None
+    return flops, device_peaks(device, "int8" if precision.startswith("int8") else precision).get("peak_gflops")
 
 
 def measure(art: Artifact, runtime: str | None, feeds_for: FeedsFn, *, batch_sizes: Sequence[int] = (1, 32),

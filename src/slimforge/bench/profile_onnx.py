@@ -26,9 +26,9 @@ from slimforge.bench.timing import BenchSpec
 from slimforge.core.artifact import Artifact
 
 GRAPH = "(graph)"
-_MATMUL = {"MatMul": 0, "FusedMatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "DynamicQuantizeMatMul": 0,
+MATMUL_OPS = {"MatMul": 0, "FusedMatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "DynamicQuantizeMatMul": 0,
            "MatMulIntegerToFloat": 0, "Gemm": 0, "FusedGemm": 0}
-_CONV = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "NhwcConv": 1, "Convolution": 1,
+CONV_OPS = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "NhwcConv": 1, "Convolution": 1,
          "GroupConvolution": 1}
 
 
@@ -84,16 +84,16 @@ def node_flops(op: str, inputs: list[list[int]], outputs: list[list[int]]) -> fl
     if not outputs or not inputs:
         return 0.0
     out = math.prod(outputs[0])
-    if op in _MATMUL:
-        a = inputs[_MATMUL[op]]
+    if op in MATMUL_OPS:
+        a = inputs[MATMUL_OPS[op]]
         if op in ("Gemm", "FusedGemm"):
             m = outputs[0][0] if outputs[0] else 1
             k = math.prod(a) // max(m, 1)
         else:
             k = a[-1] if a else 0
         return 2.0 * out * k
-    if op in _CONV and len(inputs) > _CONV[op]:
-        w = inputs[_CONV[op]]
+    if op in CONV_OPS and len(inputs) > CONV_OPS[op]:
+        w = inputs[CONV_OPS[op]]
         per_out = math.prod(w[2:]) if op == "GroupConvolution" else math.prod(w[1:])
         return 2.0 * out * per_out
     return 0.0

@@ -23,7 +23,7 @@ from slimforge.errors import SlimforgeError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: measurements carry FLOPs per item and the device peak
 
 
 def digest(*parts: Any) -> str:

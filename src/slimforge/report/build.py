@@ -63,6 +63,8 @@ def variant(name: str, *, runtime: str, label: str | None = None, art: Artifact 
         (bench.peak_memory_mb if bench is not None else None),
         "memory_method": bench.memory_method if bench is not None else extra.pop("memory_method", "not measured"),
         "quality": {k: _finite(m.value if isinstance(m, Metric) else m) for k, m in (quality or {}).items()},
+        "flops_per_item": bench.flops_per_item if bench is not None else extra.pop("flops_per_item", None),
+        "peak_gflops": bench.peak_gflops if bench is not None else extra.pop("peak_gflops", None),
         **extra,
     }
 

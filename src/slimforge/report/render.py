@@ -50,10 +50,19 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                    "speedup_hi": r.get("hi", ""), "verdict": r.get("verdict", ""),
                    "shapes": json.dumps((v.get("shapes") or {}).get(b, {})),
                    "throughput_per_s": (v.get("throughput") or {}).get(b), "peak_memory_mb": v.get("peak_memory_mb"),
-                   "size_mb": v["size_mb"], "reason": v.get("reason", "")}
+                   "size_mb": v["size_mb"], "reason": v.get("reason", ""),
+                   **_roofline(v, int(b), t["p50"])}
             row.update({f"q_{k}": q for k, q in (v.get("quality") or {}).items()})
             out.append(row)
     return out
+
+
+def _roofline(v: dict[str, Any], batch: int, p50_ms: float) -> dict[str, Any]:
+    """FLOPs per item, achieved GFLOP/s (GOPS for INT8) at this batch and the fraction of the device's peak."""
+    flops, peak = v.get("flops_per_item"), v.get("peak_gflops")
+    achieved = flops * batch / p50_ms / 1e6 if flops and p50_ms else None
+    return {"gflops_per_item": flops / 1e9 if flops else None, "achieved_gflops": achieved,
+            "peak_fraction": achieved / peak if achieved and peak else None}
 
 
 def to_csv(report: dict[str, Any]) -> str:
@@ -90,10 +99,17 @@ def _measurements(report: dict[str, Any]) -> str:
         q = ", ".join(f"{k[2:]}={_fmt(v)}" for k, v in r.items() if k.startswith("q_"))
         body.append([r["id"], r["variant"], r["file"], r["method"], r["status"], r["batch"],
                      f"{r['p50_ms']:.3g} [{r['p50_lo_ms']:.3g}, {r['p50_hi_ms']:.3g}]", r["p95_ms"], r["p99_ms"],
-                     ratio, r["shapes"], r["throughput_per_s"], r["peak_memory_mb"], r["size_mb"], q])
+                     ratio, r["shapes"], r["throughput_per_s"], _gflops(r), r["peak_memory_mb"], r["size_mb"], q])
         classes.append(r["status"] + (" slower" if r["verdict"] == "slower" else ""))
     return _table(["#", "variant", "file", "method", "status", "batch", "p50 ms [95% interval]", "p95 ms", "p99 ms",
-                   "speedup vs baseline", "input shapes", "items/s", "peak MB", "size MB", "quality"], body, classes)
+                   "speedup vs baseline", "input shapes", "items/s", "GFLOP/s (% of peak)", "peak MB", "size MB",
+                   "quality"], body, classes)
+
+
+def _gflops(r: dict[str, Any]) -> str:
+    if not r.get("achieved_gflops"):
+        return ""
+    return f"{r['achieved_gflops']:.4g}" + (f" ({100 * r['peak_fraction']:.1f}%)" if r.get("peak_fraction") else "")
 
 
 def _env(env: dict[str, Any]) -> str:
