@@ -137,7 +137,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
                     ("synthesized" if data is None and ds is None else None))
     write_text(out_dir / "recipe.yaml", recipe.to_yaml())
     report = rep.build(res, recipe=recipe.to_dict(), artifact_path=art_path,
-                       data_name=getattr(ds, "name", None))
+                       data_name=getattr(ds, "name", None), profiles=_profiles(res, best))
     paths = write_report(report, out_dir)
     paths["recipe"] = out_dir / "recipe.yaml"
     if art_path is not None:
@@ -147,6 +147,29 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     if use_cache:
         _to_registry(registry, result)
     return result
+
+
+def _profiles(res: Any, best: Artifact) -> dict[str, Any] | None:
+    """Where the time goes in the baseline and in the winner, side by side (``bench.profiler``, at the goal's batch
+    size): each one's blocks and top layers. CPU targets only: a compiled GPU model runs as one graph, whose module
+    boundaries the profiler cannot see."""
+    if res.best is None or res.target.device != "cpu":
+        return None
+    from slimforge.bench.profiler import profile_model
+
+    out = {}
+    for key, art, runtime in (("baseline", res.baseline, res.baseline_measurement["runtime"]),
+                              ("chosen", best, res.best.candidate.runtime)):
+        try:
+            p = profile_model(art, runtime, batch=res.goal_batch, runs=10, threads=res.target.threads)
+        except (SlimforgeError, RuntimeError, ValueError, OSError) as exc:
+            res.notes.append(f"the {key}'s profile could not be taken: {str(exc).splitlines()[0][:200]}")
+            return None
+        doc = p.to_dict()
+        out[key] = {k: doc[k] for k in ("runtime", "batch", "end_to_end_ms", "total_self_ms", "coverage", "flops",
+                                        "blocks", "bottlenecks", "bottleneck_blocks")}
+        out[key]["top_layers"] = doc["layers"][:8]
+    return out
 
 
 def _source_of(art: Artifact) -> str | None:

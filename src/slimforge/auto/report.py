@@ -21,7 +21,8 @@ def _variant(e: Evaluated, path: Path | None) -> dict[str, Any]:
                    **({"end_to_end_ms": e.end_to_end} if e.end_to_end else {}), **e.roofline)
 
 
-def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_name: str | None) -> dict[str, Any]:
+def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_name: str | None,
+          profiles: dict[str, Any] | None = None) -> dict[str, Any]:
     base = res.baseline_measurement
     baseline = variant(res.baseline.name, runtime=base["runtime"], art=res.baseline, latency=base["latency"],
                        quality=base.get("quality"), size_mb=base["size_mb"], peak_memory_mb=base.get("peak_memory_mb"),
@@ -46,4 +47,5 @@ def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_
         goals=res.goals.to_dict(), goal_batch=res.goal_batch, goals_met=res.goals_met,
         goal_results=[g.to_dict() for g in res.goal_results], recipe=recipe,
         verification=None if res.verification is None else res.verification.to_dict(),
-        search={"seconds": res.seconds, "steps_built": res.steps_built, "steps_from_cache": res.steps_cached})
+        search={"seconds": res.seconds, "steps_built": res.steps_built, "steps_from_cache": res.steps_cached},
+        **({"profiles": profiles} if profiles else {}))

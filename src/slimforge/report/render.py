@@ -106,6 +106,24 @@ def _measurements(report: dict[str, Any]) -> str:
                    "quality"], body, classes)
 
 
+def _profiles(profiles: dict[str, Any] | None) -> str:
+    """The baseline's and the winner's blocks side by side: where the time went, and where it goes now."""
+    if not profiles or "baseline" not in profiles or "chosen" not in profiles:
+        return ""
+    b, c = profiles["baseline"], profiles["chosen"]
+    names = list(dict.fromkeys([x["name"] for x in b["blocks"]] + [x["name"] for x in c["blocks"]]))
+    cb, cc = {x["name"]: x for x in b["blocks"]}, {x["name"]: x for x in c["blocks"]}
+
+    def cell(d: dict[str, Any], n: str) -> str:
+        x = d.get(n)
+        return "" if x is None else f"{x['self_ms']:.3g} ms ({100 * x['pct']:.1f}%)"
+
+    body = [[n, cell(cb, n), cell(cc, n)] for n in names[:20]]
+    body.append(["end to end", f"{b['end_to_end_ms']:.3g} ms", f"{c['end_to_end_ms']:.3g} ms"])
+    return (f"<h2>Where the time goes: baseline ({html.escape(b['runtime'])}) and chosen "
+            f"({html.escape(c['runtime'])}), batch {b['batch']}</h2>" + _table(["block", "baseline", "chosen"], body))
+
+
 def _gflops(r: dict[str, Any]) -> str:
     if not r.get("achieved_gflops"):
         return ""
@@ -163,6 +181,7 @@ font-weight:bold}}tr.skipped,tr.failed{{color:#888}}li.missed{{color:#b00;font-w
 <h2>Measurements</h2><p>{e(timing.get('method', ''))}{'; ' if timing.get('note') else ''}{e(timing.get('note', ''))}</p>
 {_measurements(report)}
 <h2>Plots</h2>{imgs}
+{_profiles(report.get("profiles"))}
 <h2>Variants</h2>{_table(["#", "variant", "file", "method", "status", "why"], cands)}
 {f"<h2>Recipe</h2><ol>{steps}</ol>" if steps else ''}
 {f"<h2>Checks</h2>{checks}" if report.get("checks") else ''}
