@@ -54,7 +54,8 @@ def scope_of(node_name: str) -> str:
 
 
 def onnx_scopes(path: Path) -> dict[str, str]:
-    """Node name -> module path from the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata, where present."""
+    """Node (and output) name -> module path from the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata,
+    where present."""
     import onnx
 
     out: dict[str, str] = {}
@@ -66,11 +67,12 @@ def onnx_scopes(path: Path) -> dict[str, str]:
         for prop in node.metadata_props:
             if prop.key == "pkg.torch.onnx.name_scopes":
                 try:
-                    scopes = [s for s in ast.literal_eval(prop.value) if s]
+                    parts = [s for s in ast.literal_eval(prop.value)[:-1] if s]  # the last one names the op
                 except (ValueError, SyntaxError):
                     continue
-                if scopes:
-                    out[node.name] = scopes[-1]
+                if parts:  # also by output name: ONNX Runtime names some fused nodes after their output
+                    for key in (node.name, *node.output):
+                        out[key] = scope_of("/" + "/".join(parts) + "/op")
     return out
 
 
@@ -148,6 +150,19 @@ def _ort_runs(trace: Path, scopes: Mapping[str, str], runs: int) -> list[list[di
     return out
 
 
+def _scope(name: str, scopes: Mapping[str, str]) -> str:
+    """A node's module: from the exporter's metadata (also for the nodes ONNX Runtime renamed by suffixing the
+    original name, e.g. ``node_conv2d_nchwc``), else from the name itself."""
+    probe = name
+    for _ in range(3):
+        if probe in scopes:
+            return scopes[probe]
+        if "_" not in probe:
+            break
+        probe = probe.rsplit("_", 1)[0]
+    return scope_of(name)
+
+
 def _ort_nodes(events: list[dict[str, Any]], scopes: Mapping[str, str]) -> list[dict[str, Any]]:
     nodes = []
     for e in events:
@@ -158,7 +173,7 @@ def _ort_nodes(events: list[dict[str, Any]], scopes: Mapping[str, str]) -> list[
         ins, outs = _shapes(args.get("input_type_shape")), _shapes(args.get("output_type_shape"))
         op = str(args.get("op_name", "?"))
         nodes.append({"name": name, "op": op, "us": float(e.get("dur", 0)), "flops": node_flops(op, ins, outs),
-                      "scope": scopes.get(name) or scope_of(name), "params": int(args.get("parameter_size", 0)),
+                      "scope": _scope(name, scopes), "params": int(args.get("parameter_size", 0)),
                       "out_bytes": int(args.get("output_size", 0)),
                       "moved": int(args.get("parameter_size", 0)) + int(args.get("activation_size", 0))
                       + int(args.get("output_size", 0))})
