@@ -16,6 +16,14 @@ from slimforge.bench.profile_onnx import node_flops, scope_of
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A torch session opened with threads=1 sets torch's process-wide thread count: give it back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def _flop_counter_total(module: torch.nn.Module, x: np.ndarray | dict, *, cpu_sdpa: bool = True) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
