@@ -22,7 +22,7 @@ def cpu_info() -> dict[str, Any]:
         >>> "flags" in cpu_info()
         True
     """
-    model, flags, mhz = platform.processor() or platform.machine(), set(), 0.0
+    model, flags, mhz, siblings, cores = platform.processor() or platform.machine(), set(), 0.0, 0, 0
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -34,6 +34,10 @@ def cpu_info() -> dict[str, Any]:
                     flags = set(value.split())
                 elif key == "cpu MHz":
                     mhz = max(mhz, float(value or 0))
+                elif key == "siblings" and not siblings:
+                    siblings = int(value)
+                elif key == "cpu cores" and not cores:
+                    cores = int(value)
     except (OSError, ValueError):
         pass
     try:  # the rated maximum where the kernel says it (the MHz above may be an idle reading)
@@ -41,7 +45,8 @@ def cpu_info() -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     return {"model": model, "arch": platform.machine(), "flags": sorted(f for f in _FLAGS if f in flags),
-            "logical_cores": os.cpu_count(), "ghz": round(mhz / 1000, 3) if mhz else None}
+            "logical_cores": os.cpu_count(), "ghz": round(mhz / 1000, 3) if mhz else None,
+            "threads_per_core": max(1, siblings // cores) if siblings and cores else 1}
 
 
 def has_cpu_flag(*names: str) -> bool:

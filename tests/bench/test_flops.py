@@ -55,3 +55,24 @@ def test_peaks():
     assert h["gflops"]["bf16"] == 989_000 and h["bandwidth_gbs"] == 4800
     assert gpu_peaks("Some Future GPU")["gflops"] == {}
     assert np.isfinite(p["gflops"]["fp32"])
+
+
+def test_flops_never_partial_and_never_touch_the_users_module(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()  # the user's, training
+    before = net[1].running_mean.clone(), int(net[1].num_batches_tracked)
+    art = slimforge.load(net, example_inputs={"x": torch.randn(2, 3, 8, 8)})
+    x = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    assert flops_per_item(art, x) == pytest.approx(2 * 4 * 6 * 6 * 27)
+    assert torch.equal(net[1].running_mean, before[0]) and int(net[1].num_batches_tracked) == before[1]
+    assert net.training
+    up = slimforge.load(torch.nn.Sequential(torch.nn.ConvTranspose2d(3, 4, 3)).eval(),
+                        example_inputs={"x": torch.randn(1, 3, 8, 8)})
+    onnx_up = slimforge.export(up, tmp_path / "up.onnx", workdir=tmp_path)
+    assert flops_per_item(onnx_up, {onnx_up.io.input_names[0]: x["x"]}) is None  # no formula: no partial figure
+    assert flops_per_item(art, {}) is None or flops_per_item(art, {}) >= 0  # odd feeds: no crash
+
+
+def test_gpu_names_match_whole_words():
+    assert gpu_peaks("NVIDIA L40")["source"] == "datasheet of the L40"
+    assert gpu_peaks("NVIDIA L4")["source"] == "datasheet of the L4"
+    assert gpu_peaks("NVIDIA L40S")["gflops"]["fp8"] == 733_000

@@ -124,3 +124,8 @@ def test_onnx_scopes_and_flops_from_shapes():
     assert node_flops("Conv", [[8, 3, 32, 32], [16, 3, 3, 3]], [[8, 16, 30, 30]]) == 2.0 * 8 * 16 * 30 * 30 * 27
     assert node_flops("Gemm", [[4, 10], [10, 5]], [[4, 5]]) == 2.0 * 4 * 5 * 10
     assert node_flops("Relu", [[4, 10]], [[4, 10]]) == 0.0
+
+
+def test_profile_refuses_what_it_cannot_see(digits):
+    with pytest.raises(slimforge.ConfigError, match="runtime torch"):
+        slimforge.profile(digits["torch"], runtime="torch_compile")

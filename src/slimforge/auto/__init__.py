@@ -113,6 +113,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
 
     suffix = ".pt2" if best.meta.get("device") == "cuda" else _SUFFIX.get(best.format, ".pt")  # GPU: an engine
     art_path = out_dir / f"{base.name}-{res.target.name}{suffix}"
+    cacheable = True
     try:  # the winner, or (no gain on this target) the original model as the best effort
         best = save(best, art_path)
     except SlimforgeError as exc:
@@ -121,6 +122,11 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
                              "program and recipe.yaml, whose steps `slimforge run` re-applies when loading")
             art_path = out_dir / f"{base.name}-{res.target.name}-weights.pt2"
             save(base, art_path)  # the result stays the in-memory winner on the GPU
+            cacheable = False  # the file is not the winner: a cache hit must not hand back the original
+        elif res.best is None and suffix == ".pt2" and base.format is Format.TORCH:
+            res.notes.append(f"the FP32 engine could not be built ({exc}); the original model is written as it is")
+            art_path = out_dir / f"{base.name}-{res.target.name}.pt"
+            best = save(base, art_path)
         elif res.best is not None:
             raise
         else:
@@ -144,7 +150,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
         paths["artifact"] = art_path
     result = AutoResult(best, res.goals_met, report["goal_results"], report, paths, False,
                         time.perf_counter() - t0)
-    if use_cache:
+    if use_cache and cacheable:
         _to_registry(registry, result)
     return result
 
@@ -162,8 +168,9 @@ def _profiles(res: Any, best: Artifact) -> dict[str, Any] | None:
                               ("chosen", best, res.best.candidate.runtime)):
         try:
             p = profile_model(art, runtime, batch=res.goal_batch, runs=10, threads=res.target.threads)
-        except (SlimforgeError, RuntimeError, ValueError, OSError) as exc:
-            res.notes.append(f"the {key}'s profile could not be taken: {str(exc).splitlines()[0][:200]}")
+        except Exception as exc:  # noqa: BLE001 - an optional section never costs the user the result
+            res.notes.append(f"the {key}'s profile could not be taken: {type(exc).__name__}: "
+                             f"{(str(exc).splitlines() or [''])[0][:200]}")
             return None
         doc = p.to_dict()
         out[key] = {k: doc[k] for k in ("runtime", "batch", "end_to_end_ms", "total_self_ms", "coverage", "flops",

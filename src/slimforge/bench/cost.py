@@ -89,6 +89,8 @@ def device_benchmark(art: Artifact, feeds_for: Callable[[int], Mapping[str, np.n
                                      threads=threads if dev == "cpu" else None, device=dev, measure_memory=False)
             except (SlimforgeError, RuntimeError) as exc:
                 reason = f"failed: {str(exc).splitlines()[0][:200]}"
+        if not reason and res[0].device != dev:
+            reason = f"{art.name} is placed on the {res[0].device} device; it cannot run on the {dev}"
         if reason:
             rows += [DeviceRow(device=dev, batch=b, measured=False, reason=reason) for b in batch_sizes]
             continue

@@ -24,6 +24,7 @@ GPUS: dict[str, tuple[dict[str, float], float]] = {
     "H100": ({"fp32": 67, "tf32": 495, "bf16": 989, "fp16": 989, "fp8": 1979, "int8": 1979}, 3.35),
     "A100": ({"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312, "int8": 624}, 2.0),
     "L40S": ({"fp32": 91.6, "tf32": 183, "bf16": 362, "fp16": 362, "fp8": 733, "int8": 733}, 0.864),
+    "L40": ({"fp32": 90.5, "tf32": 90.5, "bf16": 181, "fp16": 181, "fp8": 362, "int8": 362}, 0.864),
     "L4": ({"fp32": 30.3, "tf32": 60, "bf16": 121, "fp16": 121, "fp8": 242, "int8": 242}, 0.3),
     "A10": ({"fp32": 31.2, "tf32": 62.5, "bf16": 125, "fp16": 125, "int8": 250}, 0.6),
     "T4": ({"fp32": 8.1, "fp16": 65, "int8": 130}, 0.32),
@@ -32,8 +33,12 @@ GPUS: dict[str, tuple[dict[str, float], float]] = {
 
 
 def gpu_peaks(name: str) -> dict[str, Any]:
-    for key, (rates, tbs) in GPUS.items():
-        if key.lower() in name.lower():
+    """The table's entry whose name is a whole word of ``name``, the longest first ("L40S" before "L4")."""
+    import re
+
+    for key in sorted(GPUS, key=len, reverse=True):
+        rates, tbs = GPUS[key]
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name, re.IGNORECASE):
             return {"device": name, "gflops": {k: v * 1000.0 for k, v in rates.items()}, "bandwidth_gbs": tbs * 1000,
                     "source": f"datasheet of the {key}"}
     return {"device": name, "gflops": {}, "bandwidth_gbs": None, "source": "not in slimforge's table of GPUs"}
@@ -78,7 +83,8 @@ def device_peaks(device: str, precision: str = "fp32") -> dict[str, Any]:
         from slimforge.env import cpu_info
 
         info = cpu_info()
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = max(1, logical // int(info.get("threads_per_core") or 1))  # FMA ports belong to physical cores
         peaks = {**cpu_peaks(cores, float(info.get("ghz") or 2.0), tuple(info.get("flags") or ())),
                  "bandwidth_gbs": copy_bandwidth_gbs(), "device": str(info.get("model") or "cpu")}
     peaks["precision"] = precision

@@ -26,6 +26,10 @@ from slimforge.bench.timing import BenchSpec
 from slimforge.core.artifact import Artifact
 
 GRAPH = "(graph)"
+# products with no formula here (int4 weights, fused attention, transposed convolutions, einsum): a graph holding
+# them gets no FLOPs total rather than a partial one
+UNCOUNTED_OPS = frozenset({"MatMulNBits", "Attention", "MultiHeadAttention", "QAttention", "GroupQueryAttention",
+                           "ConvTranspose", "Einsum", "QOrderedAttention", "PackedAttention"})
 MATMUL_OPS = {"MatMul": 0, "FusedMatMul": 0, "MatMulInteger": 0, "QLinearMatMul": 0, "DynamicQuantizeMatMul": 0,
            "MatMulIntegerToFloat": 0, "Gemm": 0, "FusedGemm": 0}
 CONV_OPS = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "NhwcConv": 1, "Convolution": 1,
@@ -254,8 +258,12 @@ def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], 
                   threads: int | None, spec: BenchSpec) -> tuple[list[LayerProfile], float | None, float, list[str]]:
     """Plain runs (timed) and profiled runs (a second session with the runtime's profiler on) interleaved, so the
     end-to-end latency and the per-node times see the same machine."""
+    from slimforge.errors import ConfigError
     from slimforge.runtimes import open_session
 
+    if device == "cuda" and runtime == "onnxruntime":
+        raise ConfigError("profiling ONNX Runtime on CUDA is not supported: its session profile times kernel "
+                          "launches, not kernels; profile the PyTorch model with --runtime torch --device cuda")
     # two sessions take turns: their thread pools must not spin-wait for work, or each slows the other down
     spin = os.environ.get("SLIMFORGE_ORT_SPIN")
     os.environ["SLIMFORGE_ORT_SPIN"] = "0"
@@ -293,12 +301,14 @@ def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], 
     sess.close()
     plain.close()
     layers = _group(per_run)
-    total = sum(n["flops"] for n in per_run[0])
+    uncounted = sorted({n["op"] for n in per_run[0]} & UNCOUNTED_OPS)
+    total = 0.0 if uncounted else sum(n["flops"] for n in per_run[0])
     how = ("OpenVINO performance counters (per executed node; FLOPs of the original ops fused into it, from the "
            "model reshaped to the inputs' shapes)" if ov else
            "ONNX Runtime session profiling (per-node kernel times; FLOPs from the shapes each node ran with)")
     note = f"{how}; {runs} profiled runs interleaved with {runs} plain timed runs, per layer the median"
-    return layers, total or None, float(np.median(e2e)), [note]
+    notes = [note] + ([f"no FLOPs total: no formula for {', '.join(uncounted)}"] if uncounted else [])
+    return layers, total or None, float(np.median(e2e)), notes
 
 
 def _ov_nodes(sess: Any, costs: Mapping[str, dict[str, Any]], scopes: Mapping[str, str],

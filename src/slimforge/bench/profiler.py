@@ -26,7 +26,10 @@ def profile_model(art: Artifact, runtime: str | None = None, *, device: str = "c
         raise ConfigError(f"batch and runs must be >= 1, got batch={batch}, runs={runs}")
     runtime = runtime or default_runtime(art)
     feeds = dict(feeds) if feeds is not None else feeds_for(art, None)(batch)
-    if runtime in ("torch", "torch_compile"):
+    if runtime == "torch_compile":
+        raise ConfigError("profile a PyTorch model on runtime torch: a compiled model runs as one graph whose "
+                          "modules the profiler cannot see")
+    if runtime == "torch":
         if art.format is not Format.TORCH:
             raise ConfigError(f"runtime {runtime} profiles in-memory PyTorch models; {art.name} is "
                               f"{art.format.value}: choose onnxruntime or openvino")
