@@ -109,25 +109,7 @@ def _onnx(art: Artifact, feeds: Mapping[str, np.ndarray]) -> float | None:
 
 
 def _openvino(art: Artifact, feeds: Mapping[str, np.ndarray]) -> float:
-    import math
+    from slimforge.bench.profile_onnx import ov_op_costs
 
-    import openvino as ov
-
-    from slimforge.bench.profile_onnx import node_flops
-
-    model = ov.Core().read_model(str(art.path))
-    model.reshape({p.get_any_name(): ov.PartialShape(list(a.shape)) for p, a in zip(model.inputs, feeds.values())})
-    total = 0.0
-    for op in model.get_ordered_ops():
-        kind = op.get_type_name()
-        if kind not in ("MatMul", "Convolution", "GroupConvolution"):
-            continue
-        ins = [list(op.input(i).get_shape()) for i in range(op.get_input_size())]
-        out = list(op.output(0).get_shape())
-        if kind == "MatMul":
-            a = ins[0]
-            k = a[-2] if op.get_attributes().get("transpose_a") and len(a) > 1 else a[-1]
-            total += 2.0 * math.prod(out) * k
-        else:
-            total += node_flops(kind, ins, [out])
-    return total
+    cost, _ = ov_op_costs(art, feeds)
+    return sum(f for f, _, _ in cost.values())

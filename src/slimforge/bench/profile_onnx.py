@@ -184,10 +184,10 @@ def _ort_nodes(events: list[dict[str, Any]], scopes: Mapping[str, str]) -> list[
     return nodes
 
 
-def _ov_costs(sess: Any, art: Artifact, feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Per executed OpenVINO node: the FLOPs and bytes moved (inputs, weights, outputs) of the original matrix
-    products and convolutions fused into it, from the model reshaped to the feeds' static shapes, and the original
-    ops' names (``originalLayersNames``)."""
+def ov_op_costs(art: Artifact, feeds: Mapping[str, np.ndarray]
+                ) -> tuple[dict[str, tuple[float, int, int]], dict[str, list[int]]]:
+    """The OpenVINO model reshaped to the feeds' static shapes: per matrix product and convolution (by friendly
+    name) its FLOPs, bytes moved (inputs, weights, outputs) and output bytes; and every op's static output shape."""
     import openvino as ov
 
     model = ov.Core().read_model(str(art.path))
@@ -211,6 +211,13 @@ def _ov_costs(sess: Any, art: Artifact, feeds: Mapping[str, np.ndarray]) -> dict
             f = node_flops(kind, ins, outs)
         out_b = math.prod(outs[0]) * item
         cost[op.get_friendly_name()] = (f, sum(math.prod(i) for i in ins) * item + out_b, out_b)
+    return cost, outs_of
+
+
+def _ov_costs(sess: Any, art: Artifact, feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per executed OpenVINO node: the FLOPs and bytes moved of the original matrix products and convolutions fused
+    into it (``ov_op_costs``), and the original ops' names (``originalLayersNames``)."""
+    cost, outs_of = ov_op_costs(art, feeds)
     out = {}
     for op in sess.compiled.get_runtime_model().get_ordered_ops():
         rt = op.get_rt_info()

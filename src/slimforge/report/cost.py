@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from slimforge.core.outputs import atomic_path, write_text
+from slimforge.core.outputs import write_text
+from slimforge.report.plots import png, pyplot, write_pngs
 
 COLUMNS = ("device", "batch", "measured", "reason", "p50_ms", "p95_ms", "p99_ms", "items_s", "price_per_hour",
            "cost_per_1000", "speedup_vs_cpu")
@@ -26,17 +27,12 @@ def write_cost_report(rows: Sequence[dict[str, Any]], out_dir: Path, *, model: s
     w.writerows(rows)
     write_text(paths["csv"], buf.getvalue())
     write_text(paths["json"], json.dumps({"model": model, "rows": list(rows)}, indent=2, default=str))
-    with atomic_path(paths["plot"]) as tmp:
-        tmp.write_bytes(cost_png(rows, model))
+    write_pngs({"plot": (paths["plot"].name, cost_png(rows, model))}, out_dir)
     return paths
 
 
 def cost_png(rows: Sequence[dict[str, Any]], model: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     batches = sorted({r["batch"] for r in rows})
     devices = list(dict.fromkeys(r["device"] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -63,7 +59,4 @@ def cost_png(rows: Sequence[dict[str, Any]], model: str) -> bytes:
         ax.legend(fontsize=8)
     fig.suptitle(f"{model}: CPU vs GPU")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig, plt)

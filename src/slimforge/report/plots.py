@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any
+
+from slimforge.core.outputs import atomic_path
 
 STATUS_COLORS = {"baseline": "#1f77b4", "chosen": "#d62728", "accepted": "#2ca02c", "measured": "#2e86de",
                  "rejected": "#7f7f7f", "failed": "#7f7f7f", "skipped": "#7f7f7f"}
@@ -26,20 +29,37 @@ def quality_key(report: dict[str, Any]) -> str | None:
     return keys[0] if keys else None
 
 
-def _png(fig: Any, plt: Any) -> bytes:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png(fig: Any, plt: Any) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
     return buf.getvalue()
 
 
+def write_pngs(plots: dict[str, tuple[str, bytes]], out_dir: Path) -> dict[str, Path]:
+    """Write ``{key: (file name, PNG bytes)}`` into ``out_dir`` atomically; ``{key: path}``."""
+    paths = {}
+    for key, (name, data) in plots.items():
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(data)
+        paths[key] = out_dir / name
+    return paths
+
+
 def render_plots(report: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
     """``{key: (file name, PNG bytes)}``: latency, size and, with a quality metric, the Pareto plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     vs = variants(report)
     out = {"plot_latency": ("latency.png", _latency(vs, plt)), "plot_size": ("size.png", _size(vs, plt))}
     qk = quality_key(report)
@@ -72,7 +92,7 @@ def _latency(vs: list[dict[str, Any]], plt: Any) -> bytes:
         ax.legend(fontsize=7)
     fig.text(0.01, 0.01, "  ".join(f"{t}: {v['name'][:40]}" for t, v in zip(tags, vs)), fontsize=6, wrap=True)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def _size(vs: list[dict[str, Any]], plt: Any) -> bytes:
@@ -82,7 +102,7 @@ def _size(vs: list[dict[str, Any]], plt: Any) -> bytes:
     ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_title("size on disk (MB); B = baseline, numbers as in the tables", fontsize=9)
     fig.tight_layout()
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -127,7 +147,7 @@ def _pareto(report: dict[str, Any], vs: list[dict[str, Any]], qk: str, plt: Any)
         ax.legend(fontsize=7, loc="lower right")
     fig.text(0.01, 0.01, "  ".join(f"{t}: {v['name'][:40]}" for t, v in pts), fontsize=6, wrap=True)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def _label(ax: Any, tags: list[str], xy: list[tuple[float, float]]) -> None:

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimforge.core.outputs import atomic_path, write_text
+from slimforge.core.outputs import write_text
+from slimforge.report.plots import png, pyplot, write_pngs
 
 COLUMNS = ("name", "kind", "self_ms", "pct", "calls", "flops", "params", "activation_bytes", "bytes_moved",
            "intensity", "gflops_s")
@@ -25,12 +26,9 @@ def write_profile(doc: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / "profile.json", "csv": out_dir / "profile.csv", "html": out_dir / "profile.html"}
     write_text(paths["json"], json.dumps(doc, indent=2, default=str))
     write_text(paths["csv"], to_csv(doc))
-    plots = {"plot_layers": ("profile_layers.png", layers_png(doc)), "plot_roofline": ("roofline.png",
-                                                                                        roofline_png(doc))}
-    for key, (name, png) in plots.items():
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_bytes(png)
-        paths[key] = out_dir / name
+    plots = {"plot_layers": ("profile_layers.png", layers_png(doc)),
+             "plot_roofline": ("roofline.png", roofline_png(doc))}
+    paths.update(write_pngs(plots, out_dir))
     write_text(paths["html"], to_html(doc, plots))
     return paths
 
@@ -44,25 +42,9 @@ def to_csv(doc: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any, plt: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def layers_png(doc: dict[str, Any], top: int = 20) -> bytes:
     """Horizontal bars: self time per layer (top ``top``), bottlenecks (> 5%) in red."""
-    plt = _plt()
+    plt = pyplot()
     layers = doc["layers"][:top][::-1]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(layers) + 1.6))
     ax.barh([x["name"][-45:] for x in layers], [x["self_ms"] for x in layers],
@@ -73,12 +55,12 @@ def layers_png(doc: dict[str, Any], top: int = 20) -> bytes:
     ax.set_title(f"{doc['model']} on {doc['runtime']} ({doc['device']}), batch {doc['batch']}: where the time goes")
     ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def roofline_png(doc: dict[str, Any]) -> bytes:
     """Achieved GFLOP/s against FLOPs per byte for each layer with FLOPs, under the device's ceilings."""
-    plt = _plt()
+    plt = pyplot()
     peak = doc.get("peak") or {}
     pts = [x for x in doc["layers"] if x.get("intensity") and x.get("gflops_s")]
     fig, ax = plt.subplots(figsize=(7.5, 5))
@@ -104,7 +86,7 @@ def roofline_png(doc: dict[str, Any]) -> bytes:
     if top and bw:
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def to_html(doc: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> str:

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimforge.core.outputs import atomic_path, write_text
-from slimforge.report.plots import quality_key, render_plots, variants
+from slimforge.core.outputs import write_text
+from slimforge.report.plots import quality_key, render_plots, variants, write_pngs
 
 
 def write_report(report: dict[str, Any], out_dir: Path, *, stem: str = "report") -> dict[str, Path]:
@@ -26,10 +26,7 @@ def write_report(report: dict[str, Any], out_dir: Path, *, stem: str = "report")
     write_text(paths["json"], json.dumps(report, indent=2, default=str))
     write_text(paths["csv"], to_csv(report))
     plots = render_plots(report)
-    for key, (name, png) in plots.items():
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_bytes(png)
-        paths[key] = out_dir / name
+    paths.update(write_pngs(plots, out_dir))
     write_text(paths["html"], to_html(report, plots))
     return paths
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Mapping
 
@@ -47,10 +48,9 @@ class TorchSession:
         return [self._to_device(a) for a in check_feeds(self.art, feeds)]
 
     def run_tensors(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.device.type != "cuda":
-            with torch.inference_mode():
-                return outputs_to_list(self.module(*tensors))
-        with torch.inference_mode(), fp32_precision(False):  # FP32 is IEEE FP32 unless the model asks for TF32
+        # on a GPU, FP32 is IEEE FP32 unless the model asks for TF32
+        precision = fp32_precision(False) if self.device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), precision:
             return outputs_to_list(self.module(*tensors))
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
