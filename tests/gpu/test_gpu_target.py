@@ -150,3 +150,32 @@ def test_a_search_worth_of_compiled_models_all_run_compiled():
         with profile() as prof:
             mods[-1](torch.randn(2, 17))
     assert any("Torch-Compiled Region" in e.key for e in prof.key_averages())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_engine_with_cuda_graphs_captures_each_shape_and_matches_plain_runs(tmp_path):
+    """AOTInductor's runner queries its last run's event before each run, which the default capture mode forbids:
+    the engine must still be captured (not silently fall back) and replay the same numbers at each batch size."""
+    import numpy as np
+
+    from slimforge.core.context import RunContext
+    from slimforge.io.engine import load_engine, write_engine
+    from slimforge.plan.engine import run_steps
+    from slimforge.plan.recipe import Recipe
+    from slimforge.techniques.gpu import GpuConfig
+
+    art = slimforge.load(Tiny().eval(), example_inputs=torch.randn(1, 3, 16, 16))
+    placed = run_steps(art, Recipe(steps=(GpuConfig(dtype="fp16", compile="reduce-overhead"),), runtime="torch"),
+                       RunContext())
+    write_engine(placed, tmp_path / "tiny.pt2")
+    eng = load_engine(tmp_path / "tiny.pt2", examples=art.examples, meta={"gpu": "fp16 + compile + CUDA graphs"},
+                      source_id="t")
+    module = eng.handle
+    assert module.graphs
+    for b in (1, 4, 1):
+        x = torch.from_numpy(np.random.default_rng(b).standard_normal((b, 3, 16, 16)).astype("float32"))
+        graphed = module(x)
+        plain = module._run([x.cuda()])[0]
+        assert torch.allclose(graphed.float(), plain.float(), atol=1e-3), (b, (graphed - plain).abs().max())
+    assert module.graphs and len(module._captured) == 2  # captured, not fallen back to plain runs

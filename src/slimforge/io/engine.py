@@ -100,12 +100,16 @@ class EngineModule(nn.Module):
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
+                # relaxed: the AOTInductor container queries its previous run's completion event before each run
+                # (cudaEventQuery), which the default capture mode forbids; that event was recorded outside capture
+                with torch.cuda.graph(graph, capture_error_mode="relaxed"):
                     outs = self._run(static)
             except RuntimeError as exc:  # a runner that cannot be captured runs plainly
                 log.warning("CUDA graph capture of the engine failed (%s); running it without", exc)
                 self.graphs = False
                 return self._run(args)
+            self._run(static)  # re-records the completion event outside capture, for the next shape's capture
+            torch.cuda.synchronize()
             hit = self._captured[key] = (graph, static, outs)
         graph, static, outs = hit
         for s, a in zip(static, args):
