@@ -5,6 +5,7 @@ bounds, like an engine's optimisation profile. Loading one needs neither the mod
 from __future__ import annotations
 
 import logging
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -79,11 +80,13 @@ class EngineModule(nn.Module):
         self.runner, self.tf32, self.graphs = runner, tf32, graphs
         self.device = torch.device("cuda")
         self._captured: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._lock = threading.RLock()
 
     def _run(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
         from slimforge.torch_utils import outputs_to_list
 
-        return outputs_to_list(self.runner(*args))
+        with self._lock:  # a runner loaded single-threaded (for capture) takes one call at a time
+            return outputs_to_list(self.runner(*args))
 
     def _replay(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
         key = tuple((tuple(a.shape), a.dtype) for a in args)
@@ -100,16 +103,12 @@ class EngineModule(nn.Module):
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             try:
-                # relaxed: the AOTInductor container queries its previous run's completion event before each run
-                # (cudaEventQuery), which the default capture mode forbids; that event was recorded outside capture
-                with torch.cuda.graph(graph, capture_error_mode="relaxed"):
+                with torch.cuda.graph(graph):
                     outs = self._run(static)
             except RuntimeError as exc:  # a runner that cannot be captured runs plainly
                 log.warning("CUDA graph capture of the engine failed (%s); running it without", exc)
                 self.graphs = False
                 return self._run(args)
-            self._run(static)  # re-records the completion event outside capture, for the next shape's capture
-            torch.cuda.synchronize()
             hit = self._captured[key] = (graph, static, outs)
         graph, static, outs = hit
         for s, a in zip(static, args):
@@ -119,7 +118,7 @@ class EngineModule(nn.Module):
 
     def forward(self, *xs: torch.Tensor):
         args = [x.to(self.device, non_blocking=True) for x in xs]
-        with fp32_precision(self.tf32):
+        with fp32_precision(self.tf32), self._lock:  # one captured graph's static buffers: one call at a time
             out = self._replay(args) if self.graphs else self._run(args)
         return out[0] if len(out) == 1 else tuple(out)
 
@@ -131,11 +130,14 @@ def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, 
     if not torch.cuda.is_available():
         raise ModelLoadError(f"{path}: a GPU engine (AOTInductor package) needs an NVIDIA GPU with CUDA; this machine "
                              "has none")
+    placed = str(meta.get("gpu", ""))  # how the model was placed, e.g. "fp16 + compile + CUDA graphs"
+    graphs = "CUDA graphs" in placed
     try:
-        runner = torch._inductor.aoti_load_package(str(path))
+        # single-threaded: without it, each run first queries the previous run's completion event, which a CUDA
+        # graph capture forbids and which, once recorded inside a capture, cannot be queried again
+        runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=graphs)
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load the GPU engine: {str(exc).strip().splitlines()[0][:300]}") from exc
-    placed = str(meta.get("gpu", ""))  # how the model was placed, e.g. "fp16 + compile + CUDA graphs"
-    module = EngineModule(runner, tf32=meta.get("precision") == "tf32", graphs="CUDA graphs" in placed)
+    module = EngineModule(runner, tf32=meta.get("precision") == "tf32", graphs=graphs)
     meta = {**meta, "device": "cuda", "engine": "aoti"}
     return torch_artifact(module, examples, fmt=Format.TORCH_EXPORT, path=path, meta=meta, source_id=source_id)
