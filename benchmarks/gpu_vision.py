@@ -149,6 +149,50 @@ def vision(name: str, out: Path, budget: float) -> dict:
             "timing": comp.note()}
 
 
+def vit_engine(out: Path) -> dict:
+    """The ViT winner of a search (``fp16 + compile + CUDA graphs``, session 11 call 1) rebuilt from its recipe
+    without the search: written as an engine, loaded in a fresh process, timed beside FP32 and bf16 eager."""
+    import copy
+
+    import timm
+
+    from slimforge.core.context import RunContext
+    from slimforge.plan.engine import run_steps
+    from slimforge.plan.recipe import Recipe
+    from slimforge.runtimes import open_session
+    from slimforge.techniques.gpu import GpuConfig
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    flops = flops_per_image(copy.deepcopy(model).cuda())
+    art = slimforge.load(model, example_inputs={"x": torch.randn(1, 3, 224, 224)})
+    steps = (GpuConfig(dtype="fp16", compile="reduce-overhead", min_cosine=0.0),)
+    winner = run_steps(art, Recipe(steps=steps, runtime="torch"), RunContext())
+    engine = out / "vit-engine" / "vit.pt2"
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    loaded = slimforge.save(winner, engine)  # the engine and its sidecar, loaded back and checked
+    say(f"engine written in {time.perf_counter() - t:.0f} s: {engine.stat().st_size / 1e6:.0f} MB, "
+        f"{type(loaded.handle).__name__}")
+    fresh = engine_in_fresh_process(engine, {}, art, out, winner=winner)
+    say("fresh process:", fresh)
+    sessions = {"fp32 eager": Manual(copy.deepcopy(model).cuda(), None),
+                "bf16 eager": Manual(copy.deepcopy(model).cuda().to(torch.bfloat16), torch.bfloat16),
+                "slimforge winner (in memory)": open_session(winner), "slimforge engine (.pt2)": open_session(loaded)}
+    feeds = {b: {"x": np.random.default_rng(b).standard_normal((b, 3, 224, 224)).astype(np.float32)}
+             for b in BATCHES}
+    ref = {b: sessions["fp32 eager"].run(feeds[b])[0] for b in BATCHES}
+    cos = {n: min(cosine(ref[b], s.run(feeds[b])[0]) for b in BATCHES) for n, s in sessions.items()}
+    comp = compare(sessions, feeds, SPEC, reference="fp32 eager")
+    table = {n: {**{b: {"ms": comp.timing(n, b).p50, "ci": [comp.timing(n, b).lo, comp.timing(n, b).hi],
+                        "mfu": flops * b / (comp.timing(n, b).p50 / 1000.0) / (PEAK_TFLOPS * 1e12)} for b in BATCHES},
+                 "cosine_to_fp32": cos[n]} for n in sessions}
+    captured = len(getattr(loaded.handle, "_captured", {}))
+    return {"engine": str(engine), "engine_mb": engine.stat().st_size / 1e6, "engine_fresh_process": fresh,
+            "table": table, "engine_graphs_on": bool(loaded.handle.graphs), "engine_shapes_captured": captured,
+            "timing": comp.note()}
+
+
 def serve_and_load(engine: Path, out: Path, port: int = 8765) -> dict:
     """``slimforge serve`` on the engine, then ``slimforge loadtest --concurrency 64``: without dynamic batching
     (--max-batch 1) and with it (--max-batch 32), one after the other."""
@@ -188,7 +232,7 @@ def serve_and_load(engine: Path, out: Path, port: int = 8765) -> dict:
     return result
 
 
-def engine_in_fresh_process(engine: Path, report: dict, art, out: Path) -> dict:
+def engine_in_fresh_process(engine: Path, report: dict, art, out: Path, winner=None) -> dict:
     """The engine loaded by a new Python process (no model code, no compile) against the in-memory winner made by
     re-applying the recipe."""
     from slimforge.plan.engine import run_steps
@@ -206,8 +250,9 @@ def engine_in_fresh_process(engine: Path, report: dict, art, out: Path) -> dict:
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return {"ok": False, "error": proc.stderr.strip().splitlines()[-1:]}
-    recipe = Recipe.from_dict(report["recipe"])
-    winner = run_steps(art, Recipe(steps=recipe.steps, runtime="torch"), RunContext())
+    if winner is None:
+        recipe = Recipe.from_dict(report["recipe"])
+        winner = run_steps(art, Recipe(steps=recipe.steps, runtime="torch"), RunContext())
     mem = open_session(winner).run({"x": x})[0]
     return {"ok": True, "load_and_first_run_s": float(proc.stdout.strip().splitlines()[-1]),
             "cosine_to_in_memory_winner": cosine(mem, np.load(out / "y.npy"))}
@@ -306,7 +351,8 @@ def main() -> None:
     for name in args.models.split(","):
         t = time.perf_counter()
         try:
-            doc["results"][name] = mlp() if name == "mlp" else vision(name, out, args.budget)
+            doc["results"][name] = (mlp() if name == "mlp" else vit_engine(out) if name == "vit-engine"
+                                    else vision(name, out, args.budget))
             engine = doc["results"][name].get("engine")
             if args.serve and engine:  # written first: the timings stand if serving runs out of time
                 path.write_text(json.dumps(doc, indent=2, default=str))
