@@ -106,8 +106,11 @@ def _self_times(events: Any, cuda: bool) -> dict[str, tuple[float, int]]:
             found.extend([c] if c.name.startswith(_PREFIX) else nearest_modules(c))
         return found
 
+    from torch.autograd import DeviceType
+
     for e in events:
-        if not e.name.startswith(_PREFIX):
+        # on CUDA each range is also mirrored as a GPU-side annotation spanning all of its kernels, children's too
+        if not e.name.startswith(_PREFIX) or getattr(e, "device_type", DeviceType.CPU) != DeviceType.CPU:
             continue
         own = total(e) - sum(total(c) for c in nearest_modules(e))
         acc = out.setdefault(e.name[len(_PREFIX):], [0.0, 0])

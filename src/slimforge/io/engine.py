@@ -82,6 +82,9 @@ class EngineModule(nn.Module):
         self._captured: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
         self._lock = threading.RLock()
 
+    def __deepcopy__(self, memo: dict) -> EngineModule:
+        return self  # compiled code and captured graphs, never edited: sessions share them (and the lock)
+
     def _run(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
         from slimforge.torch_utils import outputs_to_list
 
