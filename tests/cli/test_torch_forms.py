@@ -247,3 +247,13 @@ def test_readme_chain_ends_with_optimize(cwd, forms):
     assert res.exit_code in (0, 3), (res.output, res.exception)  # 3: a goal missed, the best effort saved
     report = json.loads((cwd / "out" / "report.json").read_text())
     assert (cwd / "out" / "recipe.yaml").is_file() and report["candidates"]
+
+
+def test_serve_refuses_a_model_it_cannot_load_in_one_line_before_listening(cwd):
+    """The model is loaded before the server starts: a TorchScript file without shapes is one line and exit 2, not
+    uvicorn's start-up traceback, and the server never announces itself."""
+    res = _python_m(cwd, "serve", "net.pt", "--port", "8971")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "net.pt" in lines[0], res.stderr
+    assert "serving" not in res.stderr

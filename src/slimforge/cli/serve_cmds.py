@@ -63,9 +63,9 @@ def serve(model: Annotated[list[str], typer.Argument(
                       max_tokens=max_tokens, long_text=long_text, max_request_pixels=max_request_pixels,
                       preprocess_workers=preprocess_workers, preprocess_queue=preprocess_queue,
                       max_inflight_mb=max_inflight_mb, max_memory_mb=max_memory_mb)
-    err_console.print(f"serving {', '.join(model)} on http://{host}:{port}  (page: /, API: /api/predict, "
-                      f"KServe v2: /v2/models/..., metrics: /metrics)")
-    run_server(cfg, host=host, port=port, workers=workers)
+    run_server(cfg, host=host, port=port, workers=workers, announce=lambda: err_console.print(
+        f"serving {', '.join(model)} on http://{host}:{port}  (page: /, API: /api/predict, KServe v2: "
+        "/v2/models/..., metrics: /metrics)"))
 
 
 @app.command()

@@ -75,8 +75,9 @@ class ServeConfig:
         return ServeConfig(**json.loads(text))
 
 
-def create_app(cfg: ServeConfig | None = None) -> Any:
-    """The FastAPI app; models load once, at start-up (also from ``$SLIMFORGE_SERVE_CONFIG`` for workers)."""
+def create_app(cfg: ServeConfig | None = None, preloaded: ModelSet | None = None) -> Any:
+    """The FastAPI app; models load once, at start-up (also from ``$SLIMFORGE_SERVE_CONFIG`` for workers), unless
+    already loaded (``preloaded``, from ``load_models``)."""
     if cfg is None:
         raw = os.environ.get(CONFIG_ENV)
         if not raw:
@@ -92,7 +93,7 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
         try:
-            ms = await asyncio.get_running_loop().run_in_executor(None, _load, cfg)
+            ms = preloaded if preloaded is not None else await asyncio.get_running_loop().run_in_executor(None, _load, cfg)
         except (SlimforgeError, OSError) as exc:
             state["load_error"] = str(exc)
             raise
@@ -306,6 +307,11 @@ def create_app(cfg: ServeConfig | None = None) -> Any:
 def _rejected(exc: Exception) -> ApiError:
     """A validated input the model still cannot run on: the request's fault (422), never the server's health."""
     return ApiError(422, f"the model could not run on this input: {(str(exc).splitlines() or [''])[0][:300]}")
+
+
+def load_models(cfg: ServeConfig) -> ModelSet:
+    """The models ``cfg`` serves, loaded (a ``SlimforgeError`` names what cannot be)."""
+    return _load(cfg)
 
 
 def _load(cfg: ServeConfig) -> ModelSet:
