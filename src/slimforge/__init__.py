@@ -21,7 +21,7 @@ logging.getLogger("slimforge").addHandler(logging.NullHandler())
 _LAZY = {
     "OptimizeResult": "slimforge.api", "benchmark": "slimforge.api", "evaluate": "slimforge.api",
     "export": "slimforge.api", "info": "slimforge.api", "optimize": "slimforge.api", "quantize": "slimforge.api",
-    "profile": "slimforge.api", "benchmark_devices": "slimforge.api",
+    "profile": "slimforge.api", "benchmark_devices": "slimforge.api", "search_architecture": "slimforge.nas.run",
     "AutoResult": "slimforge.auto", "Goals": "slimforge.auto", "Target": "slimforge.auto",
     "auto_optimize": "slimforge.auto", "auto_optimize_for_deployment": "slimforge.auto",
     "load_optimized": "slimforge.auto", "BenchResult": "slimforge.bench", "BenchSpec": "slimforge.bench",
@@ -93,4 +93,5 @@ __all__ = [
     "prune",
     "quantize",
     "save",
+    "search_architecture",
 ]

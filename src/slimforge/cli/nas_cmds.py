@@ -1,0 +1,74 @@
+"""CLI command ``nas``: architecture search under measured constraints (registered on the main app)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from slimforge.cli.app import app
+from slimforge.cli.common import Arch, ArchKwargs, Force, InputShape, ModelArg, Weights, load_model
+from slimforge.cli.progress import progress_bars
+from slimforge.cli.render import console, err_console
+
+
+@app.command()
+def nas(model: ModelArg = None,
+        data: Annotated[Optional[Path], typer.Option(help="Labelled data: .npz with labels, an image folder, CSV.")]
+        = None,
+        space: Annotated[str, typer.Option(help="mobilenet_v3: an elastic MobileNetV3-style family trained on the "
+                                                "data.")] = "mobilenet_v3",
+        max_latency_ms: Annotated[str, typer.Option(help="Latency budget at --batch: milliseconds, or a share of "
+                                                         "the model's measured latency (50%).")] = "50%",
+        batch: Annotated[int, typer.Option(help="Batch size the latency budget applies to.")] = 64,
+        max_size_mb: Annotated[Optional[float], typer.Option(help="Model size budget (FP32 weights).")] = None,
+        max_params: Annotated[Optional[int], typer.Option(help="Parameter budget.")] = None,
+        min_accuracy: Annotated[Optional[float], typer.Option(help="Validation accuracy floor (0-1).")] = None,
+        trials: Annotated[int, typer.Option(help="Architectures trained (those predicted over a budget are not).")]
+        = 30,
+        time_budget: Annotated[Optional[float], typer.Option(help="Seconds for the trials.")] = None,
+        epochs: Annotated[int, typer.Option(help="Training epochs per trial (finalists get twice as many).")] = 15,
+        threads: Annotated[int, typer.Option(help="Intra-op threads the latency is measured with.")] = 1,
+        output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the results and model go.")]
+        = Path("slimforge-out/nas"),
+        input_shape: InputShape = None, arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
+        force: Force = False) -> None:
+    """Architecture search: the most accurate model of the space that meets the budgets, each measured on this
+    machine; writes nas.json, nas_trials.csv, the Pareto plot nas_pareto.png and the chosen model nas-best.pt2."""
+    from slimforge.errors import ConfigError
+    from slimforge.nas.run import search_architecture
+
+    if data is None:
+        raise ConfigError("nas trains each candidate: give labelled data with --data (.npz with labels, an image "
+                          "folder, CSV)")
+    art = load_model(model, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs)
+    with progress_bars(err_console) as on_progress:
+        res = search_architecture(art, data, space=space, max_latency_ms=max_latency_ms, batch=batch,
+                                  max_size_mb=max_size_mb, max_params=max_params, min_accuracy=min_accuracy,
+                                  trials=trials, time_budget_s=time_budget, epochs=epochs, threads=threads,
+                                  output_dir=output_dir, force=force, progress=on_progress)
+    doc = res.to_dict()
+    say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
+    c, base, pred = doc["constraints"], doc["baseline"], doc["predictor"]
+    trained = sum(t["val_accuracy"] is not None for t in doc["trials"])
+    say(f"{len(doc['trials'])} architectures tried ({trained} trained, the rest predicted over a budget) in "
+        f"{doc['seconds']:.0f} s; latency budget {c['max_latency_ms']:.3g} ms at batch {c['batch']}"
+        if c["max_latency_ms"] else f"{len(doc['trials'])} architectures tried in {doc['seconds']:.0f} s")
+    if base:
+        say(f"baseline: {base['latency_ms']:.3f} ms, held-out accuracy {100 * base['test_accuracy']:.2f}%")
+    ch = doc["chosen"]
+    if ch is None:
+        err_console.print("no architecture met the constraints" + (": " + "; ".join(doc["notes"]) if doc["notes"]
+                                                                   else ""), highlight=False, markup=False)
+    else:
+        drop = doc["accuracy_drop_points"]
+        side = "" if drop is None else f", {abs(drop):.2f} points {'below' if drop > 0 else 'above'} the baseline"
+        say(f"chosen: {ch['arch']} ({ch['params']} parameters): {ch['measured_ms']:.3f} ms measured "
+            f"({ch['predicted_ms']:.3f} predicted), held-out accuracy {100 * ch['test_accuracy']:.2f}%{side}")
+    if pred.get("median_abs_error") is not None:
+        say(f"latency predictor: median error {100 * pred['median_abs_error']:.1f}% on the finalists "
+            f"({pred['layers_timed']} layers timed)")
+    say("written: " + ", ".join(str(p) for p in res.paths.values()))
+    if ch is None:
+        raise typer.Exit(1)

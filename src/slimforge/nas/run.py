@@ -1,0 +1,156 @@
+"""``slimforge.search_architecture``: the user's model and data in, the searched model and its evidence out
+(``nas.json``, ``nas_trials.csv``, ``nas_pareto.png`` and the chosen model as a ``.pt2`` with its lineage)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimforge.core.context import ProgressFn
+from slimforge.errors import ConfigError, DataError
+from slimforge.nas.search import Constraints, SearchOutcome, search_mobilenet
+
+SPACES = ("mobilenet_v3",)
+
+
+@dataclass
+class NasResult:
+    outcome: SearchOutcome
+    constraints: Constraints
+    artifact: Any = None  # the chosen model, saved and loaded back (None: nothing met the constraints)
+    budget_basis_ms: float | None = None  # the baseline's latency a "50%" budget was taken of (timed beforehand)
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.outcome
+        chosen = o.chosen.to_dict() if o.chosen else None
+        base = o.baseline
+        return {"space": "mobilenet_v3", "constraints": self.constraints.__dict__, "seconds": round(o.seconds, 1),
+                "budget_basis_ms": self.budget_basis_ms,
+                "trials": [t.to_dict() for t in o.trials], "front": [t.number for t in o.front],
+                "finalists": [t.to_dict() for t in o.trials if t.measured_ms is not None],
+                "chosen": chosen, "baseline": base, "predictor": o.predictor, "latency_table": o.table,
+                "accuracy_drop_points": None if not chosen or base.get("test_accuracy") is None else
+                round(100 * (base["test_accuracy"] - chosen["test_accuracy"]), 2), "notes": o.notes}
+
+
+def _budget(value: float | str | None, baseline_ms: float | None) -> float | None:
+    """``--max-latency-ms``: milliseconds, or a share of the baseline's measured latency (``"50%"``).
+
+    Example:
+        >>> _budget("50%", 4.0), _budget(2.5, None), _budget(None, 3.0)
+        (2.0, 2.5, None)
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.endswith("%"):
+        if baseline_ms is None:
+            raise ConfigError(f"--max-latency-ms {text} is a share of the baseline's latency: give the model too")
+        return float(text[:-1]) / 100.0 * baseline_ms
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--max-latency-ms takes milliseconds (2.5) or a share of the baseline (50%), "
+                          f"got {value!r}") from None
+
+
+def _arrays(art: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    from slimforge.io.data import load_data
+    from slimforge.train.data import collect
+
+    ds = load_data(data, art) if isinstance(data, (str, Path)) else data
+    tensors, _, labels = collect(art, ds, limit=None)
+    if labels is None:
+        raise DataError(f"{getattr(ds, 'name', data)}: architecture search trains on labels; this data has none "
+                        "(sub-folders of images, or 'labels' in .npz/CSV)")
+    if len(tensors) != 1:
+        raise ConfigError("the mobilenet_v3 space takes models with one image input")
+    return tensors[0].numpy(), labels.numpy()
+
+
+def search_architecture(model: Any, data: Any, *, space: str = "mobilenet_v3",
+                        max_latency_ms: float | str | None = "50%", batch: int = 64,
+                        max_size_mb: float | None = None, max_params: int | None = None,
+                        min_accuracy: float | None = None, trials: int = 30, time_budget_s: float | None = None,
+                        epochs: int = 15, threads: int | None = 1, test_fraction: float = 0.2, seed: int = 0,
+                        output_dir: str | Path | None = None, force: bool = False,
+                        progress: ProgressFn | None = None) -> NasResult:
+    """Search ``space`` for the most accurate model that meets the budgets, each measured on the target (torch,
+    ``threads``) at ``batch``. ``model`` is the baseline (its latency sets ``"50%"`` budgets, its accuracy the drop
+    reported); ``data`` holds labelled inputs, of which ``test_fraction`` is held out from the whole search.
+
+    Example:
+        >>> # res = slimforge.search_architecture("cnn.pt2", "digits.npz", max_latency_ms="50%", trials=30)
+        >>> # res.to_dict()["chosen"]["arch"], res.paths["model"]
+    """
+    from slimforge.core.outputs import check_output_dir, prepare_output_dir, write_text
+    from slimforge.io.models import load
+
+    if space not in SPACES:
+        raise ConfigError(f"unknown search space {space!r}; choose from {', '.join(SPACES)} (the subnet space of a "
+                          "model's own layers is not built yet)")
+    if trials < 1 or batch < 1 or epochs < 1 or not 0 < test_fraction < 1:
+        raise ConfigError("trials, batch and epochs must be >= 1 and test_fraction in (0, 1)")
+    if output_dir is not None:
+        check_output_dir(output_dir, force=force)
+    art = model if hasattr(model, "handle") else load(model)
+    x, y = _arrays(art, data)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    n_test = max(int(len(x) * test_fraction), 1)
+    test, train = order[:n_test], order[n_test:]
+    baseline = art.handle if hasattr(art.handle, "parameters") else None
+    base_ms = None
+    if baseline is not None and isinstance(max_latency_ms, str) and max_latency_ms.strip().endswith("%"):
+        from slimforge.nas.search import measure_finalists
+        from slimforge.nas.latency import LatencyTable
+
+        info, _ = measure_finalists([], baseline, LatencyTable(classes=1, batch=batch, threads=threads),
+                                    Constraints(batch=batch), x.shape[1], (x.shape[2], x.shape[3]), threads)
+        base_ms = info.get("latency_ms")
+    constraints = Constraints(max_latency_ms=_budget(max_latency_ms, base_ms), max_size_mb=max_size_mb,
+                              max_params=max_params, min_accuracy=min_accuracy, batch=batch)
+    outcome = search_mobilenet(x[train], y[train], x[test], y[test], constraints=constraints, trials=trials,
+                               time_budget_s=time_budget_s, epochs=epochs, threads=threads, seed=seed,
+                               baseline=baseline, progress=progress)
+    res = NasResult(outcome, constraints, budget_basis_ms=base_ms)
+    if outcome.chosen is not None:
+        from slimforge.io.models import load as load_module
+
+        chosen = outcome.chosen
+        res.artifact = load_module(chosen.model.eval(), example_inputs={art.io.input_names[0]: x[:1]},  # type: ignore
+                                   name=f"{art.name}-nas")
+        res.artifact.meta["lineage"] = {"source": art.name, "search": "mobilenet_v3", "arch": chosen.arch.to_dict(),
+                                        "trial": chosen.number, "test_accuracy": chosen.test_accuracy}
+    if output_dir is not None:
+        out = prepare_output_dir(output_dir, force=force, fresh=False)
+        doc = res.to_dict()
+        res.paths["json"] = write_text(out / "nas.json", json.dumps(doc, indent=2, default=str))
+        res.paths["csv"] = write_text(out / "nas_trials.csv", _csv(doc["trials"]))
+        from slimforge.nas.plot import write_pareto
+
+        res.paths["plot"] = write_pareto(doc, out / "nas_pareto.png")
+        if res.artifact is not None:
+            from slimforge.io.save import save
+
+            res.paths["model"] = out / "nas-best.pt2"
+            res.artifact = save(res.artifact, res.paths["model"])
+    return res
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    cols = ["trial", "arch", "params", "size_mb", "predicted_ms", "measured_ms", "val_accuracy", "test_accuracy",
+            "violations"]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "violations": "; ".join(r["violations"])})
+    return buf.getvalue()
