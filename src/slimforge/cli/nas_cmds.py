@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from slimforge.cli.app import app
-from slimforge.cli.common import Arch, ArchKwargs, Force, InputShape, ModelArg, Weights, load_model
+from slimforge.cli.common import (Arch, ArchKwargs, Force, InputShape, ModelArg, Weights, load_model,
+                                  parse_duration)
 from slimforge.cli.progress import progress_bars
 from slimforge.cli.render import console, err_console
 
@@ -27,7 +28,7 @@ def nas(model: ModelArg = None,
         min_accuracy: Annotated[Optional[float], typer.Option(help="Validation accuracy floor (0-1).")] = None,
         trials: Annotated[int, typer.Option(help="Architectures trained (those predicted over a budget are not).")]
         = 30,
-        time_budget: Annotated[Optional[float], typer.Option(help="Seconds for the trials.")] = None,
+        time_budget: Annotated[Optional[str], typer.Option(help="Time for the trials: 600, 90s, 15m, 1h.")] = None,
         epochs: Annotated[int, typer.Option(help="Training epochs per trial (finalists get twice as many).")] = 15,
         threads: Annotated[int, typer.Option(help="Intra-op threads the latency is measured with.")] = 1,
         output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where the results and model go.")]
@@ -46,7 +47,8 @@ def nas(model: ModelArg = None,
     with progress_bars(err_console) as on_progress:
         res = search_architecture(art, data, space=space, max_latency_ms=max_latency_ms, batch=batch,
                                   max_size_mb=max_size_mb, max_params=max_params, min_accuracy=min_accuracy,
-                                  trials=trials, time_budget_s=time_budget, epochs=epochs, threads=threads,
+                                  trials=trials, time_budget_s=None if time_budget is None else parse_duration(time_budget),
+                                  epochs=epochs, threads=threads,
                                   output_dir=output_dir, force=force, progress=on_progress)
     doc = res.to_dict()
     say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
