@@ -257,3 +257,23 @@ def test_serve_refuses_a_model_it_cannot_load_in_one_line_before_listening(cwd):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "net.pt" in lines[0], res.stderr
     assert "serving" not in res.stderr
+    assert "--input-shape" in lines[0]  # the fix it names exists on serve: given, the file serves
+    env = {**os.environ, "PYTHONPATH": str(Path(slimforge.__file__).parents[1])}
+    server = subprocess.Popen([sys.executable, "-m", "slimforge", "serve", "net.pt", "--port", "8972",
+                               "--input-shape", "x:1x3x32x32"], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        import httpx
+
+        for _ in range(120):
+            try:
+                meta = httpx.get("http://127.0.0.1:8972/v2/models/net", timeout=2).json()
+                break
+            except (httpx.HTTPError, ValueError):
+                import time
+
+                time.sleep(0.5)
+        assert meta["inputs"][0]["name"] == "x" and meta["inputs"][0]["shape"][1] == 3, meta
+    finally:
+        server.terminate()
+        server.wait(30)

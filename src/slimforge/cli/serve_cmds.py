@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from slimforge.cli.app import app
-from slimforge.cli.common import Force, parse_duration
+from slimforge.cli.common import Force, InputShape, parse_duration
 from slimforge.cli.render import console, err_console
 from slimforge.errors import ConfigError
 
@@ -46,8 +46,8 @@ def serve(model: Annotated[list[str], typer.Argument(
           max_inflight_mb: Annotated[float, typer.Option(help="Decoded tensors queued for the model before 503.")]
           = 512.0,
           max_memory_mb: Annotated[Optional[float], typer.Option(
-              help="Resident memory above which new requests get 503 (default: 85% of the memory limit).")] = None
-          ) -> None:
+              help="Resident memory above which new requests get 503 (default: 85% of the memory limit).")] = None,
+          input_shape: InputShape = None) -> None:
     """Serve a model over REST (/api/predict), KServe v2 (/v2/...) and a web page (/), with dynamic batching."""
     from slimforge.serve import ServeConfig, serve as run_server
 
@@ -62,7 +62,8 @@ def serve(model: Annotated[list[str], typer.Argument(
                       max_body_mb=max_body_mb, max_image_pixels=max_image_pixels, token=token, max_rows=max_rows,
                       max_tokens=max_tokens, long_text=long_text, max_request_pixels=max_request_pixels,
                       preprocess_workers=preprocess_workers, preprocess_queue=preprocess_queue,
-                      max_inflight_mb=max_inflight_mb, max_memory_mb=max_memory_mb)
+                      max_inflight_mb=max_inflight_mb, max_memory_mb=max_memory_mb,
+                      input_shapes=list(input_shape or []))
     run_server(cfg, host=host, port=port, workers=workers, announce=lambda: err_console.print(
         f"serving {', '.join(model)} on http://{host}:{port}  (page: /, API: /api/predict, KServe v2: "
         "/v2/models/..., metrics: /metrics)"))

@@ -62,6 +62,7 @@ class ServeConfig:
     preprocess_queue: int = 64
     max_inflight_mb: float = 512.0
     max_memory_mb: float | None = None
+    input_shapes: list[str] = field(default_factory=list)  # NAME:1x3x224x224, for files that do not record shapes
 
     def limits(self) -> Limits:
         """The request caps and admission settings (the fields this config shares with ``Limits``)."""
@@ -321,7 +322,7 @@ def _load(cfg: ServeConfig) -> ModelSet:
     os.environ["SLIMFORGE_ORT_SPIN"] = "0"
     try:
         return load_model_set(cfg.paths, name=cfg.name, fallback=cfg.fallback, runtime=cfg.runtime,
-                              threads=cfg.threads)
+                              threads=cfg.threads, input_shapes=cfg.input_shapes or None)
     finally:
         if old is None:
             os.environ.pop("SLIMFORGE_ORT_SPIN", None)

@@ -243,12 +243,14 @@ def resolve_artifact_path(path: Path) -> Path:
 
 
 def open_model(path: str | Path, *, name: str | None, version: str, runtime: str | None,
-               threads: int | None) -> ServedModel:
+               threads: int | None, input_shapes: list[str] | None = None) -> ServedModel:
     from slimforge.io.models import load
+    from slimforge.io.synth import parse_shape_sets
     from slimforge.runtimes import default_runtime, open_session
 
     p = resolve_artifact_path(Path(path))
-    art = load(p)
+    sets = parse_shape_sets(input_shapes)
+    art = load(p, input_shapes=sets[0] if sets else None)
     rt = runtime or art.meta.get("runtime") or default_runtime(art)
     if art.format is Format.OPENVINO:
         rt = "openvino"
@@ -290,7 +292,8 @@ class ModelSet:
 
 
 def load_model_set(paths: list[str], *, name: str | None = None, fallback: str | None = None,
-                   runtime: str | None = None, threads: int | None = None) -> ModelSet:
+                   runtime: str | None = None, threads: int | None = None,
+                   input_shapes: list[str] | None = None) -> ModelSet:
     """``paths`` are the versions, in order (``PATH`` or ``VERSION=PATH``); a version that fails to load is recorded
     and, with a fallback, the server starts degraded instead of not at all."""
     ms = ModelSet(name or "model")
@@ -298,7 +301,8 @@ def load_model_set(paths: list[str], *, name: str | None = None, fallback: str |
         version, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         version = version or str(i)
         try:
-            m = open_model(path, name=name, version=version, runtime=runtime, threads=threads)
+            m = open_model(path, name=name, version=version, runtime=runtime, threads=threads,
+                           input_shapes=input_shapes)
         except (SlimforgeError, OSError) as exc:
             if fallback is None:
                 raise
