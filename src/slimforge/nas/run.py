@@ -52,7 +52,8 @@ def _budget(value: float | str | None, baseline_ms: float | None) -> float | Non
     text = str(value).strip()
     if text.endswith("%"):
         if baseline_ms is None:
-            raise ConfigError(f"--max-latency-ms {text} is a share of the baseline's latency: give the model too")
+            raise ConfigError(f"--max-latency-ms {text} is a share of the baseline's latency, which needs a PyTorch "
+                              "model to time; give the budget in milliseconds instead (e.g. 2.5)")
         return float(text[:-1]) / 100.0 * baseline_ms
     try:
         return float(text)
