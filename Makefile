@@ -35,7 +35,7 @@ browser:
 # the layers (import-linter contracts in pyproject.toml) first: a broken layer fails the build in seconds
 test: $(STAMP) browser
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
