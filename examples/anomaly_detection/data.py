@@ -23,8 +23,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 DEFECTS = ("scratch", "spot", "crack", "contamination")
-import os
-INVERT = float(os.environ.get("INVERT", "0.3"))
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
@@ -103,16 +101,17 @@ def random_crop(photos: list[np.ndarray], blocks: list[Region], size: int, rng: 
                 jitter: bool = False) -> tuple[np.ndarray, Region]:
     """A ``size`` x ``size`` crop lying wholly inside one of ``blocks``, as float32 HWC in [0, 1].
 
-    With ``jitter`` (training only) its brightness and saturation are scaled by up to +-20%. (Crops are never
-    resized: resampling softens a photo, and a model trained on softened normals learns that sharp detail means
-    "defect", since drawn defects are sharp.)"""
+    With ``jitter`` (training only) the crop gets new colours for the same structures (channel order, inversion
+    in 30% of crops, gamma, saturation, brightness): normal content that the two photos do not hold, so that the
+    model learns what a defect looks like rather than which textures it has seen. (Crops are never resized: resampling softens a photo, and a model trained on softened normals learns that sharp
+    detail means "defect", since drawn defects are sharp.)"""
     b = blocks[int(rng.integers(len(blocks)))]
     top = b.top + int(rng.integers(b.height - size + 1))
     left = b.left + int(rng.integers(b.width - size + 1))
     crop = photos[b.photo][top:top + size, left:left + size].astype(np.float32) / 255.0
     if jitter:
-        crop = crop[..., rng.permutation(3)]  # new colours for the same structures
-        if rng.random() < INVERT:
+        crop = crop[..., rng.permutation(3)]
+        if rng.random() < 0.3:
             crop = 1.0 - crop
         crop = crop ** rng.uniform(0.7, 1.4)  # gamma
         grey = crop.mean(axis=2, keepdims=True)
@@ -134,11 +133,13 @@ def _mask(size: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
 RUST = np.array([0.78, 0.32, 0.08], np.float32)  # spots and cracks on surfaces too dark for a dark mark
 
 
-def _contrasting(img: np.ndarray, mask: Image.Image, colour: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``colour``, or ``other`` when the pixels under ``mask`` are already about as bright as ``colour``."""
-    w = np.asarray(mask, dtype=np.float32) / 255.0
-    under = float((img.mean(axis=2) * w).sum() / max(float(w.sum()), 1e-6))
-    return colour if abs(under - float(colour.mean())) >= 0.35 else other
+def _contrasting(img: np.ndarray, mask: Image.Image, *candidates: np.ndarray) -> np.ndarray:
+    """The first of ``candidates`` that stands out from the mean colour under ``mask`` (RGB distance >= 0.5), else
+    the one that stands out most."""
+    w = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
+    under = (img * w).sum(axis=(0, 1)) / max(float(w.sum()), 1e-6)
+    dist = [float(np.linalg.norm(c - under)) for c in candidates]
+    return next((c for c, d in zip(candidates, dist) if d >= 0.5), candidates[int(np.argmax(dist))])
 
 
 def _grey(value: float) -> np.ndarray:
@@ -155,7 +156,7 @@ def _draw_once(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np
         dx, dy = np.cos(ang) * length / 2, np.sin(ang) * length / 2
         d.line([(x0 - dx, y0 - dy), (x0 + dx, y0 + dy)], fill=255, width=max(1, round(2 * k)))
         bright = rng.random() < 0.6
-        colour = _contrasting(img, m, _grey(0.95 if bright else 0.05), _grey(0.05 if bright else 0.95))
+        colour = _contrasting(img, m, *((_grey(0.95), _grey(0.05)) if bright else (_grey(0.05), _grey(0.95))))
         return _blend(img, m, colour, rng.uniform(0.75, 0.95))
     if kind == "spot":  # a soft round blob: dark, or rust-coloured on a dark surface
         cx, cy = rng.uniform(0.2 * s, 0.8 * s, size=2)
@@ -174,7 +175,7 @@ def _draw_once(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np
             pts.append((float(np.clip(x + np.cos(heading) * step, 0, s - 1)),
                         float(np.clip(y + np.sin(heading) * step, 0, s - 1))))
         d.line(pts, fill=255, width=max(1, round(2 * k)), joint="curve")
-        return _blend(img, m, _contrasting(img, m, _grey(0.03), RUST * 0.8), rng.uniform(0.8, 0.95))
+        return _blend(img, m, _contrasting(img, m, _grey(0.03), RUST), rng.uniform(0.8, 0.95))
     if kind == "contamination":  # a semi-transparent, saturated colour smudge
         cx, cy = rng.uniform(0.25 * s, 0.75 * s, size=2)
         rx, ry = rng.uniform(8, 15, size=2) * k
@@ -187,44 +188,56 @@ def _draw_once(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np
     raise ValueError(f"unknown defect {kind!r}; defects are {', '.join(DEFECTS)}")
 
 
-def draw_defect(img: np.ndarray, kind: str, rng: np.random.Generator, *, min_visibility: float = 0.25) -> np.ndarray:
-    """``img`` (float32 HWC in [0, 1]) with one drawn defect of ``kind``; the input is left unchanged.
+def draw_defect(img: np.ndarray, kind: str, rng: np.random.Generator, *, min_visibility: float = 0.4,
+                tries: int = 20) -> np.ndarray | None:
+    """``img`` (float32 HWC in [0, 1]) with one drawn defect of ``kind``, or None when no visible one could be
+    drawn there; the input is left unchanged.
 
-    A defect must be visible: the mean change of the pixels it covers (weighted by its opacity, relative to its
-    peak opacity) is at least ``min_visibility``; a draw that blends into the background is drawn again (20 tries).
+    A defect must be visible: over the pixels it covers (weighted by its opacity), the change of colour (RGB
+    distance) averages at least ``min_visibility`` times its peak opacity. A draw that blends into its background is
+    drawn again, up to ``tries`` times; a crop where none shows (a dark crack on a dark surface, an orange smudge on
+    an orange petal) gets no defect, so that no anomaly label sits on an image that looks normal.
     """
-    for _ in range(20):
+    for _ in range(tries):
         out, alpha = _draw_once(img, kind, rng)
         out = np.clip(out, 0.0, 1.0)
-        change = float((np.abs(out - img).mean(axis=2) * alpha).sum() / max(float(alpha.sum()), 1e-6))
+        change = float((np.linalg.norm(out - img, axis=2) * alpha).sum() / max(float(alpha.sum()), 1e-6))
         if change >= min_visibility * float(alpha.max()):
-            break
-    return out.astype(np.float32)
+            return out.astype(np.float32)
+    return None
 
 
 def _make_split(photos: list[np.ndarray], blocks: list[Region], n: int, size: int, rng: np.random.Generator, *,
-                train: bool) -> tuple[np.ndarray, np.ndarray, list[Region], list[str]]:
-    """``n`` crops, exactly half with a defect (the four kinds in turn). For training, crops are jittered and come in
-    pairs (a crop, then the same crop with a defect), so that content alone never tells the label; held-out crops
-    are plain and independent."""
-    xs = np.empty((n, 3, size, size), np.float32)
+                train: bool, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[Region], list[str]]:
+    """``n`` crops, every other one with a defect (the four kinds in turn; the training loop shuffles). For
+    training, crops are jittered and come in pairs (a crop, then the same crop with a defect), so that content alone
+    never tells the label; held-out crops are plain and independent. A crop that cannot show the defect visibly is
+    replaced by another. ``out``: an array to fill (fresh memory costs more than drawing, for big sets)."""
+    xs = out if out is not None else np.empty((n, 3, size, size), np.float32)
     ys = np.zeros(n, np.int64)
-    regions, kinds = [], []
+    regions: list[Region] = []
+    kinds: list[str] = []
     crop = region = None
     for i in range(n):
-        if not (train and i % 2 == 1):
+        if i % 2 == 0:
             crop, region = random_crop(photos, blocks, size, rng, jitter=train)
-        kind = "good"
-        img = crop
-        if i % 2 == 1:
+            xs[i], kind = crop.transpose(2, 0, 1), "good"
+        else:
             kind = DEFECTS[(i // 2) % len(DEFECTS)]
-            img = draw_defect(crop, kind, rng)
-            ys[i] = 1
-        xs[i] = img.transpose(2, 0, 1)
+            for attempt in range(100):
+                if attempt or not train:  # training pairs start from the normal crop just taken
+                    crop, region = random_crop(photos, blocks, size, rng, jitter=train)
+                img = draw_defect(crop, kind, rng)
+                if img is not None:
+                    break
+            else:
+                raise ValueError(f"no crop of these blocks shows a visible {kind}")
+            if train and attempt:  # the pair's normal member becomes the crop that took the defect
+                xs[i - 1], regions[i - 1] = crop.transpose(2, 0, 1), region
+            xs[i], ys[i] = img.transpose(2, 0, 1), 1
         regions.append(region)
         kinds.append(kind)
-    order = rng.permutation(n)
-    return xs[order], ys[order], [regions[j] for j in order], [kinds[j] for j in order]
+    return xs, ys, regions, kinds
 
 
 def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 256, size: int = 64, seed: int = 0,
@@ -239,9 +252,14 @@ def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 25
     if min(min(b.height, b.width) for b in train_blocks + test_blocks) < size:
         raise ValueError(f"crops of {size} px do not fit in blocks of a {rows}x{cols} grid; use fewer blocks")
 
+    buffer: list[np.ndarray] = []
+
     def resample(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh training crops for ``epoch``, in one array reused from call to call (copy to keep one)."""
         rng = np.random.default_rng(train_seed.spawn(epoch + 1)[epoch])  # a fixed stream per epoch
-        x, y, _, _ = _make_split(photos, train_blocks, n_train, size, rng, train=True)
+        if not buffer:
+            buffer.append(np.empty((n_train, 3, size, size), np.float32))
+        x, y, _, _ = _make_split(photos, train_blocks, n_train, size, rng, train=True, out=buffer[0])
         return x, y
 
     # one generator per split: the held-out set does not change with the size of the training set

@@ -1,8 +1,9 @@
 """A small vision transformer (plain torch) for normal vs anomaly, and its training loop.
 
-Patches of 8x8 pixels become tokens (one strided convolution), a class token and learned position embeddings are
-added, and pre-norm encoder blocks (multi-head self-attention through ``scaled_dot_product_attention``, then an MLP)
-mix them; the class token's final state is classified. Input normalisation is part of the model (per-channel mean and
+Patches of 8x8 pixels become tokens (a convolutional stem of stride 8, see ``conv_stem``), a class token and learned
+position embeddings are added, and pre-norm encoder blocks (multi-head self-attention through
+``scaled_dot_product_attention``, then an MLP) mix them; the class token's final state, beside the element-wise
+maximum over the patch tokens (a defect is local: one patch may carry it), is classified. Input normalisation is part of the model (per-channel mean and
 std of the training set, kept as buffers), so every exported or quantized form takes the raw [0, 1] pixels.
 
 Example:
@@ -60,7 +61,7 @@ class TinyViT(nn.Module):
     """ViT for ``image_size`` RGB crops in [0, 1]; logits for (normal, anomaly)."""
 
     def __init__(self, *, image_size: int = 64, patch: int = 8, dim: int = 128, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 2.0, dropout: float = 0.0, classes: int = 2, stem: str = "conv", pool: str = "cls") -> None:
+                 mlp_ratio: float = 2.0, dropout: float = 0.0, classes: int = 2, stem: str = "conv", pool: str = "cls+max") -> None:
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")
@@ -112,9 +113,9 @@ def _init(m: nn.Module) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     seed: int = 0

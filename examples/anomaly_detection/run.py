@@ -45,7 +45,7 @@ class Settings:
         if quick:
             return Settings(train_crops=1600, test_crops=400, epochs=3, auto_budget_s=25, loadtest_s=3,
                             concurrency=4)
-        return Settings(train_crops=12000, test_crops=800, epochs=6, auto_budget_s=75, loadtest_s=15,
+        return Settings(train_crops=10000, test_crops=800, epochs=9, auto_budget_s=60, loadtest_s=15,
                         concurrency=8)
 
 
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mvtec", type=Path, help="an MVTec-AD category folder (train/good, test/<defect>, test/good)")
     p.add_argument("--quick", action="store_true", help="the reduced run (fewer crops and epochs, short budgets)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, help="training epochs (default: 6, quick 3)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: 9, quick 3)")
     p.add_argument("--size", type=int, default=64, help="crop size in pixels (a multiple of 8)")
     p.add_argument("--no-progress-bar", action="store_true", help="one line per epoch instead of a tqdm bar")
     return p.parse_args(argv)
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
     info = {"data": ds.summary(), "device": device, "train_s": train_s, "seed": args.seed, "threads": threads,
             "mode": "quick" if args.quick else "full", "n_test": len(ds.y_test), "notes": notes,
             "model": f"ViT, {args.size}x{args.size} crops, 8x8 patches (convolutional stem), dim 128, depth 4, "
-                     f"4 heads, {n_params / 1e6:.2f} M parameters, {epochs} epochs"}
+                     f"4 heads, class token + max-pooled patch tokens, {n_params / 1e6:.2f} M parameters, "
+                     f"{epochs} epochs of {len(ds.y_train)} crops"}
     lab_report.write_markdown(out / "report.md", rows=rows, devices=devices, load=load,
                               served=f"models/{served.file.name}" if served.file.parent.name == "models"
                               else str(served.file.relative_to(out)), info=info)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -138,15 +139,29 @@ def test_refuses_a_folder_it_did_not_make(lab, tmp_path):
     with pytest.raises(SystemExit, match="will not replace"):
         run.claim_output(clash, force=True)
     assert (clash / "report.md").read_text() == "the user's report"
+    # a folder the lab made: the previous run's outputs go, anything else stays
+    mine = tmp_path / "lab"
+    run.claim_output(mine, force=False)
+    (mine / "report.md").write_text("previous run")
+    (mine / "models").mkdir()
+    (mine / "models" / "old.onnx").write_bytes(b"x")
+    (mine / "my-notes.txt").write_text("mine")
+    run.claim_output(mine, force=False)
+    assert not (mine / "report.md").exists() and not (mine / "models").exists()
+    assert (mine / "my-notes.txt").read_text() == "mine"
+    with pytest.raises(SystemExit, match="not a folder"):
+        run.claim_output(mine / "my-notes.txt", force=False)
 
 
 @pytest.fixture(scope="module")
 def quick_run(lab, tmp_path_factory):
+    """The reduced run (about 90 s on 2 cores: out of the default suite, `make test-slow` runs it)."""
     out = tmp_path_factory.mktemp("anomaly-lab") / "out"
     summary = lab["run"].main(["--quick", "--out", str(out), "--no-progress-bar"])
     return out, summary
 
 
+@pytest.mark.slow
 def test_quick_run_numbers(lab, quick_run):
     out, summary = quick_run
     rows = list(csv.DictReader(open(out / "optimization_report.csv")))
@@ -177,6 +192,7 @@ def test_quick_run_numbers(lab, quick_run):
     assert load["latency_ms"]["p99"] >= load["latency_ms"]["p95"] > 0
 
 
+@pytest.mark.slow
 def test_quick_run_files(quick_run):
     out, summary = quick_run
     for name in ("benchmark_cpu_gpu.png", "optimization_complete.png"):
@@ -185,6 +201,19 @@ def test_quick_run_files(quick_run):
     md = (out / "report.md").read_text()
     for goal in ("latency -80%", "cost -70%", "< 30 MB", "> 95%", ">= 95%"):
         assert goal in md, goal
+    # every verdict in the goals table follows from the figures in the CSV
+    verdicts = dict(re.findall(r"^\| (.+?) \| (met|\*\*missed\*\*) \|", md, re.M))
+    rows = {r["variant"]: r for r in csv.DictReader(open(out / "optimization_report.csv"))}
+    fp32, int8 = rows["PyTorch FP32 (eager)"], rows["PyTorch dynamic INT8"]
+    best_latency = max(float(r["latency_reduction_pct"]) for r in rows.values())
+    best_cost = max(float(r["cost_reduction_pct"]) for r in rows.values())
+    expected = {"latency -80% (p50, batch 1)": best_latency >= 80,
+                "cost -70% (CPU, batch 32)": best_cost >= 70,
+                "INT8 model file < 30 MB": float(int8["size_mb"]) < 30,
+                "INT8 precision (anomaly class, held-out) > 95%": float(int8["precision_pct"]) > 95,
+                "held-out accuracy >= 95% (PyTorch FP32)": float(fp32["accuracy_pct"]) >= 95}
+    assert {k: v == "met" for k, v in verdicts.items()} == expected
+    assert f"Goals met: {sum(expected.values())} of 5." in md
     assert "Recommendation" in md and "Deploy **" in md
     assert f"{summary['rows'][0]['accuracy_pct']:.2f}%" in md  # the report states the measured figure
     cost = (out / "benchmark_cpu_gpu.csv").read_text()
