@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from slimforge.serve.local import free_port
 
 PRICES = {"cpu": 0.20, "cuda": 3.50}  # $ per hour
 INPUT = "image"
@@ -152,12 +153,6 @@ def device_benchmark(art: Any, *, heldout_npz: Path, out_dir: Path, work_dir: Pa
     return [r.to_dict() for r in rows]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _cli() -> list[str]:
     exe = Path(sys.executable).with_name("slimforge")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "slimforge"]
@@ -167,7 +162,7 @@ def load_test(model_file: Path, *, payload: Path, out_dir: Path, log_file: Path,
               duration_s: float, ready_timeout_s: float = 90.0) -> dict[str, Any]:
     """``slimforge serve`` in a subprocess, ``slimforge loadtest`` against it once ready; the server is always
     stopped. Returns the load test's JSON summary."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     with open(log_file, "wb") as server_log:
         server = subprocess.Popen([*_cli(), "serve", str(model_file), "--port", str(port), "--max-batch", "16",

@@ -44,11 +44,11 @@ def nas(model: ModelArg = None,
         raise ConfigError("nas trains each candidate: give labelled data with --data (.npz with labels, an image "
                           "folder, CSV)")
     art = load_model(model, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs)
+    budget_s = None if time_budget is None else parse_duration(time_budget)
     with progress_bars(err_console) as on_progress:
         res = search_architecture(art, data, space=space, max_latency_ms=max_latency_ms, batch=batch,
                                   max_size_mb=max_size_mb, max_params=max_params, min_accuracy=min_accuracy,
-                                  trials=trials, time_budget_s=None if time_budget is None else parse_duration(time_budget),
-                                  epochs=epochs, threads=threads,
+                                  trials=trials, time_budget_s=budget_s, epochs=epochs, threads=threads,
                                   output_dir=output_dir, force=force, progress=on_progress)
     doc = res.to_dict()
     say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731

@@ -80,7 +80,7 @@ class EngineModule(nn.Module):
         self.runner, self.tf32, self.graphs = runner, tf32, graphs
         self.device = torch.device("cuda")
         self._captured: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> EngineModule:
         return self  # compiled code and captured graphs, never edited: sessions share them (and the lock)
@@ -88,8 +88,7 @@ class EngineModule(nn.Module):
     def _run(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
         from slimforge.torch_utils import outputs_to_list
 
-        with self._lock:  # a runner loaded single-threaded (for capture) takes one call at a time
-            return outputs_to_list(self.runner(*args))
+        return outputs_to_list(self.runner(*args))
 
     def _replay(self, args: list[torch.Tensor]) -> list[torch.Tensor]:
         key = tuple((tuple(a.shape), a.dtype) for a in args)
@@ -121,7 +120,8 @@ class EngineModule(nn.Module):
 
     def forward(self, *xs: torch.Tensor):
         args = [x.to(self.device, non_blocking=True) for x in xs]
-        with fp32_precision(self.tf32), self._lock:  # one captured graph's static buffers: one call at a time
+        # one call at a time: a captured graph's static buffers, and a runner loaded single-threaded for capture
+        with fp32_precision(self.tf32), self._lock:
             out = self._replay(args) if self.graphs else self._run(args)
         return out[0] if len(out) == 1 else tuple(out)
 

@@ -111,10 +111,9 @@ def search_architecture(model: Any, data: Any, *, space: str = "mobilenet_v3",
     base_ms = None
     if baseline is not None and isinstance(max_latency_ms, str) and max_latency_ms.strip().endswith("%"):
         from slimforge.nas.search import measure_finalists
-        from slimforge.nas.latency import LatencyTable
 
-        info, _ = measure_finalists([], baseline, LatencyTable(classes=1, batch=batch, threads=threads),
-                                    Constraints(batch=batch), x.shape[1], (x.shape[2], x.shape[3]), threads)
+        info, _ = measure_finalists([], baseline, "torch", Constraints(batch=batch), x.shape[1],
+                                    (x.shape[2], x.shape[3]), threads)
         base_ms = info.get("latency_ms")
     constraints = Constraints(max_latency_ms=_budget(max_latency_ms, base_ms), max_size_mb=max_size_mb,
                               max_params=max_params, min_accuracy=min_accuracy, batch=batch)

@@ -183,13 +183,14 @@ def search_mobilenet(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
         torch.manual_seed(seed)
         r.model = build_model(r.arch, in_ch, hw, classes)
         train(r.model, loss, full, dataclasses.replace(cfg, epochs=2 * epochs), task="nas: final training")
-    base_info, notes = measure_finalists(finalists, baseline, table, constraints, in_ch, hw, threads)
+    base_info, notes = measure_finalists(finalists, baseline, table.runtime, constraints, in_ch, hw, threads)
     xs, ys = torch.from_numpy(x_test).float(), torch.from_numpy(y_test).long()
     for r in finalists:
         r.test_accuracy = _accuracy(r.model, xs, ys)  # type: ignore[arg-type]
     if baseline is not None:
         base_info["test_accuracy"] = _accuracy(baseline, xs, ys)
-    ok = [r for r in finalists if constraints.max_latency_ms is None or (r.measured_ms or 0) <= constraints.max_latency_ms]
+    budget = constraints.max_latency_ms
+    ok = [r for r in finalists if budget is None or (r.measured_ms or 0) <= budget]
     if finalists and not ok:
         notes.append("every finalist was predicted within the latency budget but measured over it")
     chosen = max(ok, key=lambda r: (r.accuracy or 0.0, -(r.measured_ms or 0.0))) if ok else None
@@ -208,7 +209,7 @@ def pareto(rows: list[TrialResult]) -> list[TrialResult]:
         key=lambda r: r.predicted_ms)
 
 
-def measure_finalists(finalists: list[TrialResult], baseline: nn.Module | None, table: LatencyTable,
+def measure_finalists(finalists: list[TrialResult], baseline: nn.Module | None, runtime: str,
                       c: Constraints, in_ch: int, hw: tuple[int, int], threads: int | None
                       ) -> tuple[dict[str, Any], list[str]]:
     """The finalists and the baseline timed whole, interleaved, at the constraint's batch size."""
@@ -223,7 +224,7 @@ def measure_finalists(finalists: list[TrialResult], baseline: nn.Module | None, 
         models["baseline"] = baseline.eval()
     if not models:
         return {}, ["no trial met the constraints: nothing to time"]
-    sessions = {k: open_session(load(m, example_inputs={"x": x}), table.runtime, threads=threads)
+    sessions = {k: open_session(load(m, example_inputs={"x": x}), runtime, threads=threads)
                 for k, m in models.items()}
     try:
         comp = compare(sessions, {c.batch: {"x": x.numpy()}}, BenchSpec(rounds=5, max_rounds=8, rel_ci=0.05),

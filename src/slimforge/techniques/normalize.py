@@ -1,6 +1,7 @@
 """ONNX normalisation as a technique: the passes of ``slimforge.convert.normalize``, each kept only when it verifies
 and does not slow the model down on the runtimes the model will run on, measured side by side (interleaved, the one
-timing loop). A pass that is slower on any of them is dropped, and the graph before it goes on."""
+timing loop). A pass that is slower on any of them, in two comparisons in a row, is dropped, and the graph before it
+goes on."""
 
 from __future__ import annotations
 
@@ -35,11 +36,14 @@ def speed_gate(runtimes: tuple[str, ...], threads: int | None):
                 log.info("speed gate: %s cannot open the pass's input or output: %s", rt, exc)
                 continue
             try:
-                comp = compare(sessions, {1: dict(before.examples)}, GATE_SPEC)
+                ratio = compare(sessions, {1: dict(before.examples)}, GATE_SPEC).ratio("after", 1, "before")
+                if ratio.verdict == SLOWER:  # a slowdown must replicate: one run's order or cache bias drops no pass
+                    again = compare(sessions, {1: dict(before.examples)}, GATE_SPEC).ratio("after", 1, "before")
+                    metrics[f"{rt}_speedup_first"] = ratio.value
+                    ratio = again if again.verdict != SLOWER else max(ratio, again, key=lambda r: r.hi)
             finally:
                 for s in sessions.values():
                     s.close()
-            ratio = comp.ratio("after", 1, "before")
             metrics[f"{rt}_speedup"] = ratio.value
             metrics[f"{rt}_speedup_lo"], metrics[f"{rt}_speedup_hi"] = ratio.lo, ratio.hi
             if ratio.verdict == SLOWER:
