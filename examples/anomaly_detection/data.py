@@ -56,8 +56,9 @@ class AnomalyDataset:
     test_kinds: list[str] = field(default_factory=list)  # "good" or the defect's name, per held-out example
     train_blocks: list[Region] = field(default_factory=list)  # synthetic: the blocks each split is cut from
     test_blocks: list[Region] = field(default_factory=list)
+    val_blocks: list[Region] = field(default_factory=list)
     resample: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None  # fresh training crops for epoch e >= 1
-    x_val: np.ndarray | None = None  # plain examples from the training distribution (calibration, the optimizer)
+    x_val: np.ndarray | None = None  # plain examples the model does not train on (threshold, the optimizer)
     y_val: np.ndarray | None = None
 
     def summary(self) -> str:
@@ -240,17 +241,22 @@ def _make_split(photos: list[np.ndarray], blocks: list[Region], n: int, size: in
     return xs, ys, regions, kinds
 
 
-def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 256, size: int = 64, seed: int = 0,
+def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 400, size: int = 64, seed: int = 0,
                       rows: int = 6, cols: int = 8, test_share: float = 0.25) -> AnomalyDataset:
     """Crops of the scikit-learn photos with drawn defects; the held-out split comes from its own blocks.
     ``resample(epoch)`` cuts a fresh training set (new crops, new defects) from the training blocks for that epoch;
-    the validation examples are plain crops of the training blocks (for calibration, not a held-out figure)."""
+    the validation examples are plain crops of validation blocks, which neither split touches (they choose the
+    decision threshold and calibrate the optimizer; they are not the held-out figure)."""
     split_seed, train_seed, test_seed, val_seed = np.random.SeedSequence(seed).spawn(4)
     photos = sample_photos()
     train_blocks, test_blocks = split_blocks([p.shape[:2] for p in photos], rows=rows, cols=cols,
                                              test_share=test_share, rng=np.random.default_rng(split_seed))
     if min(min(b.height, b.width) for b in train_blocks + test_blocks) < size:
         raise ValueError(f"crops of {size} px do not fit in blocks of a {rows}x{cols} grid; use fewer blocks")
+    # validation blocks: one in six of the others (spread over rows and photos), touched by no training crop either;
+    # the decision threshold is chosen on them, the optimizer judges on them: textures the model has not seen
+    cal_blocks = train_blocks[3::6]
+    train_blocks = [b for i, b in enumerate(train_blocks) if i % 6 != 3]
 
     buffer: list[np.ndarray] = []
 
@@ -267,10 +273,10 @@ def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 25
                                       train=True)
     x_te, y_te, r_te, k_te = _make_split(photos, test_blocks, n_test, size, np.random.default_rng(test_seed),
                                          train=False)
-    x_va, y_va, _, _ = _make_split(photos, train_blocks, n_val, size, np.random.default_rng(val_seed), train=False)
+    x_va, y_va, _, _ = _make_split(photos, cal_blocks, n_val, size, np.random.default_rng(val_seed), train=False)
     return AnomalyDataset(x_tr, y_tr, x_te, y_te, source="synthetic (scikit-learn sample photos, drawn defects)",
                           train_regions=r_tr, test_regions=r_te, test_kinds=k_te, train_blocks=train_blocks,
-                          test_blocks=test_blocks, resample=resample, x_val=x_va, y_val=y_va)
+                          test_blocks=test_blocks, val_blocks=cal_blocks, resample=resample, x_val=x_va, y_val=y_va)
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:
@@ -318,6 +324,7 @@ def mvtec_dataset(root: str | Path, *, size: int = 64, seed: int = 0, train_shar
 
     x_tr, y_tr = stack(train_files)
     x_te, y_te = stack(test_files)
-    val = rng.permutation(len(y_tr))[:256]  # training images, for calibration: not a held-out figure
-    return AnomalyDataset(x_tr, y_tr, x_te, y_te, source=f"MVTec-AD category {root.name}",
+    order = rng.permutation(len(y_tr))  # validation images (threshold, optimizer) are kept out of training
+    val, fit = order[:min(256, len(order) // 5)], order[min(256, len(order) // 5):]
+    return AnomalyDataset(x_tr[fit], y_tr[fit], x_te, y_te, source=f"MVTec-AD category {root.name}",
                           test_kinds=[k for _, _, k in test_files], x_val=x_tr[val], y_val=y_tr[val])

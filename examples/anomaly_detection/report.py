@@ -164,7 +164,10 @@ def write_markdown(path: Path, *, rows: list[Row], devices: list[dict[str, Any]]
     lines = [
         "# Anomaly detection lab: optimization report", "",
         f"Data: {info['data']}. Model: {info['model']}. Trained on {info['device']} in {info['train_s']:.0f} s. "
-        f"Lab run: {info['mode']} mode, seed {info['seed']}.", "",
+        f"Decision threshold on the anomaly probability: {info['threshold']['threshold']:.2f}, chosen on validation "
+        f"crops the model did not train on ({info['threshold']['val_accuracy_at_0.5']:.2f}% at 0.5, "
+        f"{info['threshold']['val_accuracy']:.2f}% at the threshold) and built into the model's last layer, so "
+        f"every variant applies it. Lab run: {info['mode']} mode, seed {info['seed']}.", "",
         "## The seed's goals", "", "| goal | verdict | figure |", "|---|---|---|",
         *[f"| {name} | {_mark(ok)} | {fig} |" for name, ok, fig in goals], "",
         f"Goals met: {sum(ok for _, ok, _ in goals)} of {len(goals)}.", "",

@@ -50,6 +50,9 @@ def test_synthetic_split_is_disjoint(lab):
     assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
     # the blocks do not overlap, and every crop lies inside a block of its own split
     assert not any(a.overlaps(b) for a in ds.train_blocks for b in ds.test_blocks)
+    # the validation crops (threshold, optimizer) come from blocks of their own, touched by neither split
+    assert ds.val_blocks and not any(a.overlaps(b) for a in ds.val_blocks for b in ds.train_blocks + ds.test_blocks)
+    assert len(ds.x_val) == 20 and ds.y_val.mean() == 0.5
 
     def inside(r, blocks):
         return any(b.photo == r.photo and b.top <= r.top and r.top + r.height <= b.top + b.height
@@ -111,15 +114,14 @@ def test_mvtec_reader_reads_the_layout(lab, tmp_path):
     (root / "ground_truth" / "broken_large").mkdir(parents=True)  # masks are not read
     (root / "license.txt").write_text("not an image")
     ds = data.mvtec_dataset(root, size=32, seed=0)
-    # train: all of train/good, half of each test folder; held out: the other half
-    assert len(ds.y_train) == 4 + 2 + 2 + 2 and len(ds.y_test) == 2 + 2 + 2
+    # train: all of train/good, half of each test folder, less a validation fifth kept out; held out: the other half
+    assert len(ds.y_train) + len(ds.y_val) == 4 + 2 + 2 + 2 and len(ds.y_val) == 2 and len(ds.y_test) == 2 + 2 + 2
     assert ds.x_train.shape[1:] == (3, 32, 32) and ds.x_train.dtype == np.float32
     assert int(ds.y_test.sum()) == 4 and sorted(set(ds.test_kinds)) == ["broken_large", "contamination", "good"]
     assert 0.0 <= ds.x_test.min() and ds.x_test.max() <= 1.0
     # the green contamination images are read as green, in RGB order, scaled to [0, 1]
     green = [i for i, k in enumerate(ds.test_kinds) if k == "contamination"]
     assert np.allclose(ds.x_test[green[0], :, 5, 5], np.array([90, 200, 40]) / 255.0, atol=1e-6)
-    assert ds.x_val is not None and len(ds.x_val) == len(ds.y_train)
     with pytest.raises(FileNotFoundError, match="not an MVTec-AD category"):
         data.mvtec_dataset(tmp_path / "nothing")
 

@@ -16,16 +16,22 @@ from slimforge.cli.render import console, err_console
 
 @app.command()
 def nas(model: ModelArg = None,
-        data: Annotated[Optional[Path], typer.Option(help="Labelled data: .npz with labels, an image folder, CSV.")]
-        = None,
-        space: Annotated[str, typer.Option(help="mobilenet_v3: an elastic MobileNetV3-style family trained on the "
-                                                "data.")] = "mobilenet_v3",
+        data: Annotated[Optional[Path], typer.Option(help="The model's inputs: a text file, .npz, an image folder, "
+                                                          "CSV (labelled for mobilenet_v3).")] = None,
+        space: Annotated[str, typer.Option(help="subnet: sub-networks of your transformer encoder (layers, heads and "
+                                                "FFN neurons kept), scored by cosine without training; mobilenet_v3: "
+                                                "an elastic MobileNetV3-style family trained on labelled data; auto: "
+                                                "subnet for encoders.")] = "auto",
         max_latency_ms: Annotated[str, typer.Option(help="Latency budget at --batch: milliseconds, or a share of "
                                                          "the model's measured latency (50%).")] = "50%",
         batch: Annotated[int, typer.Option(help="Batch size the latency budget applies to.")] = 64,
         max_size_mb: Annotated[Optional[float], typer.Option(help="Model size budget (FP32 weights).")] = None,
         max_params: Annotated[Optional[int], typer.Option(help="Parameter budget.")] = None,
         min_accuracy: Annotated[Optional[float], typer.Option(help="Validation accuracy floor (0-1).")] = None,
+        min_cosine: Annotated[Optional[float], typer.Option(help="subnet: cosine floor to the model's outputs.")]
+        = None,
+        distill_epochs: Annotated[int, typer.Option(help="subnet: distil the chosen sub-network from the model for "
+                                                         "this many epochs (GPU when there is one).")] = 0,
         trials: Annotated[int, typer.Option(help="Architectures trained (those predicted over a budget are not).")]
         = 30,
         time_budget: Annotated[Optional[str], typer.Option(help="Time for the trials: 600, 90s, 15m, 1h.")] = None,
@@ -41,24 +47,28 @@ def nas(model: ModelArg = None,
     from slimforge.nas.run import search_architecture
 
     if data is None:
-        raise ConfigError("nas trains each candidate: give labelled data with --data (.npz with labels, an image "
-                          "folder, CSV)")
+        raise ConfigError("nas scores each candidate on your data: give it with --data (a text file, .npz, an image "
+                          "folder, CSV; labelled for mobilenet_v3)")
     art = load_model(model, input_shape, arch=arch, weights=weights, arch_kwargs=arch_kwargs)
     budget_s = None if time_budget is None else parse_duration(time_budget)
     with progress_bars(err_console) as on_progress:
         res = search_architecture(art, data, space=space, max_latency_ms=max_latency_ms, batch=batch,
                                   max_size_mb=max_size_mb, max_params=max_params, min_accuracy=min_accuracy,
-                                  trials=trials, time_budget_s=budget_s, epochs=epochs, threads=threads,
+                                  min_cosine=min_cosine, distill_epochs=distill_epochs, trials=trials,
+                                  time_budget_s=budget_s, epochs=epochs, threads=threads,
                                   output_dir=output_dir, force=force, progress=on_progress)
     doc = res.to_dict()
     say = lambda text: console.print(text, highlight=False, markup=False)  # noqa: E731
     c, base, pred = doc["constraints"], doc["baseline"], doc["predictor"]
     trained = sum(t["val_accuracy"] is not None for t in doc["trials"])
-    say(f"{len(doc['trials'])} architectures tried ({trained} trained, the rest predicted over a budget) in "
+    verb = "scored" if doc["space"] == "subnet" else "trained"
+    say(f"{len(doc['trials'])} architectures tried ({trained} {verb}, the rest predicted over a budget) in "
         f"{doc['seconds']:.0f} s; latency budget {c['max_latency_ms']:.3g} ms at batch {c['batch']}"
         if c["max_latency_ms"] else f"{len(doc['trials'])} architectures tried in {doc['seconds']:.0f} s")
-    if base:
-        say(f"baseline: {base['latency_ms']:.3f} ms, held-out accuracy {100 * base['test_accuracy']:.2f}%")
+    metric = "cosine to the model" if doc["space"] == "subnet" else "accuracy"
+    if base and base.get("latency_ms") is not None:
+        say(f"baseline: {base['latency_ms']:.3f} ms" + ("" if doc["space"] == "subnet" else
+                                                       f", held-out accuracy {100 * base['test_accuracy']:.2f}%"))
     ch = doc["chosen"]
     if ch is None:
         err_console.print("no architecture met the constraints" + (": " + "; ".join(doc["notes"]) if doc["notes"]
@@ -67,7 +77,11 @@ def nas(model: ModelArg = None,
         drop = doc["accuracy_drop_points"]
         side = "" if drop is None else f", {abs(drop):.2f} points {'below' if drop > 0 else 'above'} the baseline"
         say(f"chosen: {ch['arch']} ({ch['params']} parameters): {ch['measured_ms']:.3f} ms measured "
-            f"({ch['predicted_ms']:.3f} predicted), held-out accuracy {100 * ch['test_accuracy']:.2f}%{side}")
+            f"({ch['predicted_ms']:.3f} predicted), held-out {metric} {100 * ch['test_accuracy']:.2f}%"
+            f"{'' if doc['space'] == 'subnet' else side}")
+    if doc.get("distilled"):
+        held = doc["distilled"].get("heldout", {})
+        say(f"distilled: held-out cosine {held.get('cosine', held)}")
     if pred.get("median_abs_error") is not None:
         say(f"latency predictor: median error {100 * pred['median_abs_error']:.1f}% on the finalists "
             f"({pred['layers_timed']} layers timed)")

@@ -11,6 +11,7 @@ from slimforge.report.plots import png, pyplot, write_pngs
 
 def write_pareto(doc: dict[str, Any], path: Path) -> Path:
     plt = pyplot()
+    metric = "cosine to the original" if doc.get("space") == "subnet" else "accuracy"
     fig, ax = plt.subplots(figsize=(8, 5.2))
     trained = [t for t in doc["trials"] if t["val_accuracy"] is not None]
     skipped = [t for t in doc["trials"] if t["val_accuracy"] is None]
@@ -21,7 +22,7 @@ def write_pareto(doc: dict[str, Any], path: Path) -> Path:
     if skipped:
         floor = min([100 * t["val_accuracy"] for t in trained], default=90.0) - 1.0
         ax.scatter([t["predicted_ms"] for t in skipped], [floor] * len(skipped), marker="x", color="0.6",
-                   label="predicted over a budget: not trained")
+                   label="predicted over a budget: not built")
     front = sorted((t for t in trained if t["trial"] in set(doc["front"])), key=lambda t: t["predicted_ms"])
     ax.plot([t["predicted_ms"] for t in front], [100 * t["val_accuracy"] for t in front], "-o", color="C1",
             label="Pareto front (predicted latency)")
@@ -41,10 +42,10 @@ def write_pareto(doc: dict[str, Any], path: Path) -> Path:
     base = doc.get("baseline") or {}
     if base.get("latency_ms") is not None and base.get("test_accuracy") is not None:
         ax.scatter([base["latency_ms"]], [100 * base["test_accuracy"]], marker="D", color="k",
-                   label="baseline (held-out accuracy)")
+                   label=f"baseline (held-out {metric})")
     ax.set_xlabel(f"latency at batch {doc['constraints']['batch']} (ms)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("architecture search: mobilenet_v3 space")
+    ax.set_ylabel(f"validation {metric} (%)")
+    ax.set_title(f"architecture search: {doc.get('space', 'mobilenet_v3')} space")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

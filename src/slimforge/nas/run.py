@@ -16,7 +16,7 @@ from slimforge.core.context import ProgressFn
 from slimforge.errors import ConfigError, DataError
 from slimforge.nas.search import Constraints, SearchOutcome, search_mobilenet
 
-SPACES = ("mobilenet_v3",)
+SPACES = ("auto", "subnet", "mobilenet_v3")
 
 
 @dataclass
@@ -26,12 +26,15 @@ class NasResult:
     artifact: Any = None  # the chosen model, saved and loaded back (None: nothing met the constraints)
     budget_basis_ms: float | None = None  # the baseline's latency a "50%" budget was taken of (timed beforehand)
     paths: dict[str, Path] = field(default_factory=dict)
+    space: str = "mobilenet_v3"
+    distilled: dict[str, Any] | None = None  # the chosen sub-network after distillation: held-out cosine, curve
 
     def to_dict(self) -> dict[str, Any]:
         o = self.outcome
         chosen = o.chosen.to_dict() if o.chosen else None
         base = o.baseline
-        return {"space": "mobilenet_v3", "constraints": self.constraints.__dict__, "seconds": round(o.seconds, 1),
+        return {"space": self.space, "distilled": self.distilled, "constraints": self.constraints.__dict__,
+                "seconds": round(o.seconds, 1),
                 "budget_basis_ms": self.budget_basis_ms,
                 "trials": [t.to_dict() for t in o.trials], "front": [t.number for t in o.front],
                 "finalists": [t.to_dict() for t in o.trials if t.measured_ms is not None],
@@ -76,32 +79,43 @@ def _arrays(art: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
     return tensors[0].numpy(), labels.numpy()
 
 
-def search_architecture(model: Any, data: Any, *, space: str = "mobilenet_v3",
+def search_architecture(model: Any, data: Any, *, space: str = "auto",
                         max_latency_ms: float | str | None = "50%", batch: int = 64,
                         max_size_mb: float | None = None, max_params: int | None = None,
-                        min_accuracy: float | None = None, trials: int = 30, time_budget_s: float | None = None,
+                        min_accuracy: float | None = None, min_cosine: float | None = None,
+                        distill_epochs: int = 0, trials: int = 30, time_budget_s: float | None = None,
                         epochs: int = 15, threads: int | None = 1, test_fraction: float = 0.2, seed: int = 0,
                         output_dir: str | Path | None = None, force: bool = False,
                         progress: ProgressFn | None = None) -> NasResult:
     """Search ``space`` for the most accurate model that meets the budgets, each measured on the target (torch,
     ``threads``) at ``batch``. ``model`` is the baseline (its latency sets ``"50%"`` budgets, its accuracy the drop
-    reported); ``data`` holds labelled inputs, of which ``test_fraction`` is held out from the whole search.
+    reported). ``space``: ``subnet`` (sub-networks of a transformer encoder, scored by cosine to it without training;
+    ``data`` needs no labels; ``distill_epochs`` then distils the chosen one), ``mobilenet_v3`` (trained on labelled
+    ``data``, of which ``test_fraction`` is held out from the whole search), or ``auto`` (subnet for encoders).
 
     Example:
         >>> # res = slimforge.search_architecture("cnn.pt2", "digits.npz", max_latency_ms="50%", trials=30)
         >>> # res.to_dict()["chosen"]["arch"], res.paths["model"]
     """
-    from slimforge.core.outputs import check_output_dir, prepare_output_dir, write_text
+    from slimforge.core.outputs import check_output_dir
     from slimforge.io.models import load
 
     if space not in SPACES:
-        raise ConfigError(f"unknown search space {space!r}; choose from {', '.join(SPACES)} (the subnet space of a "
-                          "model's own layers is not built yet)")
+        raise ConfigError(f"unknown search space {space!r}; choose from {', '.join(SPACES)}")
     if trials < 1 or batch < 1 or epochs < 1 or not 0 < test_fraction < 1:
         raise ConfigError("trials, batch and epochs must be >= 1 and test_fraction in (0, 1)")
     if output_dir is not None:
         check_output_dir(output_dir, force=force)
     art = model if hasattr(model, "handle") else load(model)
+    if space == "auto":
+        space = "subnet" if _is_encoder(art) else "mobilenet_v3"
+    if space == "subnet":
+        from slimforge.nas.subnet_run import run_subnet
+
+        res = run_subnet(art, data, max_latency_ms=max_latency_ms, batch=batch, max_size_mb=max_size_mb,
+                         max_params=max_params, min_cosine=min_cosine, trials=trials, time_budget_s=time_budget_s,
+                         threads=threads, seed=seed, distill_epochs=distill_epochs, progress=progress)
+        return _write(res, art, output_dir, force)
     x, y = _arrays(art, data)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
@@ -110,10 +124,10 @@ def search_architecture(model: Any, data: Any, *, space: str = "mobilenet_v3",
     baseline = art.handle if hasattr(art.handle, "parameters") else None
     base_ms = None
     if baseline is not None and isinstance(max_latency_ms, str) and max_latency_ms.strip().endswith("%"):
-        from slimforge.nas.search import measure_finalists
+        from slimforge.nas.search import image_feeds, measure_finalists
 
-        info, _ = measure_finalists([], baseline, "torch", Constraints(batch=batch), x.shape[1],
-                                    (x.shape[2], x.shape[3]), threads)
+        info, _ = measure_finalists([], baseline, "torch", Constraints(batch=batch),
+                                    image_feeds(batch, x.shape[1], (x.shape[2], x.shape[3])), threads)
         base_ms = info.get("latency_ms")
     constraints = Constraints(max_latency_ms=_budget(max_latency_ms, base_ms), max_size_mb=max_size_mb,
                               max_params=max_params, min_accuracy=min_accuracy, batch=batch)
@@ -129,6 +143,22 @@ def search_architecture(model: Any, data: Any, *, space: str = "mobilenet_v3",
                                    name=f"{art.name}-nas")
         res.artifact.meta["lineage"] = {"source": art.name, "search": "mobilenet_v3", "arch": chosen.arch.to_dict(),
                                         "trial": chosen.number, "test_accuracy": chosen.test_accuracy}
+    return _write(res, art, output_dir, force)
+
+
+def _is_encoder(art: Any) -> bool:
+    from slimforge.nas.subnet import geometry
+
+    try:
+        geometry(art.handle)
+        return True
+    except (ConfigError, AttributeError, TypeError):
+        return False
+
+
+def _write(res: NasResult, art: Any, output_dir: str | Path | None, force: bool) -> NasResult:
+    from slimforge.core.outputs import prepare_output_dir, write_text
+
     if output_dir is not None:
         out = prepare_output_dir(output_dir, force=force, fresh=False)
         doc = res.to_dict()

@@ -36,6 +36,7 @@ class Constraints:
     max_params: int | None = None
     min_accuracy: float | None = None
     batch: int = 64
+    min_cosine: float | None = None  # the subnet space: least cosine to the original's outputs
 
 
 @dataclass
@@ -183,7 +184,8 @@ def search_mobilenet(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
         torch.manual_seed(seed)
         r.model = build_model(r.arch, in_ch, hw, classes)
         train(r.model, loss, full, dataclasses.replace(cfg, epochs=2 * epochs), task="nas: final training")
-    base_info, notes = measure_finalists(finalists, baseline, table.runtime, constraints, in_ch, hw, threads)
+    base_info, notes = measure_finalists(finalists, baseline, table.runtime, constraints,
+                                          image_feeds(constraints.batch, in_ch, hw), threads)
     xs, ys = torch.from_numpy(x_test).float(), torch.from_numpy(y_test).long()
     for r in finalists:
         r.test_accuracy = _accuracy(r.model, xs, ys)  # type: ignore[arg-type]
@@ -209,25 +211,27 @@ def pareto(rows: list[TrialResult]) -> list[TrialResult]:
         key=lambda r: r.predicted_ms)
 
 
-def measure_finalists(finalists: list[TrialResult], baseline: nn.Module | None, runtime: str,
-                      c: Constraints, in_ch: int, hw: tuple[int, int], threads: int | None
-                      ) -> tuple[dict[str, Any], list[str]]:
-    """The finalists and the baseline timed whole, interleaved, at the constraint's batch size."""
+def image_feeds(batch: int, in_ch: int, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    return {"x": torch.randn(batch, in_ch, *hw).numpy()}
+
+
+def measure_finalists(finalists: list[Any], baseline: nn.Module | None, runtime: str, c: Constraints,
+                      feeds: dict[str, np.ndarray], threads: int | None) -> tuple[dict[str, Any], list[str]]:
+    """The finalists and the baseline timed whole, interleaved, on ``feeds`` (a batch of the constraint's size)."""
     from slimforge.bench.compare import compare
     from slimforge.bench.timing import BenchSpec
     from slimforge.io.models import load
     from slimforge.runtimes import open_session
 
-    x = torch.randn(c.batch, in_ch, *hw)
     models = {f"trial {r.number}": r.model for r in finalists}
     if baseline is not None:
         models["baseline"] = baseline.eval()
     if not models:
         return {}, ["no trial met the constraints: nothing to time"]
-    sessions = {k: open_session(load(m, example_inputs={"x": x}), runtime, threads=threads)
+    sessions = {k: open_session(load(m, example_inputs=feeds), runtime, threads=threads)
                 for k, m in models.items()}
     try:
-        comp = compare(sessions, {c.batch: {"x": x.numpy()}}, BenchSpec(rounds=5, max_rounds=8, rel_ci=0.05),
+        comp = compare(sessions, {c.batch: feeds}, BenchSpec(rounds=5, max_rounds=8, rel_ci=0.05),
                        reference="baseline" if baseline is not None else None)
     finally:
         for s in sessions.values():

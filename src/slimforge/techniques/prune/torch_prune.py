@@ -94,14 +94,14 @@ def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _attention_blocks(module: nn.Module) -> list[nn.Module]:
+def attention_blocks(module: nn.Module) -> list[nn.Module]:
     """BERT-style self-attention blocks: they hold query/key/value Linears and a head count."""
     return [m for m in module.modules() if all(isinstance(getattr(m, n, None), nn.Linear)
                                                 for n in ("query", "key", "value"))
             and hasattr(m, "num_attention_heads")]
 
 
-def _fix_attention_heads(blocks: list[nn.Module]) -> None:
+def fix_attention_heads(blocks: list[nn.Module]) -> None:
     for att in blocks:
         head = getattr(att, "attention_head_size", None) or att.query.out_features // att.num_attention_heads
         att.num_attention_heads = att.query.out_features // head
@@ -167,7 +167,7 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
                   Criterion.LSQ: lambda: DataImportance(tp.importance.MagnitudeImportance(p=1))}[cfg.criterion]()
     ignored = _output_layers(module, art) + [m for n, m in module.named_modules()
                                              if n and any(fnmatch.fnmatch(n, g) for g in cfg.ignore)]
-    blocks = _attention_blocks(module) if cfg.heads else []
+    blocks = attention_blocks(module) if cfg.heads else []
     if blocks:  # transformers: prune heads and FFN neurons, keep the hidden size (the residual stream)
         hidden = blocks[0].query.in_features
         qkv = {id(lin) for att in blocks for lin in (att.query, att.key, att.value)}
@@ -205,7 +205,7 @@ def _structured(module: nn.Module, art: Artifact, cfg: PruneConfig, ctx: RunCont
             importance.fit(module, blocks, batches, mask_index(art))
         pruner.step()
         module.zero_grad(set_to_none=True)
-        _fix_attention_heads(blocks)
+        fix_attention_heads(blocks)
         row = {"step": step + 1, "parameters": _params(module)}
         if original is not None:
             row["reconstruction"] = _reconstruct(original, module, batches, mask_index(art), cfg.ignore)

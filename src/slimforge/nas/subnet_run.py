@@ -1,0 +1,87 @@
+"""The ``subnet`` space end to end: the model's inputs from the data (no labels needed), the budget from the original's
+measured latency, the search, the chosen sub-network as an artifact with its lineage, and, when asked, its
+distillation from the original with the shared trainer (on the GPU when there is one)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from slimforge.core.context import ProgressFn
+from slimforge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def model_inputs(art: Any, data: Any, limit: int | None = 4096) -> list[torch.Tensor]:
+    """The data as the model's input tensors; token inputs lose the padding columns no example uses."""
+    from slimforge.io.data import load_data
+    from slimforge.train.data import collect, mask_index
+
+    ds = load_data(data, art) if not hasattr(data, "batches") else data
+    tensors, _, _ = collect(art, ds, limit=limit)
+    m = mask_index(art)
+    if m is not None:
+        used = int((tensors[m] > 0).any(0).nonzero().max()) + 1
+        tensors = [t[:, :used] if t.ndim == 2 and t.shape[1] == tensors[m].shape[1] else t for t in tensors]
+    return tensors
+
+
+def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch: int, max_size_mb: float | None,
+               max_params: int | None, min_cosine: float | None, trials: int, time_budget_s: float | None,
+               threads: int | None, seed: int, distill_epochs: int, progress: ProgressFn | None) -> Any:
+    from slimforge.io.models import load as load_module
+    from slimforge.nas.run import NasResult, _budget
+    from slimforge.nas.search import Constraints, measure_finalists
+    from slimforge.nas.subnet_search import search_subnet
+    from slimforge.train.data import mask_index
+
+    module = art.handle
+    if not hasattr(module, "parameters"):
+        raise ConfigError("the subnet space cuts a PyTorch model; load the model as PyTorch (not ONNX) to search it")
+    if data is None:
+        raise ConfigError("the subnet search scores candidates on your inputs: pass --data (a text file, .npz, ...)")
+    inputs = model_inputs(art, data)
+    names = list(art.io.input_names)
+    base_ms = None
+    if isinstance(max_latency_ms, str) and max_latency_ms.strip().endswith("%"):
+        feeds = {n: t[:batch].numpy() for n, t in zip(names, inputs)}
+        info, _ = measure_finalists([], module, "torch", Constraints(batch=batch), feeds, threads)
+        base_ms = info.get("latency_ms")
+    constraints = Constraints(max_latency_ms=_budget(max_latency_ms, base_ms), max_size_mb=max_size_mb,
+                              max_params=max_params, min_cosine=min_cosine, batch=batch)
+    outcome = search_subnet(module, inputs, mask_index(art), names, constraints=constraints, trials=trials,
+                            time_budget_s=time_budget_s, threads=threads, seed=seed, progress=progress)
+    res = NasResult(outcome, constraints, budget_basis_ms=base_ms, space="subnet")
+    chosen = outcome.chosen
+    if chosen is None:
+        return res
+    example = {n: t[:2].numpy() for n, t in zip(names, inputs)}
+    res.artifact = load_module(chosen.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
+    res.artifact.meta["lineage"] = {"source": art.name, "search": "subnet", "arch": chosen.arch.to_dict(),
+                                    "trial": chosen.number, "test_cosine": chosen.test_accuracy}
+    if distill_epochs > 0:
+        res.artifact, res.distilled = _distill(art, res.artifact, data, distill_epochs, seed)
+    return res
+
+
+def _distill(teacher: Any, student: Any, data: Any, epochs: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """Embedding (and, where the layers line up, no hidden-state) distillation from the original, the shared trainer;
+    the student that comes back is the one the held-out check judged."""
+    from slimforge.core.context import RunContext
+    from slimforge.core.registry import apply
+    from slimforge.io.data import load_data
+    from slimforge.techniques.distill.torch_distill import DistillConfig
+
+    ds = load_data(data, teacher) if not hasattr(data, "batches") else data
+    cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",), min_cosine=None, max_drop=None,
+                        patience=3, seed=seed)
+    out = apply(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))
+    info = dict(out.meta.get("distill", {}))
+    checks = {c.name: c for c in out.checks}
+    held = checks.get("distill_heldout")
+    if held is not None:
+        info["heldout"] = held.metrics
+    return out, info
