@@ -16,9 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# work in progress (session 11): the lab has not had a validated full run yet; out of the default suite until it has
-pytestmark = pytest.mark.slow
-
 LAB = Path(__file__).resolve().parents[2] / "examples" / "anomaly_detection"
 MODULES = ("data", "model", "stages", "report", "run")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -157,13 +154,12 @@ def test_refuses_a_folder_it_did_not_make(lab, tmp_path):
 
 @pytest.fixture(scope="module")
 def quick_run(lab, tmp_path_factory):
-    """The reduced run (about 90 s on 2 cores: out of the default suite, `make test-slow` runs it)."""
+    """The reduced run (about 90 s on 2 cores)."""
     out = tmp_path_factory.mktemp("anomaly-lab") / "out"
     summary = lab["run"].main(["--quick", "--out", str(out), "--no-progress-bar"])
     return out, summary
 
 
-@pytest.mark.slow
 def test_quick_run_numbers(lab, quick_run):
     out, summary = quick_run
     rows = list(csv.DictReader(open(out / "optimization_report.csv")))
@@ -194,7 +190,6 @@ def test_quick_run_numbers(lab, quick_run):
     assert load["latency_ms"]["p99"] >= load["latency_ms"]["p95"] > 0
 
 
-@pytest.mark.slow
 def test_quick_run_files(quick_run):
     out, summary = quick_run
     for name in ("benchmark_cpu_gpu.png", "optimization_complete.png"):
