@@ -1,7 +1,7 @@
 """Data for the anomaly-detection lab: an MVTec-AD category folder, or a synthetic set cut from real photos.
 
-The synthetic set: scikit-learn's two sample photos (``china.jpg``, ``flower.jpg``, 427x640) are divided into a grid
-of blocks; a seeded draw assigns whole blocks to the held-out split, and every crop lies inside one block, so no
+The synthetic set: real photos that ship in packages (scikit-learn's ``china.jpg`` and ``flower.jpg``; scikit-image's
+coffee, cat, astronaut and rocket photos and its brick, grass and gravel textures) are divided into grids of blocks; a seeded draw assigns whole blocks to the held-out split, and every crop lies inside one block, so no
 held-out pixel is ever seen in training. Half of the crops get a drawn defect: a scratch (thin straight line), a
 spot (soft blob), a crack (dark random-walk polyline) or contamination (semi-transparent colour smudge).
 
@@ -66,16 +66,30 @@ class AnomalyDataset:
                 f"{len(self.y_test)} ({int(self.y_test.sum())} anomalous), crops {self.x_train.shape[-1]} px")
 
 
+SKIMAGE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "brick", "grass", "gravel")  # bundled, no download
+
+
 def sample_photos() -> list[np.ndarray]:
-    """The two photos that scikit-learn ships, as uint8 ``[H, W, 3]`` arrays."""
+    """Real photos that ship in packages, as uint8 ``[H, W, 3]`` arrays: scikit-learn's two, then scikit-image's
+    bundled colour photos and its three surface textures (brick, grass, gravel; grey, stacked to RGB) when
+    scikit-image is installed (slimforge's ``vision`` extra)."""
     from sklearn.datasets import load_sample_images
 
-    return [np.asarray(img, dtype=np.uint8) for img in load_sample_images().images]
+    photos = [np.asarray(img, dtype=np.uint8) for img in load_sample_images().images]
+    try:
+        from skimage import data as skdata
+    except ImportError:
+        return photos
+    for name in SKIMAGE_PHOTOS:
+        img = np.asarray(getattr(skdata, name)(), dtype=np.uint8)
+        photos.append(np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3])
+    return photos
 
 
-def split_blocks(shapes: list[tuple[int, int]], *, rows: int, cols: int, test_share: float,
+def split_blocks(shapes: list[tuple[int, int]], *, rows: int | None, cols: int | None, test_share: float,
                  rng: np.random.Generator) -> tuple[list[Region], list[Region]]:
-    """Cut each photo into ``rows x cols`` blocks and hold out one block in every ``round(1 / test_share)`` along
+    """Cut each photo into ``rows x cols`` blocks (None: blocks of about 71 x 80 pixels, a 6 x 8 grid on a 427 x 640
+    photo) and hold out one block in every ``round(1 / test_share)`` along
     a diagonal lattice (a seeded offset per photo), so that the held-out blocks are spread over each photo rather
     than clustered in one part of it. Blocks never overlap: crops taken inside them share no pixel across the
     split.
@@ -89,10 +103,11 @@ def split_blocks(shapes: list[tuple[int, int]], *, rows: int, cols: int, test_sh
     train: list[Region] = []
     test: list[Region] = []
     for p, (h, w) in enumerate(shapes):
-        bh, bw = h // rows, w // cols
+        n_rows, n_cols = rows or max(2, round(h / 71)), cols or max(2, round(w / 80))
+        bh, bw = h // n_rows, w // n_cols
         offset = int(rng.integers(period))
-        for r in range(rows):
-            for c in range(cols):
+        for r in range(n_rows):
+            for c in range(n_cols):
                 held_out = (c + 2 * r + offset) % period == 0
                 (test if held_out else train).append(Region(p, r * bh, c * bw, bh, bw))
     return train, test
@@ -242,7 +257,7 @@ def _make_split(photos: list[np.ndarray], blocks: list[Region], n: int, size: in
 
 
 def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 400, size: int = 64, seed: int = 0,
-                      rows: int = 6, cols: int = 8, test_share: float = 0.25) -> AnomalyDataset:
+                      rows: int | None = None, cols: int | None = None, test_share: float = 0.25) -> AnomalyDataset:
     """Crops of the scikit-learn photos with drawn defects; the held-out split comes from its own blocks.
     ``resample(epoch)`` cuts a fresh training set (new crops, new defects) from the training blocks for that epoch;
     the validation examples are plain crops of validation blocks, which neither split touches (they choose the
@@ -252,7 +267,7 @@ def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 40
     train_blocks, test_blocks = split_blocks([p.shape[:2] for p in photos], rows=rows, cols=cols,
                                              test_share=test_share, rng=np.random.default_rng(split_seed))
     if min(min(b.height, b.width) for b in train_blocks + test_blocks) < size:
-        raise ValueError(f"crops of {size} px do not fit in blocks of a {rows}x{cols} grid; use fewer blocks")
+        raise ValueError(f"crops of {size} px do not fit in the blocks of every photo; use smaller crops")
     # validation blocks: one in six of the others (spread over rows and photos), touched by no training crop either;
     # the decision threshold is chosen on them, the optimizer judges on them: textures the model has not seen
     cal_blocks = train_blocks[3::6]
@@ -274,7 +289,7 @@ def synthetic_dataset(*, n_train: int = 6000, n_test: int = 800, n_val: int = 40
     x_te, y_te, r_te, k_te = _make_split(photos, test_blocks, n_test, size, np.random.default_rng(test_seed),
                                          train=False)
     x_va, y_va, _, _ = _make_split(photos, cal_blocks, n_val, size, np.random.default_rng(val_seed), train=False)
-    return AnomalyDataset(x_tr, y_tr, x_te, y_te, source="synthetic (scikit-learn sample photos, drawn defects)",
+    return AnomalyDataset(x_tr, y_tr, x_te, y_te, source=f"synthetic ({len(photos)} real photos from scikit-learn and scikit-image, drawn defects)",
                           train_regions=r_tr, test_regions=r_te, test_kinds=k_te, train_blocks=train_blocks,
                           test_blocks=test_blocks, val_blocks=cal_blocks, resample=resample, x_val=x_va, y_val=y_va)
 

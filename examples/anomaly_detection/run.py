@@ -205,7 +205,8 @@ def _notes(ds, args, auto, variants) -> list[str]:  # noqa: ANN001 - the lab's o
     notes = []
     if not args.mvtec:
         notes.append(f"Held-out crops come from {len(ds.test_blocks)} image blocks that no training crop touches "
-                     f"(a diagonal lattice of a {6}x{8} grid per photo); training crops are re-cut every epoch "
+                     "(a diagonal lattice of a grid of about 71x80-pixel blocks per photo); training crops are "
+                     "re-cut every epoch "
                      "from the other blocks, in pairs (a crop and the same crop with a defect), with colour "
                      f"augmentation. {len(ds.val_blocks)} further blocks, touched by neither, give the validation "
                      "crops: the decision threshold is chosen on them (the model flags unseen textures as anomalous "

@@ -55,6 +55,7 @@ class Geometry:
     heads: int
     ffn: int
     hidden: int
+    ffn_name: str = "intermediate.dense"  # the FFN's up projection, inside each layer (found by shape on the original)
 
     def choices(self) -> tuple[list[int], list[int]]:
         """Head counts and FFN sizes a layer may keep.
@@ -74,13 +75,18 @@ class Geometry:
         return SubnetArch(tuple((self.heads, self.ffn) for _ in range(self.layers)))
 
 
-def _ffn_in(layer: nn.Module, hidden: int) -> nn.Linear | None:
-    """The FFN's up projection: a Linear from ``hidden`` to a wider size that is not an attention projection."""
+def _ffn_name(layer: nn.Module, hidden: int) -> str | None:
+    """The FFN's up projection in an unpruned layer: the one Linear from ``hidden`` to another size that is not an
+    attention projection (after pruning it may be ``hidden`` wide: it is then found by this name)."""
     att = attention_blocks(layer)[0]
     qkv = {id(att.query), id(att.key), id(att.value)}
-    ups = [m for m in layer.modules() if isinstance(m, nn.Linear) and id(m) not in qkv and m.in_features == hidden
-           and m.out_features != hidden]
+    ups = [n for n, m in layer.named_modules() if isinstance(m, nn.Linear) and id(m) not in qkv
+           and m.in_features == hidden and m.out_features != hidden]
     return ups[0] if len(ups) == 1 else None
+
+
+def _ffn_in(layer: nn.Module, geo: Geometry) -> nn.Linear:
+    return layer.get_submodule(geo.ffn_name)  # type: ignore[return-value]
 
 
 def geometry(module: nn.Module) -> Geometry:
@@ -89,10 +95,13 @@ def geometry(module: nn.Module) -> Geometry:
         if isinstance(mod, nn.ModuleList) and len(mod) > 0 and all(len(attention_blocks(m)) == 1 for m in mod):
             att = attention_blocks(mod[0])[0]
             hidden = att.query.in_features
-            ups = [_ffn_in(m, hidden) for m in mod]
-            if all(u is not None for u in ups) and len({u.out_features for u in ups}) == 1:  # type: ignore[union-attr]
-                ffn = ups[0].out_features  # type: ignore[union-attr]
-                return Geometry(name, len(mod), int(att.num_attention_heads), ffn, hidden)
+            names = {_ffn_name(m, hidden) for m in mod}
+            if len(names) == 1 and None not in names:
+                ffn_name = names.pop()
+                widths = {m.get_submodule(ffn_name).out_features for m in mod}  # type: ignore[arg-type]
+                if len(widths) == 1:
+                    return Geometry(name, len(mod), int(att.num_attention_heads), widths.pop(), hidden,
+                                    ffn_name)  # type: ignore[arg-type]
     raise ConfigError("the subnet space takes transformer encoders (a list of layers, each with query/key/value "
                       "attention and an FFN); for an image classifier use --space mobilenet_v3")
 
@@ -153,14 +162,14 @@ class SubnetBuilder:
                 layers[i] = Skip(self._tuple_out)
                 continue
             if f < geo.ffn:
-                ratios[_ffn_in(layers[i], geo.hidden)] = 1.0 - f / geo.ffn
+                ratios[_ffn_in(layers[i], geo)] = 1.0 - f / geo.ffn
             if h < geo.heads:
                 head_ratios[attention_blocks(layers[i])[0]] = (geo.heads - h - 1e-6) / geo.heads  # TP takes ceil
         blocks = attention_blocks(model)
         if ratios or head_ratios:
             _prune(model, blocks, self._importance_for(model), ratios, head_ratios, geo.hidden, self.batches[0])
         fix_attention_heads(blocks)
-        got = tuple((int(b.num_attention_heads), _ffn_in(layer, geo.hidden).out_features)  # type: ignore[union-attr]
+        got = tuple((int(b.num_attention_heads), _ffn_in(layer, geo).out_features)
                     if not isinstance(layer, Skip) else (0, 0)
                     for layer, b in zip(layers, _blocks_or_none(layers)))
         if got != arch.layers:
