@@ -121,10 +121,22 @@ def prepare(path: Path, *, train_sentences: int, device: str) -> dict:
                 outs.append(teach(*(t[i:i + 256].to(device) for t in tensors)).float().cpu())
         return torch.cat(outs)
 
-    state = {"student": student.handle.cpu(), "names": list(teacher.io.input_names), "ids": ids, "mask": mask,
+    module = student.handle.cpu()
+    # parameters the embedding does not depend on (BERT's pooler) get no gradient, which DistributedDataParallel
+    # refuses ("Expected to have finished reduction..."): they are frozen, as distillation would leave them anyway
+    module.train()
+    names = list(teacher.io.input_names)
+    module(*(t[:2] for t in all_t)).float().pow(2).sum().backward()
+    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in module.named_parameters():
+        p.grad = None
+        if n in unused:
+            p.requires_grad_(False)
+    module.eval()
+    state = {"student": module, "names": names, "unused_frozen": unused, "ids": ids, "mask": mask,
              "target": embed(all_t), "h_ids": h_ids, "h_mask": h_mask, "h_target": embed(h_all)}
     torch.save(state, path)
-    return {"train_sentences": len(ids), "heldout_sentences": len(h_ids), "seq_len": int(ids.shape[1]),
+    return {"frozen_unused": unused, "train_sentences": len(ids), "heldout_sentences": len(h_ids), "seq_len": int(ids.shape[1]),
             "student_params": sum(p.numel() for p in state["student"].parameters()),
             "teacher_params": sum(p.numel() for p in teacher.handle.parameters())}
 
