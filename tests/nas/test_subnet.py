@@ -121,3 +121,20 @@ def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
     with torch.inference_mode():
         want = model(ids[:8], mask[:8]).numpy()
     assert 0.0 < float(cosine_similarity(want, got).mean()) < 1.0
+
+
+def test_the_chosen_sub_network_is_distilled_from_the_model_when_asked(tmp_path):
+    model = TinyEncoder()
+    ids, mask = _tokens(320, seed=2)
+    data = tmp_path / "tokens.npz"
+    np.savez(data, input_ids=ids.numpy(), attention_mask=mask.numpy())
+    art = slimforge.load(model, example_inputs={"input_ids": ids[:2], "attention_mask": mask[:2]})
+    res = slimforge.search_architecture(art, data, max_latency_ms="50%", batch=16, trials=3, threads=1,
+                                        distill_epochs=2, output_dir=tmp_path / "out")
+    doc = json.loads((tmp_path / "out" / "nas.json").read_text())
+    held = doc["distilled"]["heldout"]
+    assert doc["distilled"]["curve"][0]["epoch"] == 0 and len(doc["distilled"]["curve"]) == 3  # before + 2 epochs
+    assert held["cosine_to_teacher_after"] >= held["cosine_to_teacher_before"]  # the best epoch is kept
+    back = slimforge.load(res.paths["model"])
+    assert back.meta["lineage"]["distilled"]["heldout"] == held
+    assert back.meta["lineage"]["arch"] == doc["chosen"]["arch_spec"]

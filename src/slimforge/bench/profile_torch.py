@@ -123,6 +123,8 @@ def profile_torch(art: Artifact, feeds: Mapping[str, np.ndarray], *, device: str
                   spec: BenchSpec) -> tuple[list[LayerProfile], float, float, list[str]]:
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from slimforge.core.logs import native_stderr_to_log
+
     from slimforge.runtimes import open_session
 
     sess = open_session(art, "torch", device=device, threads=threads)
@@ -161,9 +163,15 @@ def profile_torch(art: Artifact, feeds: Mapping[str, np.ndarray], *, device: str
             sess.sync()
             e2e.append((time.perf_counter() - t) * 1000.0)
             active[0] = True
-            with profile(activities=acts) as prof:
+            prof = profile(activities=acts)
+            with native_stderr_to_log("torch.profiler"):  # kineto prints two lines at every start and stop
+                prof.start()
+            try:
                 sess.run_tensors(args)  # type: ignore[attr-defined]
                 sess.sync()
+            finally:
+                with native_stderr_to_log("torch.profiler"):
+                    prof.stop()
             active[0] = False
             per_run.append(_self_times(prof.events(), cuda))
     finally:

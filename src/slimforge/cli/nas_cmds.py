@@ -81,7 +81,9 @@ def nas(model: ModelArg = None,
             f"{'' if doc['space'] == 'subnet' else side}")
     if doc.get("distilled"):
         held = doc["distilled"].get("heldout", {})
-        say(f"distilled: held-out cosine {held.get('cosine', held)}")
+        before, after = held.get("cosine_to_teacher_before", float("nan")), held.get("cosine_to_teacher", float("nan"))
+        say(f"distilled ({doc['distilled'].get('heldout_examples')} held-out inputs): cosine to the model "
+            f"{before:.4f} -> {after:.4f}")
     if pred.get("median_abs_error") is not None:
         say(f"latency predictor: median error {100 * pred['median_abs_error']:.1f}% on the finalists "
             f"({pred['layers_timed']} layers timed)")

@@ -184,3 +184,32 @@ def _env_handler() -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     lg.addHandler(handler)
     lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(library: str) -> Iterator[None]:
+    r"""Run a block whose native code writes to file descriptor 2 (C++ logging that no Python setting reaches, e.g.
+    kineto's ``USDT: ... profiler_start`` lines at every ``torch.profiler`` start and stop) with that output sent to
+    ``slimforge.thirdparty.<library>`` at DEBUG instead of the terminal. Keep the block short: every thread's writes
+    to descriptor 2 go to the log while it runs.
+
+    Example:
+        >>> with native_stderr_to_log("example"):
+        ...     _ = os.write(2, b"native chatter\n")  # logged, not printed
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace").strip()
+            if text:
+                logging.getLogger(f"slimforge.thirdparty.{library}").debug("%s", text)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,55 +13,10 @@ import numpy as np
 
 from slimforge.core.context import ProgressFn
 from slimforge.errors import ConfigError, DataError
-from slimforge.nas.search import Constraints, SearchOutcome, search_mobilenet
+from slimforge.nas.result import NasResult, budget_ms
+from slimforge.nas.search import Constraints, search_mobilenet
 
 SPACES = ("auto", "subnet", "mobilenet_v3")
-
-
-@dataclass
-class NasResult:
-    outcome: SearchOutcome
-    constraints: Constraints
-    artifact: Any = None  # the chosen model, saved and loaded back (None: nothing met the constraints)
-    budget_basis_ms: float | None = None  # the baseline's latency a "50%" budget was taken of (timed beforehand)
-    paths: dict[str, Path] = field(default_factory=dict)
-    space: str = "mobilenet_v3"
-    distilled: dict[str, Any] | None = None  # the chosen sub-network after distillation: held-out cosine, curve
-
-    def to_dict(self) -> dict[str, Any]:
-        o = self.outcome
-        chosen = o.chosen.to_dict() if o.chosen else None
-        base = o.baseline
-        return {"space": self.space, "distilled": self.distilled, "constraints": self.constraints.__dict__,
-                "seconds": round(o.seconds, 1),
-                "budget_basis_ms": self.budget_basis_ms,
-                "trials": [t.to_dict() for t in o.trials], "front": [t.number for t in o.front],
-                "finalists": [t.to_dict() for t in o.trials if t.measured_ms is not None],
-                "chosen": chosen, "baseline": base, "predictor": o.predictor, "latency_table": o.table,
-                "accuracy_drop_points": None if not chosen or base.get("test_accuracy") is None else
-                round(100 * (base["test_accuracy"] - chosen["test_accuracy"]), 2), "notes": o.notes}
-
-
-def _budget(value: float | str | None, baseline_ms: float | None) -> float | None:
-    """``--max-latency-ms``: milliseconds, or a share of the baseline's measured latency (``"50%"``).
-
-    Example:
-        >>> _budget("50%", 4.0), _budget(2.5, None), _budget(None, 3.0)
-        (2.0, 2.5, None)
-    """
-    if value is None:
-        return None
-    text = str(value).strip()
-    if text.endswith("%"):
-        if baseline_ms is None:
-            raise ConfigError(f"--max-latency-ms {text} is a share of the baseline's latency, which needs a PyTorch "
-                              "model to time; give the budget in milliseconds instead (e.g. 2.5)")
-        return float(text[:-1]) / 100.0 * baseline_ms
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"--max-latency-ms takes milliseconds (2.5) or a share of the baseline (50%), "
-                          f"got {value!r}") from None
 
 
 def _arrays(art: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +83,7 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
         info, _ = measure_finalists([], baseline, "torch", Constraints(batch=batch),
                                     image_feeds(batch, x.shape[1], (x.shape[2], x.shape[3])), threads)
         base_ms = info.get("latency_ms")
-    constraints = Constraints(max_latency_ms=_budget(max_latency_ms, base_ms), max_size_mb=max_size_mb,
+    constraints = Constraints(max_latency_ms=budget_ms(max_latency_ms, base_ms), max_size_mb=max_size_mb,
                               max_params=max_params, min_accuracy=min_accuracy, batch=batch)
     outcome = search_mobilenet(x[train], y[train], x[test], y[test], constraints=constraints, trials=trials,
                                time_budget_s=time_budget_s, epochs=epochs, threads=threads, seed=seed,

@@ -33,7 +33,7 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
                max_params: int | None, min_cosine: float | None, trials: int, time_budget_s: float | None,
                threads: int | None, seed: int, distill_epochs: int, progress: ProgressFn | None) -> Any:
     from slimforge.io.models import load as load_module
-    from slimforge.nas.run import NasResult, _budget
+    from slimforge.nas.result import NasResult, budget_ms
     from slimforge.nas.search import Constraints, measure_finalists
     from slimforge.nas.subnet_search import search_subnet
     from slimforge.train.data import mask_index
@@ -50,7 +50,7 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
         feeds = {n: t[:batch].numpy() for n, t in zip(names, inputs)}
         info, _ = measure_finalists([], module, "torch", Constraints(batch=batch), feeds, threads)
         base_ms = info.get("latency_ms")
-    constraints = Constraints(max_latency_ms=_budget(max_latency_ms, base_ms), max_size_mb=max_size_mb,
+    constraints = Constraints(max_latency_ms=budget_ms(max_latency_ms, base_ms), max_size_mb=max_size_mb,
                               max_params=max_params, min_cosine=min_cosine, batch=batch)
     outcome = search_subnet(module, inputs, mask_index(art), names, constraints=constraints, trials=trials,
                             time_budget_s=time_budget_s, threads=threads, seed=seed, progress=progress)
@@ -60,10 +60,12 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
         return res
     example = {n: t[:2].numpy() for n, t in zip(names, inputs)}
     res.artifact = load_module(chosen.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
-    res.artifact.meta["lineage"] = {"source": art.name, "search": "subnet", "arch": chosen.arch.to_dict(),
-                                    "trial": chosen.number, "test_cosine": chosen.test_accuracy}
+    lineage = {"source": art.name, "search": "subnet", "arch": chosen.arch.to_dict(), "trial": chosen.number,
+               "test_cosine": chosen.test_accuracy}
     if distill_epochs > 0:
         res.artifact, res.distilled = _distill(art, res.artifact, data, distill_epochs, seed)
+        lineage["distilled"] = res.distilled
+    res.artifact.meta["lineage"] = lineage
     return res
 
 
@@ -71,14 +73,14 @@ def _distill(teacher: Any, student: Any, data: Any, epochs: int, seed: int) -> t
     """Embedding (and, where the layers line up, no hidden-state) distillation from the original, the shared trainer;
     the student that comes back is the one the held-out check judged."""
     from slimforge.core.context import RunContext
-    from slimforge.core.registry import apply
     from slimforge.io.data import load_data
+    from slimforge.plan.engine import apply_step
     from slimforge.techniques.distill.torch_distill import DistillConfig
 
     ds = load_data(data, teacher) if not hasattr(data, "batches") else data
     cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",), min_cosine=None, max_drop=None,
                         patience=3, seed=seed)
-    out = apply(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))
+    out = apply_step(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))
     info = dict(out.meta.get("distill", {}))
     checks = {c.name: c for c in out.checks}
     held = checks.get("distill_heldout")
