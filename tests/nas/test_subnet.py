@@ -96,12 +96,18 @@ def test_prediction_is_the_layerless_model_plus_each_kept_layer():
     assert table.predict(SubnetArch(((4, 256), (0, 0), (2, 128)))) == pytest.approx(1.7)
 
 
-def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
+def _on_file(tmp_path, seed):
+    """The tiny encoder as an artifact, and 320 token inputs in an .npz file."""
     model = TinyEncoder()
-    ids, mask = _tokens(320, seed=1)
+    ids, mask = _tokens(320, seed=seed)
     data = tmp_path / "tokens.npz"
     np.savez(data, input_ids=ids.numpy(), attention_mask=mask.numpy())
     art = slimforge.load(model, example_inputs={"input_ids": ids[:2], "attention_mask": mask[:2]})
+    return model, ids, mask, art, data
+
+
+def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
+    model, ids, mask, art, data = _on_file(tmp_path, seed=1)
     res = slimforge.search_architecture(art, data, max_latency_ms="50%", batch=16, trials=6, threads=1,
                                         output_dir=tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "nas.json").read_text())
@@ -124,11 +130,7 @@ def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
 
 
 def test_the_chosen_sub_network_is_distilled_from_the_model_when_asked(tmp_path):
-    model = TinyEncoder()
-    ids, mask = _tokens(320, seed=2)
-    data = tmp_path / "tokens.npz"
-    np.savez(data, input_ids=ids.numpy(), attention_mask=mask.numpy())
-    art = slimforge.load(model, example_inputs={"input_ids": ids[:2], "attention_mask": mask[:2]})
+    model, ids, mask, art, data = _on_file(tmp_path, seed=2)
     res = slimforge.search_architecture(art, data, max_latency_ms="50%", batch=16, trials=3, threads=1,
                                         distill_epochs=2, output_dir=tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "nas.json").read_text())

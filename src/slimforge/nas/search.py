@@ -95,7 +95,10 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((pred == y).float().mean())
 
 
-def _violations(c: Constraints, predicted_ms: float, size_mb: float, params: int, acc: float | None) -> list[str]:
+def violations(c: Constraints, predicted_ms: float, size_mb: float, params: int, quality: float | None
+               ) -> list[str]:
+    """The budgets a candidate misses; ``quality`` is validation accuracy (mobilenet_v3) or cosine (subnet), None
+    before it is known."""
     out = []
     if c.max_latency_ms is not None and predicted_ms > c.max_latency_ms * (1 - MARGIN):
         out.append(f"latency {predicted_ms:.3g} > {c.max_latency_ms:.3g} ms less the predictor's margin")
@@ -103,8 +106,10 @@ def _violations(c: Constraints, predicted_ms: float, size_mb: float, params: int
         out.append(f"size {size_mb:.3g} > {c.max_size_mb:.3g} MB")
     if c.max_params is not None and params > c.max_params:
         out.append(f"params {params} > {c.max_params}")
-    if c.min_accuracy is not None and acc is not None and acc < c.min_accuracy:
-        out.append(f"accuracy {acc:.4f} < {c.min_accuracy:.4f}")
+    if c.min_accuracy is not None and quality is not None and quality < c.min_accuracy:
+        out.append(f"accuracy {quality:.4f} < {c.min_accuracy:.4f}")
+    if c.min_cosine is not None and quality is not None and quality < c.min_cosine:
+        out.append(f"cosine {quality:.4f} < {c.min_cosine:.4f}")
     return out
 
 
@@ -152,11 +157,11 @@ def search_mobilenet(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
         params = sum(p.numel() for p in model.parameters())
         pred = table.predict(arch, in_ch, hw)
         res = TrialResult(trial.number, arch, params, params * 4 / 1e6, pred)
-        res.violations = _violations(constraints, pred, res.size_mb, params, None)
+        res.violations = violations(constraints, pred, res.size_mb, params, None)
         if not res.violations:  # worth training
             train(model, loss, TensorDataset(xt, yt), cfg, eval_fn=lambda m: _accuracy(m, xv, yv), task="nas trial")
             res.accuracy, res.model = _accuracy(model, xv, yv), model
-            res.violations = _violations(constraints, pred, res.size_mb, params, res.accuracy)
+            res.violations = violations(constraints, pred, res.size_mb, params, res.accuracy)
         results.append(res)
         seen[arch] = res
         trial.set_user_attr("constraint", [1.0 if res.violations else -1.0])

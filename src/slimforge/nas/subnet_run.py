@@ -16,12 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def model_inputs(art: Any, data: Any, limit: int | None = 4096) -> list[torch.Tensor]:
-    """The data as the model's input tensors; token inputs lose the padding columns no example uses."""
-    from slimforge.io.data import load_data
+    """A loaded dataset as the model's input tensors; token inputs lose the padding columns no example uses."""
     from slimforge.train.data import collect, mask_index
 
-    ds = load_data(data, art) if not hasattr(data, "batches") else data
-    tensors, _, _ = collect(art, ds, limit=limit)
+    tensors, _, _ = collect(art, data, limit=limit)
     m = mask_index(art)
     if m is not None:
         used = int((tensors[m] > 0).any(0).nonzero().max()) + 1
@@ -43,7 +41,10 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
         raise ConfigError("the subnet space cuts a PyTorch model; load the model as PyTorch (not ONNX) to search it")
     if data is None:
         raise ConfigError("the subnet search scores candidates on your inputs: pass --data (a text file, .npz, ...)")
-    inputs = model_inputs(art, data)
+    from slimforge.io.data import load_data
+
+    ds = load_data(data, art) if not hasattr(data, "batches") else data  # once, for search and distillation
+    inputs = model_inputs(art, ds)
     names = list(art.io.input_names)
     base_ms = None
     if isinstance(max_latency_ms, str) and max_latency_ms.strip().endswith("%"):
@@ -63,21 +64,19 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
     lineage = {"source": art.name, "search": "subnet", "arch": chosen.arch.to_dict(), "trial": chosen.number,
                "test_cosine": chosen.test_accuracy}
     if distill_epochs > 0:
-        res.artifact, res.distilled = _distill(art, res.artifact, data, distill_epochs, seed)
+        res.artifact, res.distilled = _distill(art, res.artifact, ds, distill_epochs, seed)
         lineage["distilled"] = res.distilled
     res.artifact.meta["lineage"] = lineage
     return res
 
 
-def _distill(teacher: Any, student: Any, data: Any, epochs: int, seed: int) -> tuple[Any, dict[str, Any]]:
+def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int) -> tuple[Any, dict[str, Any]]:
     """Embedding (and, where the layers line up, no hidden-state) distillation from the original, the shared trainer;
     the student that comes back is the one the held-out check judged."""
     from slimforge.core.context import RunContext
-    from slimforge.io.data import load_data
     from slimforge.plan.engine import apply_step
     from slimforge.techniques.distill.torch_distill import DistillConfig
 
-    ds = load_data(data, teacher) if not hasattr(data, "batches") else data
     cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",), min_cosine=None, max_drop=None,
                         patience=3, seed=seed)
     out = apply_step(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))

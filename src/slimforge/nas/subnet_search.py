@@ -18,7 +18,8 @@ from slimforge.core.context import ProgressEvent, ProgressFn
 from slimforge.errors import ConfigError, MissingDependencyError
 from slimforge.evaluation.metrics import cosine_similarity
 from slimforge.nas.latency import predictor_error
-from slimforge.nas.search import FINALISTS, MARGIN, Constraints, SearchOutcome, pareto
+from slimforge.nas.search import (FINALISTS, Constraints, SearchOutcome, measure_finalists, pareto,
+                                  violations)
 from slimforge.nas.subnet import Geometry, SubnetArch, SubnetBuilder, SubnetLatency, geometry
 
 log = logging.getLogger(__name__)
@@ -78,19 +79,6 @@ def _outputs(model: nn.Module, batches: list[tuple[torch.Tensor, ...]]) -> np.nd
     return np.concatenate(outs)
 
 
-def _violations(c: Constraints, pred: float, size_mb: float, params: int, cos: float | None) -> list[str]:
-    out = []
-    if c.max_latency_ms is not None and pred > c.max_latency_ms * (1 - MARGIN):
-        out.append(f"latency {pred:.3g} > {c.max_latency_ms:.3g} ms less the predictor's margin")
-    if c.max_size_mb is not None and size_mb > c.max_size_mb:
-        out.append(f"size {size_mb:.3g} > {c.max_size_mb:.3g} MB")
-    if c.max_params is not None and params > c.max_params:
-        out.append(f"params {params} > {c.max_params}")
-    if c.min_cosine is not None and cos is not None and cos < c.min_cosine:
-        out.append(f"cosine {cos:.4f} < {c.min_cosine:.4f}")
-    return out
-
-
 def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int | None, input_names: list[str], *,
                   constraints: Constraints, trials: int = 30, time_budget_s: float | None = None,
                   threads: int | None = None, seed: int = 0, fit_samples: int = 512, score_samples: int = 128,
@@ -148,13 +136,13 @@ def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int 
         params = _params(geo, arch, total, per_layer)
         pred = table.predict(arch)
         res = SubnetTrial(trial.number, arch, params, params * 4 / 1e6, pred)
-        res.violations = _violations(constraints, pred, res.size_mb, params, None)
+        res.violations = violations(constraints, pred, res.size_mb, params, None)
         if not res.violations:  # a quick refit on a few batches ranks candidates; finalists get the full one
             res.model, res.refit = builder.build(arch, batches=quick)
             res.accuracy = float(cosine_similarity(ref_val, _outputs(res.model, val_b)).mean())
             res.params = sum(p.numel() for p in res.model.parameters())
             res.size_mb = res.params * 4 / 1e6
-            res.violations = _violations(constraints, pred, res.size_mb, res.params, res.accuracy)
+            res.violations = violations(constraints, pred, res.size_mb, res.params, res.accuracy)
         results.append(res)
         seen[arch] = res
         trial.set_user_attr("constraint", [1.0 if res.violations else -1.0])
@@ -183,7 +171,8 @@ def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int 
     for r in finalists:  # the full refit, then the validation score again
         r.model, r.refit = builder.build(r.arch)
         r.accuracy = float(cosine_similarity(ref_val, _outputs(r.model, val_b)).mean())
-    base_info, notes = _measure(finalists, builder.original, timing_feeds, constraints, threads)
+    base_info, notes = measure_finalists(finalists, builder.original, "torch", constraints, timing_feeds,
+                                         threads)
     for r in finalists:
         r.test_accuracy = float(cosine_similarity(ref_test, _outputs(r.model, test_b)).mean())  # type: ignore
     budget = constraints.max_latency_ms
@@ -207,10 +196,3 @@ def _keep_best_models(results: list[SubnetTrial]) -> None:
     for r in results:
         if r.model is not None and id(r) not in keep:
             r.model = None
-
-
-def _measure(finalists: list[SubnetTrial], original: nn.Module, feeds: dict[str, np.ndarray], c: Constraints,
-             threads: int | None) -> tuple[dict[str, Any], list[str]]:
-    from slimforge.nas.search import measure_finalists
-
-    return measure_finalists(finalists, original, "torch", c, feeds, threads)  # type: ignore[arg-type]
