@@ -32,6 +32,19 @@ def set_training(module: object, mode: bool) -> None:
         pass
 
 
+def without_fused_fastpaths(module: nn.Module) -> nn.Module:
+    """Turn off the fused inference kernels of ``nn.TransformerEncoderLayer`` and ``nn.TransformerEncoder`` in
+    ``module`` (in place). Those kernels read each Linear's raw ``weight`` tensor, so once a technique swaps the
+    Linears for quantized ones they crash (a torch.ao dynamic Linear's ``weight`` is a method) or would bypass them.
+    The slow path computes the same through the modules themselves."""
+    for m in module.modules():
+        if isinstance(m, nn.TransformerEncoderLayer):
+            m.activation_relu_or_gelu = 0  # only the fast path reads it (as its "use GELU" flag)
+        elif isinstance(m, nn.TransformerEncoder):
+            m.use_nested_tensor = False
+    return module
+
+
 def runs_fx_graphs(module: object) -> bool:
     """Whether a module runs torch.fx graphs (a ``torch.export`` program unflattened, an fx GraphModule): a
     TorchScript trace of it fixes the sizes its graphs compute, so exporters that trace should not be preferred."""

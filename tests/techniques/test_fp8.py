@@ -62,3 +62,23 @@ def test_fp8_linear_rowwise_keeps_small_rows_that_tensorwise_underflows():
     q, s = quantize_fp8(x.float(), rowwise=True)
     assert q.dtype == torch.float8_e4m3fn and s.shape == (16, 1)
     assert rel(q.float() * s, x.float()) < 0.05
+
+
+def test_fp8_linears_inside_pytorchs_own_transformer_encoder_run_through_the_modules():
+    """nn.TransformerEncoderLayer's fused inference kernel reads each Linear's raw ``weight`` (an FP8 Linear has none:
+    it crashed with AttributeError on the H200). With the fused paths turned off the layer computes through the
+    swapped modules; ``torch._scaled_mm`` runs on CPU too, so this is checked here."""
+    import copy
+
+    from slimforge.techniques.quantize.torch_fp8 import Fp8Linear, _swap_linears
+    from slimforge.torch_utils import without_fused_fastpaths
+
+    enc = _encoder()
+    x = torch.randn(2, 16, 256)
+    m = copy.deepcopy(enc).bfloat16()
+    _swap_linears(m, lambda c, _: type(c) is torch.nn.Linear, rowwise=True)
+    assert sum(isinstance(c, Fp8Linear) for c in m.modules()) == 4
+    without_fused_fastpaths(m)
+    with torch.inference_mode():
+        cos = torch.nn.functional.cosine_similarity(m(x.bfloat16()).float().flatten(), enc(x).flatten(), dim=0)
+    assert cos > 0.99

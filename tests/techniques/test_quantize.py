@@ -156,3 +156,21 @@ def test_pt2e_static_runs_under_torch_compile(digits, tmp_path):
     eager = slimforge.open_session(q, "torch").run({"input": x})[0]
     compiled = slimforge.open_session(q, "torch_compile").run({"input": x})[0]
     assert np.abs(eager - compiled).max() < 0.05 * np.abs(eager).max()
+
+
+def test_torch_dynamic_int8_of_pytorchs_own_transformer_encoder(tmp_path):
+    """The most common PyTorch transformer: its fused inference kernel reads each Linear's raw weight (a method once
+    torch.ao quantizes it: AttributeError), and MultiheadAttention uses its out_proj's weight directly. Quantized,
+    it must run and stay close to float; out_proj stays float."""
+    import torch
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=64, nhead=4, dim_feedforward=128, batch_first=True)
+    enc = torch.nn.TransformerEncoder(layer, num_layers=2).eval()
+    art = slimforge.load(enc, example_inputs=torch.randn(2, 16, 64))
+    q = slimforge.quantize(art, "dynamic", runtime="torch", workdir=tmp_path, check_speed=False)
+    fid = next(c for c in q.checks if c.name == "quant_fidelity")
+    assert fid.passed and fid.metrics["cosine"] > 0.99
+    assert q.meta["quantized_layers"] == 4  # linear1 and linear2 of each layer
+    out = slimforge.open_session(q).run({art.io.input_names[0]: np.ones((3, 5, 64), np.float32)})[0]
+    assert out.shape == (3, 5, 64) and np.isfinite(out).all()

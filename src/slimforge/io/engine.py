@@ -116,13 +116,20 @@ class EngineModule(nn.Module):
         for s, a in zip(static, args):
             s.copy_(a)
         graph.replay()
-        return [o.clone() for o in outs]
+        return outs
 
     def forward(self, *xs: torch.Tensor):
         args = [x.to(self.device, non_blocking=True) for x in xs]
-        # one call at a time: a captured graph's static buffers, and a runner loaded single-threaded for capture
+        # one call at a time: a captured graph's static buffers, and a runner loaded single-threaded for capture.
+        # Inference mode always (a first call inside it makes the static buffers inference tensors, which a later
+        # call outside it could not copy into); the clones are made outside it, as ordinary tensors.
         with fp32_precision(self.tf32), self._lock:
-            out = self._replay(args) if self.graphs else self._run(args)
+            if self.graphs:
+                with torch.inference_mode():
+                    out = self._replay(args)
+                out = [o.clone() for o in out]
+            else:
+                out = self._run(args)
         return out[0] if len(out) == 1 else tuple(out)
 
 

@@ -11,7 +11,7 @@ from slimforge.core.context import RunContext
 from slimforge.core.registry import implements
 from slimforge.errors import NothingQuantized, TechniqueFailed
 from slimforge.evaluation.fidelity import fidelity_check
-from slimforge.torch_utils import set_training
+from slimforge.torch_utils import set_training, without_fused_fastpaths
 from slimforge.techniques.quantize.coverage import require_quantized
 from slimforge.techniques.quantize.onnx_dynamic import DynamicQuantConfig
 
@@ -28,8 +28,11 @@ def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunCont
         module = copy.deepcopy(art.handle)  # the parent's module stays in float
         set_training(module, False)
         excluded = set(cfg.exclude)
+        # MultiheadAttention computes with its out_proj's raw weight (never through the module): left in float
+        inside_mha = {f"{name}.{child}" if name else child for name, m in module.named_modules()
+                      if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()}
         targets = {name for name, m in module.named_modules()
-                   if isinstance(m, (nn.Linear, nn.LSTM, nn.GRU)) and name not in excluded}
+                   if isinstance(m, (nn.Linear, nn.LSTM, nn.GRU)) and name not in excluded | inside_mha}
         if not targets:
             raise NothingQuantized("nothing was quantized: dynamic INT8 (torch.ao) applies to Linear, LSTM and GRU "
                                    "layers; this model has none" + (" outside exclude" if excluded else ""))
@@ -39,6 +42,7 @@ def _quantize_dynamic_torch(art: Artifact, cfg: DynamicQuantConfig, ctx: RunCont
             qconfig = per_channel_dynamic_qconfig if cfg.per_channel else default_dynamic_qconfig
             quantized = quantize_dynamic(module, {name: qconfig for name in targets}, dtype=torch.qint8,
                                          inplace=False)
+            without_fused_fastpaths(quantized)
         except Exception as exc:
             raise TechniqueFailed(f"torch dynamic quantization failed on {art.name}: {exc}") from exc
     child = art.derive(Step("quantize_dynamic", cfg.to_dict()), handle=quantized, path=None,

@@ -168,7 +168,7 @@ def _fp8_torch(art: Artifact, cfg: Fp8Config, ctx: RunContext) -> Artifact:
     if not fp8_supported():
         raise UnsupportedModelError("FP8 needs an NVIDIA GPU of compute capability >= 8.9 (Ada, Hopper); none "
                                     "is present here")
-    from slimforge.torch_utils import set_training
+    from slimforge.torch_utils import set_training, without_fused_fastpaths
 
     device = torch.device("cuda")
     module = copy.deepcopy(art.handle).to(device, torch.bfloat16)
@@ -187,6 +187,7 @@ def _fp8_torch(art: Artifact, cfg: Fp8Config, ctx: RunContext) -> Artifact:
     try:
         if cfg.backend is Backend.SCALED_MM:
             _swap_linears(module, eligible, rowwise)
+            without_fused_fastpaths(module)
         else:
             require("torchao", extra="torch")
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
