@@ -181,3 +181,35 @@ def test_engine_with_cuda_graphs_captures_each_shape_and_matches_plain_runs(tmp_
         plain = module._run([x.cuda()])[0]
         assert torch.allclose(graphed.float(), plain.float(), atol=1e-3), (b, (graphed - plain).abs().max())
     assert module.graphs and len(module._captured) == 2  # captured, not fallen back to plain runs
+
+
+def test_a_weights_fallback_is_served_with_its_steps_applied_again(tmp_path, caplog):
+    """When a GPU engine cannot be compiled, the original model is written with the winner's steps in its sidecar;
+    the server applies them again on a GPU, and without one serves the original and says so (never silently)."""
+    import dataclasses
+    import logging
+
+    import numpy as np
+
+    from slimforge.serve.models import open_model
+    from slimforge.techniques.gpu import GpuConfig
+
+    art = slimforge.load(Tiny().eval(), example_inputs=torch.randn(1, 3, 16, 16))
+    steps = [GpuConfig(dtype="fp16").to_dict()]
+    path = tmp_path / "Tiny-gpu-weights.pt2"
+    slimforge.save(dataclasses.replace(art, meta={**art.meta, "reapply_on_load": steps}), path)
+    with caplog.at_level(logging.INFO, logger="slimforge.serve.models"):
+        served = open_model(path, name=None, version="1", runtime=None, threads=None)
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    out = served.session.run({art.io.input_names[0]: x})[0]
+    ref = Tiny().eval()
+    ref.load_state_dict(art.handle.state_dict())
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    if CUDA:
+        assert served.artifact.meta.get("device") == "cuda" and "applying its steps again" in caplog.text
+        assert np.allclose(out, expected, atol=5e-2)
+    else:
+        assert served.artifact.meta.get("device") != "cuda"
+        assert "for a GPU and this machine has none" in caplog.text
+        assert np.allclose(out, expected, atol=1e-5)

@@ -8,6 +8,8 @@ registry of optimized models keyed by everything that went into it, so that aski
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import shutil
@@ -119,9 +121,12 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     except SlimforgeError as exc:
         if res.best is not None and suffix == ".pt2" and base.format is Format.TORCH:
             res.notes.append(f"the GPU engine could not be built ({exc}); written instead: the original model as a "
-                             "program and recipe.yaml, whose steps `slimforge run` re-applies when loading")
+                             "program with the winner's steps, which `slimforge serve` re-applies on the GPU when "
+                             "it loads the file (`slimforge run recipe.yaml` does the same)")
             art_path = out_dir / f"{base.name}-{res.target.name}-weights.pt2"
-            save(base, art_path)  # the result stays the in-memory winner on the GPU
+            steps = [s.to_dict() for s in res.best.candidate.steps]
+            save(dataclasses.replace(base, meta={**base.meta, "reapply_on_load": steps}), art_path)
+            # the result stays the in-memory winner on the GPU
             cacheable = False  # the file is not the winner: a cache hit must not hand back the original
         elif res.best is None and suffix == ".pt2" and base.format is Format.TORCH:
             res.notes.append(f"the FP32 engine could not be built ({exc}); the original model is written as it is")

@@ -250,12 +250,34 @@ def open_model(path: str | Path, *, name: str | None, version: str, runtime: str
 
     p = resolve_artifact_path(Path(path))
     sets = parse_shape_sets(input_shapes)
-    art = load(p, input_shapes=sets[0] if sets else None)
+    art = reapply_on_load(load(p, input_shapes=sets[0] if sets else None))
     rt = runtime or art.meta.get("runtime") or default_runtime(art)
     if art.format is Format.OPENVINO:
         rt = "openvino"
     session = open_session(art, rt, threads=threads)
     return ServedModel(name or art.name, version, art, rt, session, report=_find_report(p.parent))
+
+
+def reapply_on_load(art: Artifact) -> Artifact:
+    """A GPU search whose engine could not be compiled writes the original model with the winner's steps in its
+    sidecar (``reapply_on_load``): they are applied again here, on the GPU, so the server runs the winner. Without a
+    GPU the original is served as it is, and the log says so."""
+    steps = art.meta.get("reapply_on_load")
+    if not steps:
+        return art
+    import torch
+
+    from slimforge.core.context import RunContext
+    from slimforge.plan.engine import run_steps
+    from slimforge.plan.recipe import Recipe
+
+    recipe = Recipe.from_dict({"steps": steps, "runtime": "torch"})
+    if not torch.cuda.is_available():
+        log.warning("%s: its steps (%s) are for a GPU and this machine has none: serving the original model",
+                    art.name, ", ".join(s.kind for s in recipe.steps))
+        return art
+    log.info("%s: applying its steps again on the GPU (%s)", art.name, ", ".join(s.kind for s in recipe.steps))
+    return run_steps(art, recipe, RunContext())
 
 
 @dataclass
