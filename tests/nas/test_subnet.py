@@ -106,8 +106,8 @@ def _on_file(tmp_path, seed):
     return model, ids, mask, art, data
 
 
-@pytest.mark.slow  # whether a finalist of the tiny encoder measures under its budget is a timing outcome: it missed
-# once in ~10 runs beside other tests on 2 cores; the other four tests here stay in the default suite
+# Whether a finalist measures under its budget is a timing outcome; the finalists include one predicted with 15%
+# headroom (nas.search.pick_finalists), so a slightly optimistic predictor on a busy machine still leaves one under it
 def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
     model, ids, mask, art, data = _on_file(tmp_path, seed=1)
     res = slimforge.search_architecture(art, data, max_latency_ms="50%", batch=16, trials=6, threads=1,

@@ -18,7 +18,7 @@ from slimforge.core.context import ProgressEvent, ProgressFn
 from slimforge.errors import ConfigError, MissingDependencyError
 from slimforge.evaluation.metrics import cosine_similarity
 from slimforge.nas.latency import predictor_error
-from slimforge.nas.search import (FINALISTS, Constraints, SearchOutcome, measure_finalists, pareto,
+from slimforge.nas.search import (FINALISTS, Constraints, SearchOutcome, measure_finalists, pareto, pick_finalists,
                                   violations)
 from slimforge.nas.subnet import Geometry, SubnetArch, SubnetBuilder, SubnetLatency, geometry
 
@@ -167,7 +167,7 @@ def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int 
         study.optimize(objective, n_trials=1)
     feasible = [r for r in results if r.feasible]
     front = pareto(feasible)  # type: ignore[arg-type]
-    finalists = sorted(feasible, key=lambda r: (-(r.accuracy or 0.0), r.predicted_ms))[:FINALISTS]
+    finalists = pick_finalists(feasible, constraints.max_latency_ms)
     for r in finalists:  # the full refit, then the validation score again
         r.model, r.refit = builder.build(r.arch)
         r.accuracy = float(cosine_similarity(ref_val, _outputs(r.model, val_b)).mean())
