@@ -95,3 +95,27 @@ def test_nas_cli_says_when_nothing_meets_the_budgets_and_refuses_bad_budgets(dig
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--max-latency-ms" in bad.stderr
     nodata = _cli(digits_files, "nas", "cnn.pt2", "-o", "bad")
     assert nodata.returncode == 2 and "--data" in nodata.stderr
+
+
+def test_nas_cli_cuts_the_users_own_cnn_by_channels_per_stage(digits_files):
+    """The subnet space on a CNN: channels per stage (multiples of 8) cut from the trained model itself, refitted
+    without training (BatchNorm statistics, least squares) and scored by accuracy on the labelled data."""
+    res = _cli(digits_files, "nas", "cnn.pt2", "--data", "digits.npz", "--space", "subnet", "--max-latency-ms", "60%",
+               "--trials", "8", "-o", "cnn-subnet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "held-out accuracy" in res.stdout and "cosine" not in res.stdout.split("chosen:")[1].splitlines()[0]
+    doc = json.loads((digits_files / "cnn-subnet" / "nas.json").read_text())
+    assert doc["space"] == "subnet" and doc["metric"] == "accuracy"
+    full = doc["trials"][0]["arch_spec"]["channels"]  # the original, enqueued first: the front's anchor
+    ch = doc["chosen"]
+    widths = ch["arch_spec"]["channels"]
+    assert len(widths) == len(full) == 3 and all(w % 8 == 0 and w <= f for w, f in zip(widths, full))
+    assert widths != full and ch["measured_ms"] <= doc["constraints"]["max_latency_ms"]
+    assert ch["test_accuracy"] >= doc["baseline"]["test_accuracy"] - 0.03  # no training, a point or two at most
+    assert doc["latency_table"]["convolutions_ms"] and doc["predictor"]["median_abs_error"] is not None
+    art = slimforge.load(digits_files / "cnn-subnet" / "nas-best.pt2")
+    assert art.meta["lineage"]["search"] == "subnet" and art.meta["lineage"]["arch"] == ch["arch_spec"]
+    x = np.load(digits_files / "digits.npz")
+    pred = slimforge.open_session(art).run({art.io.input_names[0]: x["image"]})[0].argmax(1)
+    assert (pred == x["labels"]).mean() >= 0.95
+    assert sum(p.numel() for p in art.handle.parameters()) < 73162  # narrower than the original

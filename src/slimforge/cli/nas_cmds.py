@@ -18,10 +18,11 @@ from slimforge.cli.render import console, err_console
 def nas(model: ModelArg = None,
         data: Annotated[Optional[Path], typer.Option(help="The model's inputs: a text file, .npz, an image folder, "
                                                           "CSV (labelled for mobilenet_v3).")] = None,
-        space: Annotated[str, typer.Option(help="subnet: sub-networks of your transformer encoder (layers, heads and "
-                                                "FFN neurons kept), scored by cosine without training; mobilenet_v3: "
-                                                "an elastic MobileNetV3-style family trained on labelled data; auto: "
-                                                "subnet for encoders.")] = "auto",
+        space: Annotated[str, typer.Option(help="subnet: sub-networks of your own model, scored without training "
+                                                "(a transformer encoder's layers, heads and FFN neurons, by cosine; a "
+                                                "CNN's channels per stage, by accuracy on labelled data, else "
+                                                "cosine); mobilenet_v3: an elastic MobileNetV3-style family trained "
+                                                "on labelled data; auto: subnet for encoders.")] = "auto",
         max_latency_ms: Annotated[str, typer.Option(help="Latency budget at --batch: milliseconds, or a share of "
                                                          "the model's measured latency (50%).")] = "50%",
         batch: Annotated[int, typer.Option(help="Batch size the latency budget applies to.")] = 64,
@@ -65,10 +66,11 @@ def nas(model: ModelArg = None,
     say(f"{len(doc['trials'])} architectures tried ({trained} {verb}, the rest predicted over a budget) in "
         f"{doc['seconds']:.0f} s; latency budget {c['max_latency_ms']:.3g} ms at batch {c['batch']}"
         if c["max_latency_ms"] else f"{len(doc['trials'])} architectures tried in {doc['seconds']:.0f} s")
-    metric = "cosine to the model" if doc["space"] == "subnet" else "accuracy"
+    accuracy = doc.get("metric") == "accuracy"
+    metric = "accuracy" if accuracy else "cosine to the model"
     if base and base.get("latency_ms") is not None:
-        say(f"baseline: {base['latency_ms']:.3f} ms" + ("" if doc["space"] == "subnet" else
-                                                       f", held-out accuracy {100 * base['test_accuracy']:.2f}%"))
+        say(f"baseline: {base['latency_ms']:.3f} ms" + (f", held-out accuracy {100 * base['test_accuracy']:.2f}%"
+                                                       if accuracy else ""))
     ch = doc["chosen"]
     if ch is None:
         err_console.print("no architecture met the constraints" + (": " + "; ".join(doc["notes"]) if doc["notes"]
@@ -78,7 +80,7 @@ def nas(model: ModelArg = None,
         side = "" if drop is None else f", {abs(drop):.2f} points {'below' if drop > 0 else 'above'} the baseline"
         say(f"chosen: {ch['arch']} ({ch['params']} parameters): {ch['measured_ms']:.3f} ms measured "
             f"({ch['predicted_ms']:.3f} predicted), held-out {metric} {100 * ch['test_accuracy']:.2f}%"
-            f"{'' if doc['space'] == 'subnet' else side}")
+            f"{side if accuracy else ''}")
     if doc.get("distilled"):
         held = doc["distilled"].get("heldout", {})
         before, after = held.get("cosine_to_teacher_before", float("nan")), held.get("cosine_to_teacher", float("nan"))

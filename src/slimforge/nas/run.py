@@ -43,8 +43,9 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
                         progress: ProgressFn | None = None) -> NasResult:
     """Search ``space`` for the most accurate model that meets the budgets, each measured on the target (torch,
     ``threads``) at ``batch``. ``model`` is the baseline (its latency sets ``"50%"`` budgets, its accuracy the drop
-    reported). ``space``: ``subnet`` (sub-networks of a transformer encoder, scored by cosine to it without training;
-    ``data`` needs no labels; ``distill_epochs`` then distils the chosen one), ``mobilenet_v3`` (trained on labelled
+    reported). ``space``: ``subnet`` (sub-networks of the model itself, scored without training: a transformer
+    encoder's depth, heads and FFN widths by cosine to it; a CNN's channels per stage by accuracy on labelled ``data``,
+    else by cosine; ``distill_epochs`` then distils the chosen one), ``mobilenet_v3`` (trained on labelled
     ``data``, of which ``test_fraction`` is held out from the whole search), or ``auto`` (subnet for encoders).
 
     Example:
@@ -62,13 +63,16 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
         check_output_dir(output_dir, force=force)
     art = model if hasattr(model, "handle") else load(model)
     if space == "auto":
-        space = "subnet" if _is_encoder(art) else "mobilenet_v3"
+        from slimforge.nas.subnet_run import is_encoder
+
+        space = "subnet" if is_encoder(art.handle) else "mobilenet_v3"
     if space == "subnet":
         from slimforge.nas.subnet_run import run_subnet
 
         res = run_subnet(art, data, max_latency_ms=max_latency_ms, batch=batch, max_size_mb=max_size_mb,
-                         max_params=max_params, min_cosine=min_cosine, trials=trials, time_budget_s=time_budget_s,
-                         threads=threads, seed=seed, distill_epochs=distill_epochs, progress=progress)
+                         max_params=max_params, min_cosine=min_cosine, min_accuracy=min_accuracy, trials=trials,
+                         time_budget_s=time_budget_s, threads=threads, seed=seed, distill_epochs=distill_epochs,
+                         progress=progress)
         return _write(res, art, output_dir, force)
     x, y = _arrays(art, data)
     rng = np.random.default_rng(seed)
@@ -98,16 +102,6 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
         res.artifact.meta["lineage"] = {"source": art.name, "search": "mobilenet_v3", "arch": chosen.arch.to_dict(),
                                         "trial": chosen.number, "test_accuracy": chosen.test_accuracy}
     return _write(res, art, output_dir, force)
-
-
-def _is_encoder(art: Any) -> bool:
-    from slimforge.nas.subnet import geometry
-
-    try:
-        geometry(art.handle)
-        return True
-    except (ConfigError, AttributeError, TypeError):
-        return False
 
 
 def _write(res: NasResult, art: Any, output_dir: str | Path | None, force: bool) -> NasResult:

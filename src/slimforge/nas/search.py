@@ -73,6 +73,7 @@ class SearchOutcome:
     baseline: dict[str, Any]
     seconds: float
     notes: list[str] = field(default_factory=list)
+    metric: str = "accuracy"  # what a trial's accuracy is: top-1 "accuracy", or "cosine" to the original's outputs
 
 
 def shifted(x: torch.Tensor, most: int = 1) -> torch.Tensor:

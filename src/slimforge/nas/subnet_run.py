@@ -28,7 +28,7 @@ def model_inputs(art: Any, data: Any, limit: int | None = 4096) -> list[torch.Te
 
 
 def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch: int, max_size_mb: float | None,
-               max_params: int | None, min_cosine: float | None, trials: int, time_budget_s: float | None,
+               max_params: int | None, min_cosine: float | None, trials: int, min_accuracy: float | None = None, time_budget_s: float | None,
                threads: int | None, seed: int, distill_epochs: int, progress: ProgressFn | None) -> Any:
     from slimforge.io.models import load as load_module
     from slimforge.nas.result import NasResult, budget_ms
@@ -52,9 +52,17 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
         info, _ = measure_finalists([], module, "torch", Constraints(batch=batch), feeds, threads)
         base_ms = info.get("latency_ms")
     constraints = Constraints(max_latency_ms=budget_ms(max_latency_ms, base_ms), max_size_mb=max_size_mb,
-                              max_params=max_params, min_cosine=min_cosine, batch=batch)
-    outcome = search_subnet(module, inputs, mask_index(art), names, constraints=constraints, trials=trials,
-                            time_budget_s=time_budget_s, threads=threads, seed=seed, progress=progress)
+                              max_params=max_params, min_cosine=min_cosine, min_accuracy=min_accuracy, batch=batch)
+    if is_encoder(module):
+        outcome = search_subnet(module, inputs, mask_index(art), names, constraints=constraints, trials=trials,
+                                time_budget_s=time_budget_s, threads=threads, seed=seed, progress=progress)
+    else:  # a convolutional net: channels per stage, scored by accuracy where the data has labels
+        from slimforge.nas.cnn_search import search_cnn
+        from slimforge.train.data import collect
+
+        labels = collect(art, ds, limit=4096)[2]
+        outcome = search_cnn(module, inputs, labels, names, constraints=constraints, trials=trials,
+                             time_budget_s=time_budget_s, threads=threads, seed=seed, progress=progress)
     res = NasResult(outcome, constraints, budget_basis_ms=base_ms, space="subnet")
     chosen = outcome.chosen
     if chosen is None:
@@ -62,12 +70,23 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
     example = {n: t[:2].numpy() for n, t in zip(names, inputs)}
     res.artifact = load_module(chosen.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
     lineage = {"source": art.name, "search": "subnet", "arch": chosen.arch.to_dict(), "trial": chosen.number,
-               "test_cosine": chosen.test_accuracy}
+               "test_score": chosen.test_accuracy}
     if distill_epochs > 0:
         res.artifact, res.distilled = _distill(art, res.artifact, ds, distill_epochs, seed)
         lineage["distilled"] = res.distilled
     res.artifact.meta["lineage"] = lineage
     return res
+
+
+def is_encoder(module: Any) -> bool:
+    """Whether ``module`` is a transformer encoder the subnet space can cut (else a CNN is tried)."""
+    from slimforge.nas.subnet import geometry
+
+    try:
+        geometry(module)
+        return True
+    except (ConfigError, AttributeError, TypeError):
+        return False
 
 
 def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int) -> tuple[Any, dict[str, Any]]:

@@ -150,7 +150,7 @@ def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int 
             progress(ProgressEvent(task="nas: scored sub-networks", completed=sum(r.accuracy is not None
                                                                                for r in results), total=trials))
         if res.model is not None and len([r for r in results if r.model is not None]) > 2 * FINALISTS:
-            _keep_best_models(results)
+            keep_best_models(results)
         return (res.accuracy or 0.0), pred
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -185,10 +185,10 @@ def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int 
     base_info["test_accuracy"] = 1.0  # the original against itself
     return SearchOutcome(trials=results, front=front, chosen=chosen, table=table.to_dict(),  # type: ignore[arg-type]
                          predictor={**predictor_error(predicted, measured), "layers_timed": table.measured},
-                         baseline=base_info, seconds=time.perf_counter() - t0, notes=notes)
+                         baseline=base_info, seconds=time.perf_counter() - t0, notes=notes, metric="cosine")
 
 
-def _keep_best_models(results: list[SubnetTrial]) -> None:
+def keep_best_models(results: list[SubnetTrial]) -> None:
     """Only the best few candidates keep their weights in memory (each is a copy of the model)."""
     built = sorted([r for r in results if r.model is not None and r.feasible],
                    key=lambda r: (-(r.accuracy or 0.0), r.predicted_ms))
