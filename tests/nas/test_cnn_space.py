@@ -46,7 +46,7 @@ def test_stages_follow_the_channels_that_must_go_together():
     assert geo.stages == ("stem.0", "block.0", "down") and geo.channels == (32, 64, 48)
     # the residual sum couples the stem, the block's last convolution and the depthwise one
     assert set(geo.writers[0]) == {"stem.0", "block.3", "dw"} and "head" in geo.readers[2]
-    assert geo.choices(1) == [16, 32, 48, 64]
+    assert geo.choices(1) == [8, 16, 24, 32, 40, 48, 56, 64] and geo.choices(0) == [8, 16, 24, 32]
 
 
 def test_candidates_have_the_widths_asked_for_and_stay_close_after_the_refit():

@@ -98,8 +98,9 @@ def test_nas_cli_says_when_nothing_meets_the_budgets_and_refuses_bad_budgets(dig
 
 
 def test_nas_cli_cuts_the_users_own_cnn_by_channels_per_stage(digits_files):
-    """The subnet space on a CNN: channels per stage (multiples of 8) cut from the trained model itself, refitted
-    without training (BatchNorm statistics, least squares) and scored by accuracy on the labelled data."""
+    """The subnet space on a CNN: channels per stage and the head's hidden features (multiples of 8) cut from the
+    trained model itself, refitted without training (BatchNorm statistics, least squares) and scored by accuracy on
+    the labelled data."""
     res = _cli(digits_files, "nas", "cnn.pt2", "--data", "digits.npz", "--space", "subnet", "--max-latency-ms", "60%",
                "--trials", "8", "-o", "cnn-subnet")
     assert res.returncode == 0, res.stderr[-2000:]
@@ -109,7 +110,7 @@ def test_nas_cli_cuts_the_users_own_cnn_by_channels_per_stage(digits_files):
     full = doc["trials"][0]["arch_spec"]["channels"]  # the original, enqueued first: the front's anchor
     ch = doc["chosen"]
     widths = ch["arch_spec"]["channels"]
-    assert len(widths) == len(full) == 3 and all(w % 8 == 0 and w <= f for w, f in zip(widths, full))
+    assert len(widths) == len(full) == 4 and all(w % 8 == 0 and w <= f for w, f in zip(widths, full))
     assert widths != full and ch["measured_ms"] <= doc["constraints"]["max_latency_ms"]
     assert ch["test_accuracy"] >= doc["baseline"]["test_accuracy"] - 0.03  # no training, a point or two at most
     assert doc["latency_table"]["convolutions_ms"] and doc["predictor"]["median_abs_error"] is not None

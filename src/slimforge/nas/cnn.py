@@ -1,5 +1,6 @@
-"""The ``subnet`` space for convolutional nets: how many output channels each stage of the user's own CNN keeps, in
-multiples of 8 (hardware-friendly widths), from a quarter of the original to all of it.
+"""The ``subnet`` space for convolutional nets: how many output channels each stage of the user's own CNN keeps (and
+how many features each hidden Linear layer of its head), in multiples of 8 (hardware-friendly widths), from an eighth
+of the original to all of it.
 
 A stage is a Torch-Pruning dependency group rooted at a convolution: the channels that must go together (a residual
 sum couples every convolution that writes into it, a depthwise convolution its input and output). A candidate is cut
@@ -32,7 +33,8 @@ from slimforge.techniques.prune.reconstruct import reconstruct
 from slimforge.torch_utils import set_training
 
 MULTIPLE = 8
-FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+LAYERS = (nn.Conv2d, nn.Linear)
 TABLE_SPEC = BenchSpec(warmup=2, repeats=8, min_time_s=0.05, max_time_s=8.0, rounds=3, max_rounds=5, rel_ci=0.1)
 
 
@@ -65,7 +67,7 @@ class CnnGeometry:
 
         Example:
             >>> CnnGeometry(("c",), (64,), (("c",),), ((),)).choices(0)
-            [16, 32, 48, 64]
+            [8, 16, 24, 32, 40, 48, 56, 64]
         """
         full = self.channels[i]
         return sorted({min(full, max(MULTIPLE, round(full * f / MULTIPLE) * MULTIPLE)) for f in FRACTIONS})
@@ -78,7 +80,8 @@ class CnnGeometry:
         shape = {n: [c.in_channels, c.out_channels] for n, c in convs.items()}
         for w, writers, readers in zip(arch.widths, self.writers, self.readers):
             for n in writers:
-                shape[n][1] = w
+                if n in shape:  # (a Linear stage's cost is in the time outside convolutions)
+                    shape[n][1] = w
             for n in readers:
                 if n in shape:
                     shape[n][0] = w
@@ -87,8 +90,12 @@ class CnnGeometry:
 
 def _outputs_layers(model: nn.Module) -> list[nn.Module]:
     """The layers whose outputs are the model's (never pruned): the last Linear or convolution in module order."""
-    last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    last = [m for m in model.modules() if isinstance(m, LAYERS)]
     return last[-1:]
+
+
+def _width(m: nn.Module) -> int:
+    return int(m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
 
 
 def cnn_geometry(model: nn.Module, example: Sequence[torch.Tensor]) -> CnnGeometry:
@@ -101,14 +108,14 @@ def cnn_geometry(model: nn.Module, example: Sequence[torch.Tensor]) -> CnnGeomet
     order = {n: i for i, n in enumerate(names.values())}
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example))
     stages = []
-    for group in graph.get_all_groups(ignored_layers=_outputs_layers(model), root_module_types=[nn.Conv2d]):
+    for group in graph.get_all_groups(ignored_layers=_outputs_layers(model), root_module_types=list(LAYERS)):
         writers = sorted({names[d.target.module] for d, _ in group if graph.is_out_channel_pruning_fn(d.handler)
-                          and isinstance(d.target.module, nn.Conv2d)}, key=order.get)
+                          and isinstance(d.target.module, LAYERS)}, key=order.get)
         readers = sorted({names[d.target.module] for d, _ in group if graph.is_in_channel_pruning_fn(d.handler)
-                          and isinstance(d.target.module, (nn.Conv2d, nn.Linear))}, key=order.get)
+                          and isinstance(d.target.module, LAYERS)}, key=order.get)
         root = group[0].dep.target.module
-        if writers and isinstance(root, nn.Conv2d) and root.out_channels >= 2 * MULTIPLE:
-            stages.append((writers[0], root.out_channels, tuple(writers), tuple(readers), names[root]))
+        if writers and isinstance(root, LAYERS) and _width(root) >= 2 * MULTIPLE:
+            stages.append((writers[0], _width(root), tuple(writers), tuple(readers), names[root]))
     if not stages:
         raise ConfigError("no convolution of this model can be narrowed (each has fewer than 16 channels)")
     stages.sort(key=lambda s: order[s[0]])
@@ -134,10 +141,10 @@ class CnnBuilder:
         if ratios:
             pruner = tp.pruner.MetaPruner(model, tuple(self.batches[0]), importance=tp.importance.MagnitudeImportance(
                 p=2), pruning_ratio=0.0, pruning_ratio_dict=ratios, ignored_layers=_outputs_layers(model),
-                root_module_types=[nn.Conv2d], round_to=None)
+                root_module_types=list(LAYERS), round_to=None)
             pruner.step()
             model.zero_grad(set_to_none=True)
-        got = tuple(mods[s].out_channels for s in self.geo.stages)
+        got = tuple(_width(mods[s]) for s in self.geo.stages)
         if got != arch.widths:
             raise TechniqueFailed(f"Torch-Pruning cut {got} channels where {arch.widths} was asked for")
         fits: list[dict] = []
