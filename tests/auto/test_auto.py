@@ -79,6 +79,10 @@ def test_digits_search_finds_pruned_distilled_int8_never_slower_and_caches(digit
     assert chain["status"] in ("chosen", "accepted", "rejected") and chain["latency_ms"], chain
     assert [s["type"] for s in chain["steps"]][:2] == ["prune", "distill"] and chain["steps"][-1]["type"] == \
         "quantize_static"
+    # search + distil + INT8: the architecture search's sub-network under half the latency, built and measured
+    searched = names["searched sub-network + distilled, onnxruntime int8 static"]
+    assert [s["type"] for s in searched["steps"]][:2] == ["subnet_search", "distill"], searched
+    assert searched["status"] in ("chosen", "accepted", "rejected") and searched["latency_ms"], searched
     for c in rep["candidates"]:  # never a slowdown: no candidate that can win is slower than the baseline anywhere
         if c["status"] in ("chosen", "accepted"):  # (slower: the whole interval of its speedup below 1.0)
             assert all(r["verdict"] != "slower" and r["hi"] >= 1.0 for r in c["ratio"].values()), c

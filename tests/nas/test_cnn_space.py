@@ -81,3 +81,28 @@ def test_prediction_is_the_convolutions_plus_the_interpolated_rest():
     mid = table.predict(CnnArch((16, 32, 24))) - conv_ms(CnnArch((16, 32, 24)))
     assert 0.25 < mid < 1.0 and table.measured == 0
     assert np.isfinite(table.predict(CnnArch((16, 32, 24))))
+
+
+def test_subnet_search_as_a_recipe_step(tmp_path):
+    """``subnet_search`` runs through the engine like any step (its handler is the nas plugin's): the sub-network
+    comes back with its figures as the step's check; without data it refuses with one line."""
+    import slimforge
+    from slimforge.core.context import RunContext
+    from slimforge.errors import ConfigError
+    from slimforge.io.data import load_data
+    from slimforge.plan.engine import apply_step
+    from slimforge.techniques.prune.subnet_config import SubnetSearchConfig
+
+    model, x = _data()
+    art = slimforge.load(model, example_inputs={"x": x[:2]})
+    np.savez(tmp_path / "x.npz", x=x.numpy())  # no labels: scored by cosine to the model
+    cfg = SubnetSearchConfig(latency_share=0.8, batch=16, trials=4)
+    out = apply_step(art, cfg, RunContext(calibration_data=load_data(tmp_path / "x.npz", art)))
+    check = next(c for c in out.checks if c.name == "subnet_search")
+    assert out.lineage[-1].name == "subnet_search" and out.meta["subnet"]["channels"] != [32, 64, 48]
+    assert check.metrics["parameters_after"] < check.metrics["parameters_before"] and check.metrics["test_cosine"] > 0
+    assert sum(p.numel() for p in model.parameters()) == check.metrics["parameters_before"]  # the model untouched
+    with pytest.raises(ConfigError, match="--data"):
+        apply_step(art, cfg, RunContext())
+    with pytest.raises(ConfigError, match="latency_share"):
+        SubnetSearchConfig(latency_share=1.5)

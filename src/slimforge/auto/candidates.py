@@ -193,23 +193,35 @@ def prune_and_distill(space: SearchSpace) -> Iterable[Candidate]:
     from slimforge.techniques.prune.torch_prune import PruneConfig
     from slimforge.techniques.quantize.onnx_static import Calibration, StaticQuantConfig
 
+    from slimforge.techniques.prune.subnet_config import SubnetSearchConfig
+
     epochs = 10  # the planner skips these (and says so) when the estimated training time does not fit the budget
     hidden = ("*encoder.layer.?",) if space.text else ()
-    trained = (PruneConfig(ratio=0.5, round_to=8, min_cosine=0.0),
-               DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3, max_drop=None,
-                             min_cosine=None))  # (like min_cosine=0.0 above: the search's quality goals judge)
+    distill = DistillConfig(epochs=epochs, lr=1e-3, hidden_layers=hidden, patience=3, max_drop=None,
+                            min_cosine=None)  # (like min_cosine=0.0 above: the search's quality goals judge)
+    trained = (PruneConfig(ratio=0.5, round_to=8, min_cosine=0.0), distill)
+    # the architecture search's sub-network (encoders and CNNs) under half the measured latency, then distilled
+    searched = (SubnetSearchConfig(latency_share=0.5, batch=max(space.target.batch_sizes)), distill) if (
+        space.text or sum(type(m).__name__ == "Conv2d" for m in space.art.handle.modules()) >= 2) else None
     if space.target.device == "cuda":
         from slimforge.techniques.gpu import GpuConfig
 
         yield candidate("pruned 50% + distilled, torch bf16", (*trained, GpuConfig(dtype="bf16", min_cosine=0.0)),
                         "torch", "bf16", cost=20, trains=True)
+        if searched:
+            yield candidate("searched sub-network + distilled, torch bf16", (*searched, GpuConfig(
+                dtype="bf16", min_cosine=0.0)), "torch", "bf16", cost=22, trains=True)
         return
     onnx = [*_to_onnx(space), GraphOptConfig()]
+    int8 = StaticQuantConfig(calibration=Calibration.MINMAX, per_channel=True,
+                             op_types=("MatMul",) if space.text else (), min_cosine=0.0)
     yield candidate("pruned 50% + distilled, onnxruntime fp32", (*trained, *onnx), "onnxruntime", "fp32", cost=20,
                     trains=True)
-    yield candidate("pruned 50% + distilled, onnxruntime int8 static", (*trained, *onnx, StaticQuantConfig(
-        calibration=Calibration.MINMAX, per_channel=True, op_types=("MatMul",) if space.text else (),
-        min_cosine=0.0)), "onnxruntime", "int8", cost=21, trains=True)
+    yield candidate("pruned 50% + distilled, onnxruntime int8 static", (*trained, *onnx, int8), "onnxruntime",
+                    "int8", cost=21, trains=True)
+    if searched:  # search + distil + INT8
+        yield candidate("searched sub-network + distilled, onnxruntime int8 static", (*searched, *onnx, int8),
+                        "onnxruntime", "int8", cost=22, trains=True)
 
 
 @proposer

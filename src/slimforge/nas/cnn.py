@@ -136,8 +136,10 @@ class CnnBuilder:
         tp = require("torch_pruning", extra="torch", package="torch-pruning")
         model = copy.deepcopy(self.original)
         mods = dict(model.named_modules())
-        ratios = {mods[r]: (full - w) / full for r, full, w in zip(self.geo.roots, self.geo.channels, arch.widths)
-                  if w < full}
+        # (full - w - 1e-6) / full: Torch-Pruning keeps int(full * (1 - ratio)) channels, which float error in
+        # (full - w) / full can leave one short (48 -> 7 where 8 was asked for)
+        ratios = {mods[r]: (full - w - 1e-6) / full for r, full, w in zip(self.geo.roots, self.geo.channels,
+                                                                          arch.widths) if w < full}
         if ratios:
             pruner = tp.pruner.MetaPruner(model, tuple(self.batches[0]), importance=tp.importance.MagnitudeImportance(
                 p=2), pruning_ratio=0.0, pruning_ratio_dict=ratios, ignored_layers=_outputs_layers(model),

@@ -21,4 +21,5 @@ from slimforge.techniques import fuse as _fuse  # noqa: F401
 from slimforge.techniques import gpu as _gpu  # noqa: F401
 from slimforge.techniques import lowrank as _lowrank  # noqa: F401
 from slimforge.techniques.prune import torch_prune as _prune  # noqa: F401
+from slimforge.techniques.prune import subnet_config as _subnet_config  # noqa: F401
 from slimforge.techniques.distill import torch_distill as _distill  # noqa: F401
