@@ -24,7 +24,8 @@ class NasResult:
         o = self.outcome
         chosen = o.chosen.to_dict() if o.chosen else None
         base = o.baseline
-        return {"space": self.space, "metric": o.metric, "distilled": self.distilled, "constraints": self.constraints.__dict__,
+        return {"space": self.space, "metric": o.metric, "distilled": self.distilled,
+                "constraints": self.constraints.__dict__,
                 "seconds": round(o.seconds, 1),
                 "budget_basis_ms": self.budget_basis_ms,
                 "trials": [t.to_dict() for t in o.trials], "front": [t.number for t in o.front],
