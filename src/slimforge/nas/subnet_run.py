@@ -29,7 +29,8 @@ def model_inputs(art: Any, data: Any, limit: int | None = 4096) -> list[torch.Te
 
 def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch: int, max_size_mb: float | None,
                max_params: int | None, min_cosine: float | None, trials: int, time_budget_s: float | None,
-               threads: int | None, seed: int, distill_epochs: int, progress: ProgressFn | None, min_accuracy: float | None = None) -> Any:
+               threads: int | None, seed: int, distill_epochs: int, progress: ProgressFn | None,
+               min_accuracy: float | None = None) -> Any:
     from slimforge.io.models import load as load_module
     from slimforge.nas.result import NasResult, budget_ms
     from slimforge.nas.search import Constraints, measure_finalists
