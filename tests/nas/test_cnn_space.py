@@ -102,6 +102,9 @@ def test_subnet_search_as_a_recipe_step(tmp_path):
     assert out.lineage[-1].name == "subnet_search" and out.meta["subnet"]["channels"] != [32, 64, 48]
     assert check.metrics["parameters_after"] < check.metrics["parameters_before"] and check.metrics["test_cosine"] > 0
     assert sum(p.numel() for p in model.parameters()) == check.metrics["parameters_before"]  # the model untouched
+    assert out.lineage == (*art.lineage, out.lineage[-1]) and out.lineage[-1].config == cfg.to_dict()
+    got = slimforge.open_session(out).run({"x": x[:3].numpy()})[0]
+    assert got.shape == (3, 10) and np.isfinite(got).all()
     with pytest.raises(ConfigError, match="--data"):
         apply_step(art, cfg, RunContext())
     with pytest.raises(ConfigError, match="latency_share"):

@@ -12,7 +12,7 @@ Its latency is predicted from a table of measured convolutions: every convolutio
 output) width a candidate gives it, timed alone on inputs of its shape, plus the time spent outside convolutions
 (normalisation, activations, pooling, the head). That part shrinks with the activations too: it is measured on the
 original and on its narrowest candidate (each timed whole, less its convolutions) and interpolated in between by the
-number of activation values the convolutions write.
+number of activation values the convolutions and Linear layers write.
 """
 
 from __future__ import annotations
@@ -75,9 +75,10 @@ class CnnGeometry:
     def full(self) -> CnnArch:
         return CnnArch(self.channels)
 
-    def conv_widths(self, arch: CnnArch, convs: dict[str, nn.Conv2d]) -> dict[str, tuple[int, int]]:
-        """Each convolution's (input, output) channels in the candidate ``arch``."""
-        shape = {n: [c.in_channels, c.out_channels] for n, c in convs.items()}
+    def conv_widths(self, arch: CnnArch, convs: dict[str, nn.Module]) -> dict[str, tuple[int, int]]:
+        """Each of ``convs``' (convolutions, Linear layers) input and output channels in the candidate ``arch``."""
+        shape = {n: [c.in_channels, c.out_channels] if isinstance(c, nn.Conv2d) else [c.in_features, c.out_features]
+                 for n, c in convs.items()}
         for w, writers, readers in zip(arch.widths, self.writers, self.readers):
             for n in writers:
                 if n in shape:  # (a Linear stage's cost is in the time outside convolutions)
@@ -99,11 +100,9 @@ def _width(m: nn.Module) -> int:
 
 
 def cnn_geometry(model: nn.Module, example: Sequence[torch.Tensor]) -> CnnGeometry:
-    """The stages of ``model`` (an ``nn.Module`` with convolutions), traced on ``example`` inputs."""
+    """The stages of ``model`` (convolutions and Linear layers; an MLP's hidden layers count), traced on
+    ``example`` inputs."""
     tp = require("torch_pruning", extra="torch", package="torch-pruning")
-    if sum(isinstance(m, nn.Conv2d) for m in model.modules()) < 2:
-        raise ConfigError("the subnet space takes transformer encoders or convolutional nets (two convolutions or "
-                          "more); this model has neither: try --space mobilenet_v3")
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=tuple(example))
@@ -117,7 +116,9 @@ def cnn_geometry(model: nn.Module, example: Sequence[torch.Tensor]) -> CnnGeomet
         if writers and isinstance(root, LAYERS) and _width(root) >= 2 * MULTIPLE:
             stages.append((writers[0], _width(root), tuple(writers), tuple(readers), names[root]))
     if not stages:
-        raise ConfigError("no convolution of this model can be narrowed (each has fewer than 16 channels)")
+        raise ConfigError("the subnet space takes transformer encoders, or nets of convolutions and Linear layers "
+                          "with a hidden one of 16 channels or more to narrow; this model has none: try --space "
+                          "mobilenet_v3")
     stages.sort(key=lambda s: order[s[0]])
     return CnnGeometry(tuple(s[0] for s in stages), tuple(s[1] for s in stages), tuple(s[2] for s in stages),
                        tuple(s[3] for s in stages), tuple(s[4] for s in stages))
@@ -183,7 +184,8 @@ class CnnLatency:
                  threads: int | None = None, spec: BenchSpec = TABLE_SPEC) -> None:
         self.builder, self.feeds, self.runtime, self.threads, self.spec = builder, feeds, runtime, threads, spec
         self.convs = {n: m for n, m in builder.original.named_modules() if isinstance(m, nn.Conv2d)}
-        self.inputs, self.outputs = _conv_shapes(builder.original, self.convs, feeds)
+        self.layers = {n: m for n, m in builder.original.named_modules() if isinstance(m, LAYERS)}
+        self.inputs, self.outputs = _conv_shapes(builder.original, self.layers, feeds)
         self.ms: dict[tuple[str, int, int], float] = {}
         self.outside_ms: float | None = None  # the original's time outside convolutions
         self.outside_narrow_ms: float | None = None  # and its narrowest candidate's
@@ -191,9 +193,11 @@ class CnnLatency:
         self.measured = 0
 
     def _volume(self, arch: CnnArch) -> float:
-        """Activation values the convolutions of ``arch`` write (per example)."""
-        widths = self.builder.geo.conv_widths(arch, self.convs)
-        return float(sum(widths[n][1] * float(np.prod(self.outputs[n][2:])) for n in self.convs))
+        """Activation values the convolutions and Linear layers of ``arch`` write (per example)."""
+        widths = self.builder.geo.conv_widths(arch, self.layers)
+        per_channel = {n: float(np.prod(self.outputs[n][2:])) if n in self.convs else
+                       float(np.prod(self.outputs[n][1:-1])) for n in self.layers}  # a Linear's features are last
+        return float(sum(widths[n][1] * per_channel[n] for n in self.layers))
 
     def _open(self, module: nn.Module, feeds: dict[str, np.ndarray]) -> Any:
         from slimforge.io.models import load
@@ -263,7 +267,7 @@ class CnnLatency:
                 "convolutions_ms": {f"{n} {a}->{b}": v for (n, a, b), v in sorted(self.ms.items())}}
 
 
-def _conv_shapes(model: nn.Module, convs: dict[str, nn.Conv2d], feeds: dict[str, np.ndarray]
+def _conv_shapes(model: nn.Module, convs: dict[str, nn.Module], feeds: dict[str, np.ndarray]
                  ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """The input and output shapes of each convolution on ``feeds``."""
     ins: dict[str, tuple[int, ...]] = {}

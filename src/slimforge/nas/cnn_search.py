@@ -22,6 +22,7 @@ from slimforge.nas.search import Constraints, SearchOutcome, measure_finalists, 
 from slimforge.nas.subnet_search import FIT_BATCH, MAX_DRAWS, SubnetTrial, keep_best_models
 
 Batches = list[tuple[torch.Tensor, ...]]
+MIN_EXAMPLES = 32  # a fifth each to score and to test, the rest to refit
 
 
 def _logits(model: nn.Module, batches: Batches) -> np.ndarray:
@@ -46,11 +47,11 @@ def search_cnn(model: nn.Module, inputs: list[torch.Tensor], labels: torch.Tenso
         raise MissingDependencyError("architecture search needs optuna: pip install 'slimforge[nas]'") from exc
     t0 = time.perf_counter()
     n = len(inputs[0])
-    if n < 3 * FIT_BATCH:
-        raise ConfigError(f"the subnet search needs at least {3 * FIT_BATCH} examples to fit, score and test; "
+    if n < MIN_EXAMPLES:
+        raise ConfigError(f"the subnet search needs at least {MIN_EXAMPLES} examples to fit, score and test; "
                           f"the data has {n}")
     order = np.random.default_rng(seed).permutation(n)
-    n_part = max(n // 5, FIT_BATCH)
+    n_part = max(n // 5, MIN_EXAMPLES // 4)
     test, val, fit = order[:n_part], order[n_part:2 * n_part], order[2 * n_part:][:fit_samples]
 
     def batches(idx: np.ndarray) -> Batches:
