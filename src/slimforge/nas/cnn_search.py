@@ -17,8 +17,8 @@ from slimforge.core.context import ProgressEvent, ProgressFn
 from slimforge.errors import ConfigError, MissingDependencyError
 from slimforge.evaluation.metrics import cosine_similarity
 from slimforge.nas.cnn import CnnArch, CnnBuilder, CnnLatency, cnn_geometry
-from slimforge.nas.latency import predictor_error
-from slimforge.nas.search import Constraints, SearchOutcome, measure_finalists, pareto, pick_finalists, violations
+from slimforge.nas.search import (Constraints, SearchOutcome, measure_finalists, outcome, pareto, pick_finalists,
+                                  violations)
 from slimforge.nas.subnet_search import FIT_BATCH, MAX_DRAWS, SubnetTrial, keep_best_models
 
 Batches = list[tuple[torch.Tensor, ...]]
@@ -120,14 +120,5 @@ def search_cnn(model: nn.Module, inputs: list[torch.Tensor], labels: torch.Tenso
     for r in finalists:
         r.test_accuracy = score(r.model, "test")  # type: ignore[arg-type]
     base_info["test_accuracy"] = score(builder.original, "test")
-    budget = constraints.max_latency_ms
-    ok = [r for r in finalists if budget is None or (r.measured_ms or 0) <= budget]
-    if finalists and not ok:
-        notes.append("every finalist was predicted within the latency budget but measured over it")
-    chosen = max(ok, key=lambda r: (r.accuracy or 0.0, -(r.measured_ms or 0.0))) if ok else None
-    predicted = {str(r.number): r.predicted_ms for r in finalists}
-    measured = {str(r.number): r.measured_ms for r in finalists if r.measured_ms}
-    return SearchOutcome(trials=results, front=front, chosen=chosen, table=table.to_dict(),  # type: ignore[arg-type]
-                         predictor={**predictor_error(predicted, measured), "layers_timed": table.measured},
-                         baseline=base_info, seconds=time.perf_counter() - t0, notes=notes,
-                         metric="accuracy" if truth is not None else "cosine")
+    return outcome(results, front, finalists, constraints, table, base_info, notes, t0,
+                   metric="accuracy" if truth is not None else "cosine")

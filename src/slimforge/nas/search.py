@@ -196,6 +196,13 @@ def search_mobilenet(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
         r.test_accuracy = _accuracy(r.model, xs, ys)  # type: ignore[arg-type]
     if baseline is not None:
         base_info["test_accuracy"] = _accuracy(baseline, xs, ys)
+    return outcome(results, front, finalists, constraints, table, base_info, notes, t0)
+
+
+def outcome(results: list[Any], front: list[Any], finalists: list[Any], constraints: Constraints, table: Any,
+            baseline: dict[str, Any], notes: list[str], t0: float, metric: str = "accuracy") -> SearchOutcome:
+    """The search's result from its measured finalists: the most accurate one measured within the latency budget
+    (a note when none was), and the predictor's error on them. Every search space ends here."""
     budget = constraints.max_latency_ms
     ok = [r for r in finalists if budget is None or (r.measured_ms or 0) <= budget]
     if finalists and not ok:
@@ -205,7 +212,7 @@ def search_mobilenet(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
     measured = {str(r.number): r.measured_ms for r in finalists if r.measured_ms}
     return SearchOutcome(trials=results, front=front, chosen=chosen, table=table.to_dict(),
                          predictor={**predictor_error(predicted, measured), "layers_timed": table.measured},
-                         baseline=base_info, seconds=time.perf_counter() - t0, notes=notes)
+                         baseline=baseline, seconds=time.perf_counter() - t0, notes=notes, metric=metric)
 
 
 def pareto(rows: list[TrialResult]) -> list[TrialResult]:

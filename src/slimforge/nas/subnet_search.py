@@ -17,9 +17,8 @@ from torch import nn
 from slimforge.core.context import ProgressEvent, ProgressFn
 from slimforge.errors import ConfigError, MissingDependencyError
 from slimforge.evaluation.metrics import cosine_similarity
-from slimforge.nas.latency import predictor_error
-from slimforge.nas.search import (FINALISTS, Constraints, SearchOutcome, measure_finalists, pareto, pick_finalists,
-                                  violations)
+from slimforge.nas.search import (FINALISTS, Constraints, SearchOutcome, measure_finalists, outcome, pareto,
+                                  pick_finalists, violations)
 from slimforge.nas.subnet import Geometry, SubnetArch, SubnetBuilder, SubnetLatency, geometry
 
 log = logging.getLogger(__name__)
@@ -175,17 +174,8 @@ def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int 
                                          threads)
     for r in finalists:
         r.test_accuracy = float(cosine_similarity(ref_test, _outputs(r.model, test_b)).mean())  # type: ignore
-    budget = constraints.max_latency_ms
-    ok = [r for r in finalists if budget is None or (r.measured_ms or 0) <= budget]
-    if finalists and not ok:
-        notes.append("every finalist was predicted within the latency budget but measured over it")
-    chosen = max(ok, key=lambda r: (r.accuracy or 0.0, -(r.measured_ms or 0.0))) if ok else None
-    predicted = {str(r.number): r.predicted_ms for r in finalists}
-    measured = {str(r.number): r.measured_ms for r in finalists if r.measured_ms}
     base_info["test_accuracy"] = 1.0  # the original against itself
-    return SearchOutcome(trials=results, front=front, chosen=chosen, table=table.to_dict(),  # type: ignore[arg-type]
-                         predictor={**predictor_error(predicted, measured), "layers_timed": table.measured},
-                         baseline=base_info, seconds=time.perf_counter() - t0, notes=notes, metric="cosine")
+    return outcome(results, front, finalists, constraints, table, base_info, notes, t0, metric="cosine")
 
 
 def keep_best_models(results: list[SubnetTrial]) -> None:
