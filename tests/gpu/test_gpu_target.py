@@ -183,6 +183,39 @@ def test_engine_with_cuda_graphs_captures_each_shape_and_matches_plain_runs(tmp_
     assert module.graphs and len(module._captured) == 2  # captured, not fallen back to plain runs
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_an_engine_file_loads_and_runs_in_a_fresh_process(tmp_path):
+    """The engine is for another process (a server): loaded there without the model's code or a compile, it gives
+    the outputs of the process that built it. torch 2.11's own loader segfaulted in every fresh process on an H200
+    (its library's own C++ runtime bound half to the process's copy)."""
+    import numpy as np
+
+    from slimforge.core.context import RunContext
+    from slimforge.io.engine import load_engine, write_engine
+    from slimforge.plan.engine import run_steps
+    from slimforge.plan.recipe import Recipe
+    from slimforge.techniques.gpu import GpuConfig
+
+    art = slimforge.load(Tiny().eval(), example_inputs=torch.randn(1, 3, 16, 16))
+    placed = run_steps(art, Recipe(steps=(GpuConfig(dtype="fp16"),), runtime="torch"), RunContext())
+    path = tmp_path / "tiny.pt2"
+    write_engine(placed, path)
+    x = np.random.default_rng(3).standard_normal((5, 3, 16, 16)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    here = load_engine(path, examples=art.examples, meta={"gpu": "fp16"}, source_id="t").handle(torch.from_numpy(x))
+    code = ("import sys, numpy as np, torch; from slimforge.io.engine import load_engine; "
+            f"m = load_engine(__import__('pathlib').Path(r'{path}'), examples={{}}, meta={{'gpu': 'fp16'}}, "
+            "source_id='t').handle; "
+            f"np.save(r'{tmp_path / 'y.npy'}', m(torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))).float().cpu().numpy())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    there = np.load(tmp_path / "y.npy").ravel()
+    ref = here.float().cpu().numpy().ravel()
+    cos = float(ref @ there / (np.linalg.norm(ref) * np.linalg.norm(there)))
+    assert cos >= 0.9999, cos
+
+
 def test_a_weights_fallback_is_served_with_its_steps_applied_again(tmp_path, caplog):
     """When a GPU engine cannot be compiled, the original model is written with the winner's steps in its sidecar;
     the server applies them again on a GPU, and without one serves the original and says so (never silently)."""

@@ -121,11 +121,14 @@ def test_kill_9_during_static_quantization_leaves_no_scratch_after_the_next_run(
 
 
 def test_sigterm_removes_the_scratch_at_once(ws):
-    proc = ws.popen("quantize", "model.onnx", "--method", "static", "--data", "calib.npz", *FAST)
+    # a calibration long enough that the signal lands inside it (with the small calib.npz the run could end first)
+    ws.npz("big.npz", x=np.random.default_rng(0).standard_normal((512, 16)).astype(np.float32))
+    proc = ws.popen("quantize", "model.onnx", "--method", "static", "--data", "big.npz", "--num-samples", "512",
+                    *FAST)
     deadline = time.monotonic() + 60
     while not list(ws.tmp.glob("slimforge-run-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(random.Random(1).uniform(0.0, 0.5))
+    time.sleep(random.Random(1).uniform(0.0, 0.2))
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) != 0
     assert not ws.leftovers()  # scratch and the children's temporary files (ORT's pre.quant.*), all gone

@@ -4,8 +4,13 @@ bounds, like an engine's optimisation profile. Loading one needs neither the mod
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import shutil
+import tempfile
 import threading
+import weakref
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -145,9 +150,55 @@ def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, 
     try:
         # single-threaded: without it, each run first queries the previous run's completion event, which a CUDA
         # graph capture forbids and which, once recorded inside a capture, cannot be queried again
-        runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=graphs)
+        runner = open_runner(path, device="cuda", single_threaded=graphs)
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load the GPU engine: {str(exc).strip().splitlines()[0][:300]}") from exc
     module = EngineModule(runner, tf32=meta.get("precision") == "tf32", graphs=graphs)
     meta = {**meta, "device": "cuda", "engine": "aoti"}
     return torch_artifact(module, examples, fmt=Format.TORCH_EXPORT, path=path, meta=meta, source_id=source_id)
+
+
+class _Runner:
+    """The compiled model of an engine file, run directly: its shared library opened by us, bound to itself first."""
+
+    def __init__(self, path: Path, device: str, single_threaded: bool) -> None:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if "/aotinductor/" in n]
+            libs = [n for n in names if n.endswith(".so")]
+            if len(libs) != 1 or any("/weights/" in n or "/constants/" in n for n in z.namelist()):
+                raise _NotPlain(f"{len(libs)} compiled libraries, weights outside them")
+            self.dir = tempfile.mkdtemp(prefix="slimforge-engine-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)  # kernels load lazily: kept till then
+            for n in names:
+                if n.endswith((".so", ".cubin", ".json")):
+                    target = Path(self.dir) / Path(n).name
+                    target.write_bytes(z.read(n))
+        lib = str(Path(self.dir) / Path(libs[0]).name)
+        # The compiler may link its own C++ runtime into the library. Opened the usual way, its calls into that
+        # runtime bind to the process's copy (loaded with torch) while its inlined code uses its own: two
+        # std::locale registries, and a segfault in the first std::regex it builds (seen with torch 2.11 on an
+        # H200: every fresh process died in parse_device_str). Bound to itself first, it uses one consistent copy;
+        # the runner's own dlopen of the same file then gets this handle.
+        self._dll = ctypes.CDLL(lib, mode=os.RTLD_NOW | os.RTLD_LOCAL | getattr(os, "RTLD_DEEPBIND", 0))
+        aoti = torch._C._aoti
+        if device == "cuda":
+            self.runner = aoti.AOTIModelContainerRunnerCuda(lib, 1, "cuda", self.dir, single_threaded)
+        else:
+            self.runner = aoti.AOTIModelContainerRunnerCpu(lib, 1)
+
+    def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        return self.runner.run(list(args))
+
+
+class _NotPlain(Exception):
+    """A package this loader does not open itself (torch's own loader does)."""
+
+
+def open_runner(path: Path, *, device: str, single_threaded: bool = False) -> Any:
+    """A callable that runs the AOTInductor package at ``path`` on flat tensors (the order of the exported
+    inputs) and returns its outputs. Packages with their weights outside the library go through torch's loader."""
+    try:
+        return _Runner(path, device, single_threaded)
+    except _NotPlain as why:
+        log.info("%s: %s; loading it with torch's package loader", path, why)
+        return torch._inductor.aoti_load_package(str(path), run_single_threaded=single_threaded)
