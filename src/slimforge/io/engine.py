@@ -159,7 +159,8 @@ def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, 
 
 
 class _Runner:
-    """The compiled model of an engine file, run directly: its shared library opened by us, bound to itself first."""
+    """The compiled model of an engine file run by torch's container runner, from a folder of ours (removed when the
+    runner goes), with the process's C++ runtime shared with it first."""
 
     def __init__(self, path: Path, device: str, single_threaded: bool) -> None:
         with zipfile.ZipFile(path) as z:
@@ -174,12 +175,7 @@ class _Runner:
                     target = Path(self.dir) / Path(n).name
                     target.write_bytes(z.read(n))
         lib = str(Path(self.dir) / Path(libs[0]).name)
-        # The compiler may link its own C++ runtime into the library. Opened the usual way, its calls into that
-        # runtime bind to the process's copy (loaded with torch) while its inlined code uses its own: two
-        # std::locale registries, and a segfault in the first std::regex it builds (seen with torch 2.11 on an
-        # H200: every fresh process died in parse_device_str). Bound to itself first, it uses one consistent copy;
-        # the runner's own dlopen of the same file then gets this handle.
-        self._dll = ctypes.CDLL(lib, mode=os.RTLD_NOW | os.RTLD_LOCAL | getattr(os, "RTLD_DEEPBIND", 0))
+        _share_cxx_runtime()
         aoti = torch._C._aoti
         if device == "cuda":
             self.runner = aoti.AOTIModelContainerRunnerCuda(lib, 1, "cuda", self.dir, single_threaded)
@@ -188,6 +184,33 @@ class _Runner:
 
     def __call__(self, *args: torch.Tensor) -> list[torch.Tensor]:
         return self.runner.run(list(args))
+
+
+def _share_cxx_runtime() -> None:
+    """Make the process's C++ runtime (loaded with torch) visible to libraries opened later.
+
+    A compiler may link its own libstdc++ into the engine's library (the H200 image's /opt/gcc g++ does: no libstdc++
+    among its NEEDED, iconv and __duplocale among its imports). Loaded beside torch's copy, it mixed the two: std::regex
+    in its parse_device_str took a facet from one copy and called it with the other's layout, and every fresh process
+    died there (torch 2.11; in the building process too, at times). Started with LD_PRELOAD of the system libstdc++,
+    the same library loaded and ran; promoting the copy already loaded to global scope does that in-process."""
+    global _CXX_SHARED
+    if _CXX_SHARED or os.name != "posix":
+        return
+    path = None
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            path = next((ln.split()[-1] for ln in maps if "/libstdc++.so" in ln), None)
+    except OSError:
+        pass
+    try:
+        ctypes.CDLL(path or "libstdc++.so.6", mode=os.RTLD_NOW | ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        log.warning("could not share the C++ runtime with the engine's library (%s); loading it as it is", exc)
+    _CXX_SHARED = True
+
+
+_CXX_SHARED = False
 
 
 class _NotPlain(Exception):
@@ -201,4 +224,5 @@ def open_runner(path: Path, *, device: str, single_threaded: bool = False) -> An
         return _Runner(path, device, single_threaded)
     except _NotPlain as why:
         log.info("%s: %s; loading it with torch's package loader", path, why)
+        _share_cxx_runtime()
         return torch._inductor.aoti_load_package(str(path), run_single_threaded=single_threaded)
