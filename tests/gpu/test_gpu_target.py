@@ -181,7 +181,8 @@ def test_engine_with_cuda_graphs_captures_each_shape_and_matches_plain_runs(tmp_
         plain = module._run([x.cuda()])[0]
         assert torch.allclose(graphed.float(), plain.float(), atol=1e-3), (b, (graphed - plain).abs().max())
     shapes = {k[0][0] for k in module._captured}  # (loading probed other batch sizes too)
-    assert module.graphs and {(1, 3, 16, 16), (4, 3, 16, 16)} <= shapes  # captured, not fallen back to plain runs
+    assert module.graphs and {(1, 3, 16, 16), (4, 3, 16, 16)} <= shapes  # captured, not fallen back to plain
+    # runs
 
 
 @pytest.mark.gpu
@@ -210,7 +211,7 @@ def test_an_engine_file_loads_and_runs_in_a_fresh_process(tmp_path):
             f"x = np.load(r'{tmp_path / 'x.npy'}'); "
             f"m = load_engine(__import__('pathlib').Path(r'{path}'), examples={{'{name}': x[:1]}}, "
             "meta={'gpu': 'fp16'}, source_id='t').handle; "
-            f"np.save(r'{tmp_path / 'y.npy'}', m(torch.from_numpy(np.load(r'{tmp_path / 'x.npy'}'))).float().cpu().numpy())")
+            f"np.save(r'{tmp_path / 'y.npy'}', m(torch.from_numpy(x)).float().cpu().numpy())")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     there = np.load(tmp_path / "y.npy").ravel()

@@ -144,3 +144,9 @@ def test_the_chosen_sub_network_is_distilled_from_the_model_when_asked(tmp_path)
     back = slimforge.load(res.paths["model"])
     assert back.meta["lineage"]["distilled"]["heldout"] == held
     assert back.meta["lineage"]["arch"] == doc["chosen"]["arch_spec"]
+    # each finalist measured within budget was distilled; the one kept is the best after training, and is the chosen
+    runs = doc["distilled"]["finalists"]
+    within = [t for t in doc["finalists"] if t["measured_ms"] <= doc["constraints"]["max_latency_ms"]]
+    assert len(runs) == min(3, len(within)) >= 1
+    afters = [r["heldout"]["cosine_to_teacher_after"] for r in runs]
+    assert held["cosine_to_teacher_after"] == max(afters) and doc["distilled"]["trial"] == doc["chosen"]["trial"]

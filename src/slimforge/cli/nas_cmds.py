@@ -31,8 +31,11 @@ def nas(model: ModelArg = None,
         min_accuracy: Annotated[Optional[float], typer.Option(help="Validation accuracy floor (0-1).")] = None,
         min_cosine: Annotated[Optional[float], typer.Option(help="subnet: cosine floor to the model's outputs.")]
         = None,
-        distill_epochs: Annotated[int, typer.Option(help="subnet: distil the chosen sub-network from the model for "
-                                                         "this many epochs (GPU when there is one).")] = 0,
+        distill_epochs: Annotated[int, typer.Option(help="subnet: distil the best finalists from the model for this "
+                                                         "many epochs (GPU when there is one); the best after "
+                                                         "training is chosen.")] = 0,
+        distill_top: Annotated[int, typer.Option(help="subnet: how many finalists measured within budget are "
+                                                      "distilled.")] = 3,
         trials: Annotated[int, typer.Option(help="Architectures trained (those predicted over a budget are not).")]
         = 30,
         time_budget: Annotated[Optional[str], typer.Option(help="Time for the trials: 600, 90s, 15m, 1h.")] = None,
@@ -55,7 +58,8 @@ def nas(model: ModelArg = None,
     with progress_bars(err_console) as on_progress:
         res = search_architecture(art, data, space=space, max_latency_ms=max_latency_ms, batch=batch,
                                   max_size_mb=max_size_mb, max_params=max_params, min_accuracy=min_accuracy,
-                                  min_cosine=min_cosine, distill_epochs=distill_epochs, trials=trials,
+                                  min_cosine=min_cosine, distill_epochs=distill_epochs, distill_top=distill_top,
+                                  trials=trials,
                                   time_budget_s=budget_s, epochs=epochs, threads=threads,
                                   output_dir=output_dir, force=force, progress=on_progress)
     doc = res.to_dict()

@@ -37,7 +37,8 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
                         max_latency_ms: float | str | None = "50%", batch: int = 64,
                         max_size_mb: float | None = None, max_params: int | None = None,
                         min_accuracy: float | None = None, min_cosine: float | None = None,
-                        distill_epochs: int = 0, trials: int = 30, time_budget_s: float | None = None,
+                        distill_epochs: int = 0, distill_top: int = 3, trials: int = 30,
+                        time_budget_s: float | None = None,
                         epochs: int = 15, threads: int | None = 1, test_fraction: float = 0.2, seed: int = 0,
                         output_dir: str | Path | None = None, force: bool = False,
                         progress: ProgressFn | None = None) -> NasResult:
@@ -45,7 +46,8 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
     ``threads``) at ``batch``. ``model`` is the baseline (its latency sets ``"50%"`` budgets, its accuracy the drop
     reported). ``space``: ``subnet`` (sub-networks of the model itself, scored without training: a transformer
     encoder's depth, heads and FFN widths by cosine to it; a CNN's channels per stage by accuracy on labelled ``data``,
-    else by cosine; ``distill_epochs`` then distils the chosen one), ``mobilenet_v3`` (trained on labelled
+    else by cosine; ``distill_epochs`` then distils the best ``distill_top`` finalists measured within budget and keeps
+    the best after training), ``mobilenet_v3`` (trained on labelled
     ``data``, of which ``test_fraction`` is held out from the whole search), or ``auto`` (subnet for encoders).
 
     Example:
@@ -72,7 +74,7 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
         res = run_subnet(art, data, max_latency_ms=max_latency_ms, batch=batch, max_size_mb=max_size_mb,
                          max_params=max_params, min_cosine=min_cosine, min_accuracy=min_accuracy, trials=trials,
                          time_budget_s=time_budget_s, threads=threads, seed=seed, distill_epochs=distill_epochs,
-                         progress=progress)
+                         distill_top=distill_top, progress=progress)
         return _write(res, art, output_dir, force)
     x, y = _arrays(art, data)
     rng = np.random.default_rng(seed)

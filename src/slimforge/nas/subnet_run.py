@@ -30,7 +30,7 @@ def model_inputs(art: Any, data: Any, limit: int | None = 4096) -> list[torch.Te
 def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch: int, max_size_mb: float | None,
                max_params: int | None, min_cosine: float | None, trials: int, time_budget_s: float | None,
                threads: int | None, seed: int, distill_epochs: int, progress: ProgressFn | None,
-               min_accuracy: float | None = None) -> Any:
+               min_accuracy: float | None = None, distill_top: int = 3) -> Any:
     from slimforge.io.models import load as load_module
     from slimforge.nas.result import NasResult, budget_ms
     from slimforge.nas.search import Constraints, measure_finalists
@@ -65,18 +65,37 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
         outcome = search_cnn(module, inputs, labels, names, constraints=constraints, trials=trials,
                              time_budget_s=time_budget_s, threads=threads, seed=seed, progress=progress)
     res = NasResult(outcome, constraints, budget_basis_ms=base_ms, space="subnet")
-    chosen = outcome.chosen
-    if chosen is None:
+    if outcome.chosen is None:
         return res
     example = {n: t[:2].numpy() for n, t in zip(names, inputs)}
-    res.artifact = load_module(chosen.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
-    lineage = {"source": art.name, "search": "subnet", "arch": chosen.arch.to_dict(), "trial": chosen.number,
-               "test_score": chosen.test_accuracy}
-    if distill_epochs > 0:
-        res.artifact, res.distilled = _distill(art, res.artifact, ds, distill_epochs, seed)
-        lineage["distilled"] = res.distilled
-    res.artifact.meta["lineage"] = lineage
+
+    def as_artifact(trial: Any) -> Any:
+        return load_module(trial.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
+
+    if distill_epochs > 0:  # train what wins: the best few measured within budget, then the best after training
+        budget = constraints.max_latency_ms
+        within = sorted([r for r in outcome.trials if r.model is not None and r.measured_ms is not None
+                         and (budget is None or r.measured_ms <= budget)], key=lambda r: -(r.accuracy or 0.0))
+        runs = []
+        for trial in within[:max(1, distill_top)]:
+            student, info = _distill(art, as_artifact(trial), ds, distill_epochs, seed)
+            runs.append((trial, student, {"trial": trial.number, "arch": trial.arch.describe(), **info}))
+        trial, res.artifact, res.distilled = max(runs, key=lambda r: _after(r[2]))
+        res.distilled = {**res.distilled, "finalists": [r[2] for r in runs]}
+        outcome.chosen = trial
+    else:
+        res.artifact = as_artifact(outcome.chosen)
+    chosen = outcome.chosen
+    res.artifact.meta["lineage"] = {"source": art.name, "search": "subnet", "arch": chosen.arch.to_dict(),
+                                    "trial": chosen.number, "test_score": chosen.test_accuracy,
+                                    **({"distilled": res.distilled} if res.distilled else {})}
     return res
+
+
+def _after(info: dict[str, Any]) -> float:
+    """A distilled finalist's held-out score (cosine to the original, or accuracy) after training."""
+    held = info.get("heldout") or {}
+    return float(next((v for k, v in held.items() if k.endswith("_after")), float("-inf")))
 
 
 def is_encoder(module: Any) -> bool:
