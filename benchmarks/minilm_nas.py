@@ -8,7 +8,13 @@ FP32 model on unlabelled English (the docstrings of the installed packages), and
   threads), interleaved rounds with intervals (``bench.compare``).
 
     .venv/bin/python benchmarks/minilm_nas.py [--sentences 20000 --trials 30 --distill-epochs 8]
-        [--device auto|cpu|cuda] [--json benchmarks/results/nas_minilm_distill.json]
+        [--model FOLDER] [--export-student DIR] [--json benchmarks/results/nas_minilm_distill.json]
+    .venv/bin/python benchmarks/minilm_nas.py --import-student DIR   # judge a student trained elsewhere, here
+
+On a GPU machine (the device tool) the model may travel in FP16 (``--model``: the transfer is limited) and the
+distilled student comes back as its trained weights (``--export-student``: everything but the frozen embeddings, in
+FP32, in files under 16 MB); ``--import-student`` cuts the same architecture from the FP32 model here, puts those
+weights in, and judges it against the exact FP32 model on this machine.
 
 The chosen model is written to ``--out-dir``/nas/nas-best.pt2, for ``benchmarks/cpu_minilm_vs_peers.py --student``.
 Goal (architecture-search issue): held-out cosine >= 0.95 at >= 2x the unpruned model's batch-32 speed.
@@ -52,6 +58,9 @@ def main() -> int:
     ap.add_argument("--budget", default="50%", help="latency budget at batch 32 (ms or a share of the unpruned)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "slimforge-out" / "minilm-nas")
+    ap.add_argument("--model", type=Path, default=None, help="the MiniLM folder (default: the installed package's)")
+    ap.add_argument("--export-student", type=Path, default=None, help="write the trained weights here")
+    ap.add_argument("--import-student", type=Path, default=None, help="judge weights written by --export-student")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "nas_minilm_distill.json")
     args = ap.parse_args()
     import torch
@@ -60,25 +69,31 @@ def main() -> int:
 
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    base = slimforge.load(default_model_path())
+    base = slimforge.load(args.model or default_model_path())
+    base.handle.float()  # a folder that travelled in FP16 loads in FP16; the teacher runs in FP32
     held = bundled_sentences_path().read_text(encoding="utf-8").splitlines()
-    t0 = time.perf_counter()
-    corpus = docstring_sentences(limit=args.sentences, exclude=held)
-    (out / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
-    print(f"{len(corpus)} docstring sentences in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-
-    t0 = time.perf_counter()
-    res = slimforge.search_architecture(base, out / "corpus.txt", space="subnet", max_latency_ms=args.budget,
-                                        batch=32, trials=args.trials, time_budget_s=args.time_budget,
-                                        distill_epochs=args.distill_epochs, threads=torch.get_num_threads(),
-                                        output_dir=out / "nas", force=True, progress=_bar)
-    search_s = time.perf_counter() - t0
-    print(f"\nsearch + distillation: {search_s:.0f} s", file=sys.stderr)
-    if res.artifact is None:
-        print("FAIL: nothing met the latency budget", file=sys.stderr)
-        return 1
-    student = res.artifact
-    print(f"chosen model written: {res.paths}", file=sys.stderr)
+    info: dict = {"heldout_sentences": len(held)}
+    if args.import_student:
+        student, arch = import_student(base, args.import_student)
+        info["imported_from"] = str(args.import_student)
+    else:
+        t0 = time.perf_counter()
+        corpus = docstring_sentences(limit=args.sentences, exclude=held)
+        (out / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
+        print(f"{len(corpus)} docstring sentences in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        t0 = time.perf_counter()
+        res = slimforge.search_architecture(base, out / "corpus.txt", space="subnet", max_latency_ms=args.budget,
+                                            batch=32, trials=args.trials, time_budget_s=args.time_budget,
+                                            distill_epochs=args.distill_epochs, threads=torch.get_num_threads(),
+                                            output_dir=out / "nas", force=True, progress=_bar)
+        info.update(corpus_sentences=len(corpus), seconds=round(time.perf_counter() - t0, 1), search=res.to_dict())
+        print(f"\nsearch + distillation: {info['seconds']:.0f} s; written: {res.paths}", file=sys.stderr)
+        if res.artifact is None:
+            print("FAIL: nothing met the latency budget", file=sys.stderr)
+            return 1
+        student, arch = res.artifact, res.to_dict()["chosen"]["arch_spec"]
+        if args.export_student:
+            export_student(student, arch, args.export_student)
 
     ds = TextLines(bundled_sentences_path(), base)
     batches = [b.feeds for b in ds.batches(32)]
@@ -93,14 +108,11 @@ def main() -> int:
     comp = compare(sessions, feeds, spec, reference="unpruned FP32")
     speed = {b: comp.ratio("searched + distilled FP32", b).to_dict() for b in feeds}
     doc = {"environment": environment(torch.get_num_threads()), "args": {k: str(v) for k, v in vars(args).items()},
-           "corpus_sentences": len(corpus), "heldout_sentences": len(held), "seconds": round(search_s, 1),
-           "search": res.to_dict(), "heldout_cosine": cos, "speedup": speed, "timing": comp.note(),
+           **info, "arch": arch, "heldout_cosine": cos, "speedup": speed, "timing": comp.note(),
            "latency_ms": {n: {b: comp.timing(n, b).p50 for b in feeds} for n in sessions}}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2, default=str))
-    arch = res.outcome.chosen.arch.describe() if hasattr(res.outcome.chosen.arch, "describe") else \
-        res.to_dict()["chosen"]["arch"]
-    print(f"chosen: {arch}")
+    print(f"architecture: {arch}")
     print(f"held-out cosine (2,884 bundled sentences, never trained on): {cos:.4f}")
     for b in feeds:
         print(f"batch {b}: {comp.ratio('searched + distilled FP32', b).describe()} the unpruned model")
@@ -108,6 +120,53 @@ def main() -> int:
     print(("PASS" if ok else "FAIL") + ": held-out cosine >= 0.95 at >= 2x the unpruned batch-32 speed "
           "(the interval's low end)")
     return 0 if ok else 1
+
+
+def export_student(student, arch: dict, dest: Path, chunk_bytes: int = 15_000_000) -> None:
+    """The trained weights (the embeddings were frozen: they are the original's) in FP32 files under 16 MB."""
+    import torch
+
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "student_arch.json").write_text(json.dumps(arch))
+    part: dict = {}
+    size, n = 0, 0
+    for k, v in student.handle.state_dict().items():
+        if "embeddings" in k:
+            continue
+        if part and size + v.numel() * 4 > chunk_bytes:
+            torch.save(part, dest / f"student_{n}.pt")
+            part, size, n = {}, 0, n + 1
+        part[k] = v.detach().float().cpu().clone()
+        size += v.numel() * 4
+    torch.save(part, dest / f"student_{n}.pt")
+
+
+def import_student(base, src: Path):
+    """The architecture cut from ``base`` here, with the trained weights put in (every one of them must fit)."""
+    import torch
+
+    from slimforge.io.models import load as load_module
+    from slimforge.nas.subnet import SubnetArch, SubnetBuilder, geometry
+    from slimforge.nas.subnet_run import model_inputs
+    from slimforge.train.data import mask_index
+
+    arch = json.loads((src / "student_arch.json").read_text())
+    layers = tuple((int(layer["heads"]), int(layer["ffn"])) for layer in arch["layers"])
+    ds = TextLines(bundled_sentences_path(), base)
+    inputs = model_inputs(base, ds, limit=64)
+    batches = [tuple(t[i:i + 32] for t in inputs) for i in (0, 32)]
+    module = base.handle
+    built, _ = SubnetBuilder(module, geometry(module), batches, mask_index(base)).build(SubnetArch(layers),
+                                                                                         refit=False)
+    weights: dict = {}
+    for f in sorted(src.glob("student_*.pt")):
+        weights.update(torch.load(f, weights_only=True))
+    own = {k for k in built.state_dict() if "embeddings" not in k}
+    if own != set(weights):
+        raise SystemExit(f"the weights do not fit the architecture: {sorted(own ^ set(weights))[:6]}")
+    built.load_state_dict(weights, strict=False)
+    example = {n: t[:2].numpy() for n, t in zip(base.io.input_names, inputs)}
+    return load_module(built.eval(), example_inputs=example, name="minilm-subnet-imported"), arch
 
 
 if __name__ == "__main__":
