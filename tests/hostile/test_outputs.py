@@ -99,7 +99,7 @@ def test_loadtest_against_a_closed_port(ws):
     assert not (ws.root / "lt").exists()
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(3))  # kill points 1.5-6 s in, spread over three runs
 def test_kill_9_during_static_quantization_leaves_no_scratch_after_the_next_run(ws, seed):
     rng = np.random.default_rng(seed)
     ws.npz("big.npz", x=rng.standard_normal((512, 16)).astype(np.float32))
