@@ -14,7 +14,14 @@ threads, intervals of every median and ratio), at batch 1 and batch 32:
 Fidelity is the embedding cosine to FP32 on 256 held-out bundled sentences. Prints latency ratios to FP32 and to the
 best peer, and writes JSON.
 
-    .venv/bin/python benchmarks/cpu_minilm_vs_peers.py [--rounds 5] [--out benchmarks/results/cpu_minilm_vs_peers.json]
+With ``--student`` (a searched + distilled sub-network: a model file, or the folder ``minilm_nas.py
+--export-student`` wrote), the run also times the sub-network in FP32 and in INT8 (ONNX Runtime dynamic and static,
+OpenVINO static), and Optimum's FP32 ONNX export as a peer, and prints the quality-speed front: at cosine >= 0.99,
+>= 0.98 and >= 0.95, slimforge's fastest variant meeting that level against the fastest peer variant meeting it, at
+batch 1 and 32 (the ratio's interval), with a plot of every variant (latency against cosine).
+
+    .venv/bin/python benchmarks/cpu_minilm_vs_peers.py [--rounds 5] [--student PATH]
+        [--out benchmarks/results/cpu_minilm_vs_peers.json]
 """
 
 from __future__ import annotations
@@ -131,6 +138,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_minilm_vs_peers.json")
     ap.add_argument("--work", type=Path, default=ROOT / "slimforge-out" / "peers")
+    ap.add_argument("--student", type=Path, default=None,
+                    help="a distilled sub-network (model file, or a minilm_nas.py --export-student folder)")
     args = ap.parse_args()
     import torch
 
@@ -183,6 +192,13 @@ def main() -> int:
     }
     peers = ["Optimum ORT INT8 (avx512_vnni)", "OpenVINO + NNCF INT8"]
     ours = list(sessions)[-1]
+    mine = [ours]
+    if args.student:
+        extra = student_variants(base, args.student, calib_txt, work)
+        sessions.update(extra)
+        mine += list(extra)
+        sessions["Optimum ORT FP32"] = Pooled(work / "optimum" / "model.onnx", threads)
+        peers.append("Optimum ORT FP32")
     batches = [b.feeds for b in ds.batches(32)]
     ref = np.concatenate([sessions["PyTorch FP32 eager"].run(f)[0] for f in batches])
     fidelity = {k: float(cosine_similarity(ref, np.concatenate([s.run(f)[0] for f in batches])).mean())
@@ -226,15 +242,95 @@ def main() -> int:
     # slower only when the interval of the ratio lies below 1.0 (the one no-slowdown rule)
     ok = (fidelity[ours] >= 0.995 and all(v["ours_vs_fp32"]["speedup"] >= 3.0 for v in verdict.values())
           and all(v.get("ours_vs_best_peer_meeting_goal", {}).get("verdict") != "slower" for v in verdict.values()))
+    front = quality_front(comp, fidelity, mine, peers, list(feeds)) if args.student else None
+    if front is not None:
+        front_plot(rows, mine, peers, args.out.with_name(args.out.stem + "_front.png"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": environment(threads), "rows": rows, "verdict": verdict,
+                                    "front": front,
                                     "chosen": res.report["chosen"], "ok": ok, "timing": comp.note(),
                                     "search_candidates": [{k: c[k] for k in ("name", "status", "reason",
                                                                              "latency_ms", "quality")}
                                                           for c in res.report["candidates"]]}, indent=2))
     print(("PASS" if ok else "FAIL") + ": cosine >= 0.995, >= 3x FP32 at batch 1 and 32, not slower than the fastest "
           "peer that meets the same cosine goal (its ratio's interval not below 1.0)")
+    if front is not None:
+        got = front["0.95"]
+        front_ok = all(got.get(str(b), {}).get("ratio", {}).get("lo", 0.0) >= 1.5 for b in feeds)
+        print(("PASS" if front_ok else "FAIL") + ": at cosine >= 0.95, slimforge's fastest model >= 1.5x the fastest "
+              "peer variant at batch 1 and 32 (the interval's low end)")
+        ok = ok and front_ok
     return 0 if ok else 1
+
+
+def student_variants(base, student: Path, calib_txt: Path, work: Path) -> dict:
+    """The sub-network in FP32 (PyTorch) and INT8 (ONNX Runtime dynamic and static, OpenVINO static)."""
+    if student.is_dir():
+        sys.path.insert(0, str(Path(__file__).parent))
+        from minilm_nas import import_student
+
+        art, _ = import_student(base, student)
+    else:
+        art = slimforge.load(student)
+    out = {"slimforge sub-network FP32 (torch)": slimforge.open_session(art, "torch")}
+    for label, method, runtime, data in (("ORT INT8 dynamic", "dynamic", "onnxruntime", None),
+                                         ("ORT INT8 static", "static", "onnxruntime", calib_txt),
+                                         ("OpenVINO INT8 static", "static", "openvino", calib_txt)):
+        try:
+            q = slimforge.quantize(art, method, runtime=runtime, data=data, check_speed=False,
+                                   workdir=work / f"student-{method}-{runtime}")
+        except Exception as exc:  # a variant that fails its own check is reported, not timed
+            print(f"sub-network {label}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+            continue
+        out[f"slimforge sub-network + {label}"] = slimforge.open_session(q, runtime)
+    return out
+
+
+def quality_front(comp, fidelity: dict, mine: list[str], peers: list[str], batches: list[int]) -> dict:
+    """At each cosine level: the fastest of ours and of the peers' variants meeting it, and their ratio."""
+    front: dict = {}
+    for level in (0.99, 0.98, 0.95):
+        ours_ok = [k for k in mine if fidelity[k] >= level]
+        peers_ok = [k for k in peers if fidelity[k] >= level]
+        row: dict = {"ours_meeting": ours_ok, "peers_meeting": peers_ok}
+        for b in batches:
+            if not ours_ok or not peers_ok:
+                row[str(b)] = {"note": "no variant of ours" if not ours_ok else "no peer variant"}
+                continue
+            a = min(ours_ok, key=lambda k: comp.timing(k, b).p50)
+            p = min(peers_ok, key=lambda k: comp.timing(k, b).p50)
+            r = comp.ratio(a, b, reference=p)
+            row[str(b)] = {"ours": a, "ours_cosine": fidelity[a], "peer": p, "peer_cosine": fidelity[p],
+                           "ratio": r.to_dict()}
+            print(f"cosine >= {level}: batch {b}: {a} ({fidelity[a]:.4f}) vs {p} ({fidelity[p]:.4f}): "
+                  f"{r.describe()} ({r.verdict})")
+        front[str(level)] = row
+    return front
+
+
+def front_plot(rows: list[dict], mine: list[str], peers: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, b in zip(axes, (1, 32)):
+        for r in rows:
+            who = "slimforge" if r["variant"] in mine else "peer" if r["variant"] in peers else "baseline"
+            ax.scatter(r[f"p50_ms_b{b}"], r["cosine"], marker={"slimforge": "o", "peer": "s", "baseline": "x"}[who],
+                       color={"slimforge": "tab:blue", "peer": "tab:orange", "baseline": "grey"}[who])
+            ax.annotate(r["variant"][:34], (r[f"p50_ms_b{b}"], r["cosine"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        for level in (0.99, 0.98, 0.95):
+            ax.axhline(level, color="grey", linewidth=0.5, linestyle="--")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"batch {b} p50 latency, ms (log)")
+        ax.set_ylabel("held-out cosine to FP32")
+        ax.set_title(f"MiniLM on this CPU, batch {b}: circles slimforge, squares peers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"front plot: {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -133,9 +133,12 @@ def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
 
 def test_the_chosen_sub_network_is_distilled_from_the_model_when_asked(tmp_path):
     model, ids, mask, art, data = _on_file(tmp_path, seed=2)
-    res = slimforge.search_architecture(art, data, max_latency_ms="50%", batch=16, trials=3, threads=1,
+    # a loose budget: this test is about the distillation, and at 50% a busy CI machine once measured every finalist
+    # of the tiny encoder over it (then nothing is chosen, nothing distilled)
+    res = slimforge.search_architecture(art, data, max_latency_ms="75%", batch=16, trials=3, threads=1,
                                         distill_epochs=2, output_dir=tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "nas.json").read_text())
+    assert doc["chosen"] is not None, doc["notes"]
     held = doc["distilled"]["heldout"]
     assert doc["distilled"]["curve"][0]["epoch"] == 0 and len(doc["distilled"]["curve"]) == 3  # before + 2 epochs
     # the student handed back is the best epoch's (the trainer's pick), judged on the held-out inputs
