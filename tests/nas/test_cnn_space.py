@@ -109,3 +109,21 @@ def test_subnet_search_as_a_recipe_step(tmp_path):
         apply_step(art, cfg, RunContext())
     with pytest.raises(ConfigError, match="latency_share"):
         SubnetSearchConfig(latency_share=1.5)
+
+
+def test_a_cnn_sub_network_is_distilled_when_asked(tmp_path):
+    """``--distill-epochs`` on a CNN (it crashed: the encoder's "freeze the embeddings" was applied to a net without
+    any): the best finalists are distilled on the labelled data and the best after training is kept."""
+    import slimforge
+
+    model, x = _data()
+    y = model(x).argmax(1).detach().numpy()  # labels the model gets right: accuracy is the score
+    np.savez(tmp_path / "d.npz", x=x.numpy(), labels=y)
+    art = slimforge.load(model, example_inputs={"x": x[:2]})
+    res = slimforge.search_architecture(art, tmp_path / "d.npz", space="subnet", max_latency_ms="80%", batch=16,
+                                        trials=3, threads=1, distill_epochs=2)
+    assert res.artifact is not None and res.distilled is not None, res.outcome.notes
+    runs = res.distilled["finalists"]
+    assert runs and all("accuracy_after" in r["heldout"] for r in runs)
+    assert res.distilled["heldout"]["accuracy_after"] == max(r["heldout"]["accuracy_after"] for r in runs)
+    assert res.artifact.meta["lineage"]["distilled"]["trial"] == res.outcome.chosen.number

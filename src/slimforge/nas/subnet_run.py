@@ -116,8 +116,10 @@ def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int) -> tup
     from slimforge.plan.engine import apply_step
     from slimforge.techniques.distill.torch_distill import DistillConfig
 
-    cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",), min_cosine=None, max_drop=None,
-                        patience=3, seed=seed)
+    # an encoder's embeddings stay as they are (the sub-network kept all of them); a CNN has none to keep
+    has_embeddings = any("embeddings" in name for name, _ in student.handle.named_modules())
+    cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",) if has_embeddings else (), min_cosine=None,
+                        max_drop=None, patience=3, seed=seed)
     out = apply_step(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))
     info = dict(out.meta.get("distill", {}))
     checks = {c.name: c for c in out.checks}
