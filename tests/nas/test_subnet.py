@@ -110,8 +110,8 @@ def _on_file(tmp_path, seed):
 # headroom (nas.search.pick_finalists), so a slightly optimistic predictor on a busy machine still leaves one under it
 def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
     model, ids, mask, art, data = _on_file(tmp_path, seed=1)
-    res = slimforge.search_architecture(art, data, max_latency_ms="50%", batch=16, trials=6, threads=1,
-                                        output_dir=tmp_path / "out")
+    res = slimforge.search_architecture(art, data, max_latency_ms="70%", batch=16, trials=6, threads=1,
+                                        output_dir=tmp_path / "out")  # (at 50% a loaded machine once scored none)
     doc = json.loads((tmp_path / "out" / "nas.json").read_text())
     assert doc["space"] == "subnet" and doc["budget_basis_ms"] > 0
     scored = [t for t in doc["trials"] if t["val_accuracy"] is not None]
