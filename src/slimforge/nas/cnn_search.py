@@ -44,7 +44,7 @@ def search_cnn(model: nn.Module, inputs: list[torch.Tensor], labels: torch.Tenso
     try:
         import optuna
     except ImportError as exc:
-        raise MissingDependencyError("architecture search needs optuna: pip install 'slimforge[nas]'") from exc
+        raise MissingDependencyError("optuna", extra="nas") from exc
     t0 = time.perf_counter()
     n = len(inputs[0])
     if n < MIN_EXAMPLES:

@@ -122,7 +122,7 @@ def search_mobilenet(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
     try:
         import optuna
     except ImportError as exc:
-        raise MissingDependencyError("architecture search needs optuna: pip install 'slimforge[nas]'") from exc
+        raise MissingDependencyError("optuna", extra="nas") from exc
     from torch.utils.data import TensorDataset
 
     from slimforge.train.trainer import TrainConfig, train

@@ -86,7 +86,7 @@ def search_subnet(model: nn.Module, inputs: list[torch.Tensor], mask_index: int 
     try:
         import optuna
     except ImportError as exc:
-        raise MissingDependencyError("architecture search needs optuna: pip install 'slimforge[nas]'") from exc
+        raise MissingDependencyError("optuna", extra="nas") from exc
     t0 = time.perf_counter()
     geo = geometry(model)
     n = len(inputs[0])
