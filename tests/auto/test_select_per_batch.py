@@ -24,3 +24,44 @@ def test_per_batch_best_takes_the_fastest_measurably_faster_variant_at_each_batc
     assert best[256]["p50_ms"] == 23.0 and best[256]["speedup"]["verdict"] == "faster"
     # a tie with the baseline is no winner at that batch
     assert per_batch_best([_ev("tie", "accepted", {1: 4.0})]) == {}
+
+
+def _placed(e: Evaluated) -> Evaluated:
+    import numpy as np
+
+    from slimforge.core.artifact import Artifact, Format, IOSpec
+
+    e.artifact = Artifact(format=Format.TORCH, io=IOSpec(()), handle=object(),
+                          examples={"x": np.zeros((1, 2), np.float32)}, meta={"device": "cuda"})
+    return e
+
+
+def test_engine_profiles_give_a_batch_range_to_a_variant_measurably_faster_than_the_chosen_one_there():
+    from slimforge.auto.select import batch_profiles
+
+    base = {1: 4.0, 32: 10.0, 256: 50.0}
+
+    def ev(name, status, ms, spread=0.03, reason=""):
+        return _placed(Evaluated(candidate=candidate(name, (), "torch"), status=status, reason=reason,
+                                 latency={b: {"p50": v} for b, v in ms.items()},
+                                 ratio={b: Ratio(base[b] / v, base[b] / v * (1 - spread), base[b] / v * (1 + spread))
+                                        for b, v in ms.items()}))
+
+    graphs = ev("fp16 + graphs", "chosen", {1: 1.0, 32: 3.7, 256: 26.0})
+    bf16 = ev("bf16 + compile", "accepted", {1: 3.5, 32: 3.9, 256: 23.0})
+    ranges = batch_profiles(graphs, [graphs, bf16], 256)
+    # 256: 50/23 = 2.17x [2.11, 2.24] against 50/26 = 1.92x [1.87, 1.98]: apart; 32: not faster there
+    assert [(lo, hi, e.candidate.name) for lo, hi, e in ranges] == [(1, 90, "fp16 + graphs"),
+                                                                    (91, 256, "bf16 + compile")]
+    # within the noise (wide intervals), the chosen one runs every batch size
+    wide = ev("bf16 + compile", "accepted", {1: 3.5, 32: 3.9, 256: 23.0}, spread=0.2)
+    assert batch_profiles(graphs, [graphs, wide], 256) == []
+    # faster at batch 1 only: the small range goes to it; 1 and 32 split at their geometric middle (5)
+    tiny = ev("tiny graphs", "accepted", {1: 0.5, 32: 3.8, 256: 27.0})
+    ranges = batch_profiles(graphs, [graphs, tiny], 256)
+    assert [(lo, hi, e.candidate.name) for lo, hi, e in ranges] == [(1, 5, "tiny graphs"), (6, 256, "fp16 + graphs")]
+    # a faster variant that is not placed on the GPU (or missed the quality goals) gets no range
+    cpu = ev("bf16 + compile", "accepted", {1: 3.5, 32: 3.9, 256: 23.0})
+    cpu.artifact = None
+    bad = ev("fp8", "rejected", {1: 0.5, 32: 1.0, 256: 10.0}, reason="cosine >= 0.995 : 0.9 (MISSED by 0.095)")
+    assert batch_profiles(graphs, [graphs, cpu, bad], 256) == []

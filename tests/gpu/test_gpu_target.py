@@ -174,14 +174,15 @@ def test_engine_with_cuda_graphs_captures_each_shape_and_matches_plain_runs(tmp_
     eng = load_engine(tmp_path / "tiny.pt2", examples=art.examples, meta={"gpu": "fp16 + compile + CUDA graphs"},
                       source_id="t")
     module = eng.handle
-    assert module.graphs
+    (profile,) = module.profiles
+    assert profile.graphs
     for b in (1, 4, 1):
         x = torch.from_numpy(np.random.default_rng(b).standard_normal((b, 3, 16, 16)).astype("float32"))
         graphed = module(x)
-        plain = module._run([x.cuda()])[0]
+        plain = module._run(profile, [x.cuda()])[0]
         assert torch.allclose(graphed.float(), plain.float(), atol=1e-3), (b, (graphed - plain).abs().max())
-    shapes = {k[0][0] for k in module._captured}  # (loading probed other batch sizes too)
-    assert module.graphs and {(1, 3, 16, 16), (4, 3, 16, 16)} <= shapes  # captured, not fallen back to plain
+    shapes = {k[1][0] for k in module._captured}  # (loading probed other batch sizes too)
+    assert profile.graphs and {(1, 3, 16, 16), (4, 3, 16, 16)} <= shapes  # captured, not fallen back to plain
     # runs
 
 
@@ -250,3 +251,43 @@ def test_a_weights_fallback_is_served_with_its_steps_applied_again(tmp_path, cap
         assert served.artifact.meta.get("device") != "cuda"
         assert "for a GPU and this machine has none" in caplog.text
         assert np.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_an_engine_with_batch_profiles_runs_each_range_on_its_own_variant_in_a_fresh_process(tmp_path):
+    """The no-slowdown rule per batch size, in the file: small batches on the fp16 CUDA-graph variant, large ones on
+    bf16 without graphs; saved (each range checked against its own placed model), loaded in a fresh process."""
+    import numpy as np
+
+    from slimforge.core.context import RunContext
+    from slimforge.io.engine import Profile, models_in
+    from slimforge.plan.engine import run_steps
+    from slimforge.plan.recipe import Recipe
+    from slimforge.runtimes import open_session
+    from slimforge.techniques.gpu import GpuConfig
+
+    art = slimforge.load(Tiny().eval(), example_inputs=torch.randn(1, 3, 16, 16))
+    graphs, bf16 = (run_steps(art, Recipe(steps=(cfg,), runtime="torch"), RunContext()) for cfg in
+                    (GpuConfig(dtype="fp16", compile="reduce-overhead"), GpuConfig(dtype="bf16")))
+    path = tmp_path / "tiny.pt2"
+    loaded = slimforge.save(graphs, path, profiles=[Profile(1, 5, graphs), Profile(6, 64, bf16)])
+    assert models_in(path) == ["batch_1_5", "batch_6_64"]
+    eng = loaded.handle
+    assert eng.profile_for(3).graphs and not eng.profile_for(40).graphs
+    with pytest.raises(ValueError, match="outside the engine's batch range 1-64"):
+        eng.profile_for(65)
+    x = np.random.default_rng(5).standard_normal((40, 3, 16, 16)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    code = ("import numpy as np, slimforge; "
+            f"m = slimforge.open_session(slimforge.load(r'{path}')); x = np.load(r'{tmp_path / 'x.npy'}'); "
+            f"np.save(r'{tmp_path / 'y3.npy'}', m.run({{'{next(iter(art.examples))}': x[:3]}})[0]); "
+            f"np.save(r'{tmp_path / 'y40.npy'}', m.run({{'{next(iter(art.examples))}': x}})[0])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name = next(iter(art.examples))
+    for b, ref_art in ((3, graphs), (40, bf16)):
+        there = np.load(tmp_path / f"y{b}.npy").ravel().astype(np.float64)
+        ref = open_session(ref_art).run({name: x[:b]})[0].ravel().astype(np.float64)
+        cos = float(ref @ there / (np.linalg.norm(ref) * np.linalg.norm(there)))
+        assert cos >= 0.9999, (b, cos)

@@ -39,3 +39,32 @@ def test_open_runner_runs_an_aoti_package_like_torchs_loader_and_leaves_no_scrat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert abs(float(out.stdout.split()[-1]) - m(torch.ones(3, 8)).sum().item()) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_package_with_one_model_per_batch_range_opens_each_by_name(tmp_path):
+    """An engine with batch profiles is torch's multi-model package: each range's model compiled on its own, merged,
+    opened by name (CPU packages here; the GPU engine that dispatches on them is tested in tests/gpu)."""
+    from torch.export import Dim
+
+    from slimforge.io.engine import merge_packages, models_in, open_runner
+
+    torch.manual_seed(0)
+    small, large = (nn.Sequential(nn.Linear(8, 4)).eval() for _ in range(2))  # two different models
+    singles = {}
+    for name, m, lo, hi in (("batch_1_5", small, 1, 5), ("batch_6_64", large, 6, 64)):
+        ep = torch.export.export(m, (torch.randn(max(lo, 2), 8),),
+                                 dynamic_shapes=({0: Dim("b", min=lo, max=hi)},))
+        singles[name] = tmp_path / f"{name}.pt2"
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(singles[name]))
+    merged = tmp_path / "engine.pt2"
+    merge_packages(singles, merged)
+    assert models_in(merged) == ["batch_1_5", "batch_6_64"]
+    for name, m, b in (("batch_1_5", small, 3), ("batch_6_64", large, 40)):
+        x = torch.randn(b, 8)
+        (y,) = open_runner(merged, device="cpu", model=name)(x)
+        assert torch.allclose(y, m(x), atol=1e-5)
+        other = large if m is small else small
+        assert not torch.allclose(y, other(x), atol=1e-3)  # the named model ran, not the other one
+    with pytest.raises(Exception, match="no compiled model 'model'"):
+        open_runner(merged, device="cpu")

@@ -116,8 +116,9 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     suffix = ".pt2" if best.meta.get("device") == "cuda" else _SUFFIX.get(best.format, ".pt")  # GPU: an engine
     art_path = out_dir / f"{base.name}-{res.target.name}{suffix}"
     cacheable = True
+    profiles = _engine_profiles(res) if suffix == ".pt2" and res.best is not None else []
     try:  # the winner, or (no gain on this target) the original model as the best effort
-        best = save(best, art_path)
+        best = save(best, art_path, profiles=profiles)
     except SlimforgeError as exc:
         if res.best is not None and suffix == ".pt2" and base.format is Format.TORCH:
             res.notes.append(f"the GPU engine could not be built ({exc}); written instead: the original model as a "
@@ -158,6 +159,21 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     if use_cache and cacheable:
         _to_registry(registry, result)
     return result
+
+
+def _engine_profiles(res: Any) -> list[Any]:
+    """A GPU engine's batch ranges, where another verified variant is measurably faster than the chosen one at some
+    measured batch size (``select.batch_profiles``); noted in the result."""
+    from slimforge.auto.select import batch_profiles
+    from slimforge.io.engine import MAX_BATCH, Profile
+
+    ranges = batch_profiles(res.best, res.evaluated, MAX_BATCH)
+    res.engine_profiles = [{"lo": lo, "hi": hi, "name": e.candidate.name} for lo, hi, e in ranges]
+    if ranges:
+        res.notes.append("the engine runs " + "; ".join(f"batches {lo}-{hi} as {e.candidate.name}"
+                                                         for lo, hi, e in ranges)
+                         + " (each measured faster there than the others, beyond the noise)")
+    return [Profile(lo, hi, e.artifact) for lo, hi, e in ranges]
 
 
 def _profiles(res: Any, best: Artifact) -> dict[str, Any] | None:

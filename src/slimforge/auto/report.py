@@ -33,15 +33,22 @@ def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_
     candidates = [_variant(e, artifact_path) for e in res.evaluated]
     chosen = res.best.candidate.name if res.best else None
     per_batch = per_batch_best(res.evaluated)
+    ranges = getattr(res, "engine_profiles", None) or []
+
+    def runs(b: int) -> str | None:  # what the handed-back model runs at batch b (an engine may have batch ranges)
+        return next((r["name"] for r in ranges if r["lo"] <= b <= r["hi"]), chosen)
+
     notes = list(res.notes) + [f"at batch {b} the fastest verified variant is {w['name']} ({w['p50_ms']:.3g} ms, "
-                               f"{w['speedup']['speedup']:.2f}x the baseline); the handed-back model is "
-                               f"{chosen or 'the original'}" for b, w in per_batch.items() if w["name"] != chosen]
+                               f"{w['speedup']['speedup']:.2f}x the baseline); the handed-back model runs "
+                               f"{runs(b) or 'the original'} there" for b, w in per_batch.items()
+                               if w["name"] != runs(b)]
     timing = {"method": "each candidate timed alone (median with its 95% interval), then the leading candidates and "
                         "the baseline side by side in interleaved rounds", "note": res.timing_note,
               "noisy": res.noisy}
     return document(
         "search", baseline=baseline, candidates=candidates, chosen=chosen, per_batch_best=per_batch,
         threads=res.target.threads, timing=timing, notes=notes,
+        **({"engine_profiles": ranges} if ranges else {}),
         model={"name": res.baseline.name, "task": res.baseline.meta.get("task"), "source_id": res.baseline.source_id},
         data={"name": data_name} if data_name else None, machine=res.machine, target=res.target.to_dict(),
         goals=res.goals.to_dict(), goal_batch=res.goal_batch, goals_met=res.goals_met,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class SearchResult:
     noisy: bool = False
     steps_built: int = 0
     steps_cached: int = 0
+    engine_profiles: list[dict[str, Any]] = field(default_factory=list)  # GPU engine: batch ranges, what runs each
 
     @property
     def goals_met(self) -> bool:

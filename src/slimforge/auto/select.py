@@ -123,18 +123,50 @@ def require_gain(evaluated: list[Evaluated], base_size_mb: float | None) -> None
                          + ") and not smaller")
 
 
-def per_batch_best(evaluated: list[Evaluated]) -> dict[int, dict[str, Any]]:
-    """At each batch size, the fastest candidate that met the quality goals and is measurably faster than the
-    baseline there (the no-slowdown rule per batch: one slower at batch 1 may still be the one for batch 256)."""
+def _fastest_per_batch(evaluated: list[Evaluated]) -> dict[int, Evaluated]:
     quality_ok = [e for e in evaluated if e.status in ("accepted", "chosen") or (
         e.status == "rejected" and e.reason.startswith(("slower than the baseline", "no measurable gain")))]
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, Evaluated] = {}
     for b in sorted({b for e in quality_ok for b in e.ratio}):
         faster = [e for e in quality_ok if b in e.ratio and e.ratio[b].verdict == FASTER]
         if faster:
-            e = min(faster, key=lambda c: c.latency[b]["p50"])
-            out[b] = {"name": e.candidate.name, "p50_ms": e.latency[b]["p50"], "speedup": e.ratio[b].to_dict()}
+            out[b] = min(faster, key=lambda c: c.latency[b]["p50"])
     return out
+
+
+def per_batch_best(evaluated: list[Evaluated]) -> dict[int, dict[str, Any]]:
+    """At each batch size, the fastest candidate that met the quality goals and is measurably faster than the
+    baseline there (the no-slowdown rule per batch: one slower at batch 1 may still be the one for batch 256)."""
+    return {b: {"name": e.candidate.name, "p50_ms": e.latency[b]["p50"], "speedup": e.ratio[b].to_dict()}
+            for b, e in _fastest_per_batch(evaluated).items()}
+
+
+def batch_profiles(best: Evaluated, evaluated: list[Evaluated], max_batch: int) -> list[tuple[int, int, Evaluated]]:
+    """The batch ranges of a GPU engine and the candidate each runs: the chosen one, except around a measured batch
+    size where another verified GPU candidate is measurably faster than it (the speedup intervals apart: the chosen's
+    upper end below the other's lower end). Ranges split at the geometric middle of neighbouring measured sizes.
+    Empty when the chosen one runs every batch size."""
+    import math
+
+    wins = _fastest_per_batch(evaluated)
+    owners: list[tuple[int, Evaluated]] = []
+    for b in sorted(best.ratio):
+        w = wins.get(b)
+        beaten = (w is not None and w is not best and w.artifact is not None and b in w.ratio
+                  and w.artifact.meta.get("device") == "cuda" and best.ratio[b].hi < w.ratio[b].lo)
+        owners.append((b, w if beaten else best))  # type: ignore[arg-type]
+    if all(e is best for _, e in owners):
+        return []
+    ranges: list[tuple[int, int, Evaluated]] = []
+    lo = 1
+    for i, (b, e) in enumerate(owners):
+        hi = max_batch if i == len(owners) - 1 else max(b, math.isqrt(b * owners[i + 1][0]))
+        if ranges and ranges[-1][2] is e:
+            ranges[-1] = (ranges[-1][0], hi, e)
+        else:
+            ranges.append((lo, hi, e))
+        lo = hi + 1
+    return ranges
 
 
 def mark_pareto(evaluated: list[Evaluated], batch: int, labelled: bool) -> None:

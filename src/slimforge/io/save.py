@@ -6,8 +6,11 @@ checks, so a reloaded model keeps its tokenizer or image preprocessing and its h
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +48,7 @@ def check_suffix(path: str | Path, fmt: Format, *, what: str) -> Path:
     return path
 
 
-def save(art: Artifact, path: str | Path) -> Artifact:
+def save(art: Artifact, path: str | Path, *, profiles: Sequence[Any] = ()) -> Artifact:
     """Write ``art`` to ``path`` and return the artifact loaded back from it (outputs checked identical).
 
     In-memory PyTorch models are saved as a ``torch.export`` program to a ``.pt2`` (dynamic axes kept): ``load``
@@ -59,6 +62,10 @@ def save(art: Artifact, path: str | Path) -> Artifact:
         'torch'
         >>> slimforge.save(art, "/tmp/slimforge-doc/lin.pt").format.value
         'torchscript'
+
+    A model placed for the GPU, saved to ``.pt2``, is an AOTInductor engine; ``profiles`` (``io.engine.Profile``:
+    a batch range and the placed model for it) make it an engine with one compiled model per batch range, each
+    checked against its own placed model.
     """
     from slimforge.io.models import load
 
@@ -67,14 +74,22 @@ def save(art: Artifact, path: str | Path) -> Artifact:
     if path.suffix.lower() not in allowed:
         raise ConfigError(f"a {art.format.value} model is saved as {' or '.join(allowed)}, got '{path.name}'")
     path = prepare_output_file(path, inputs=[art.path])
+    if profiles:
+        art = dataclasses.replace(art, meta={**art.meta, "engine_profiles": [p.describe() for p in profiles]})
     with atomic_path(path) as tmp:
-        _write(art, tmp)
+        _write(art, tmp, profiles)
     write_sidecar(art, path)
     try:
         loaded = load(path, example_inputs=dict(art.examples) if art.format in (Format.TORCH, Format.TORCHSCRIPT)
                       else None)
-        _check_same(art, loaded, dict(art.examples))
-        if art.format is Format.TORCH and any(t.dynamic_axes() for t in art.io.inputs):
+        if profiles:  # each batch range runs its own placed model: checked against it, at its ends
+            for p in profiles:
+                for b in sorted({p.lo, min(p.hi, p.lo + 2)}):
+                    _check_same(p.art, loaded, synthesize(p.art.io, batch=b, seq=7, examples=p.art.examples,
+                                                          meta=p.art.meta))
+        else:
+            _check_same(art, loaded, dict(art.examples))
+        if not profiles and art.format is Format.TORCH and any(t.dynamic_axes() for t in art.io.inputs):
             # a trace or export can fix a size the module computes: check at other sizes too
             _check_same(art, loaded, synthesize(art.io, batch=3, seq=7, examples=art.examples, meta=art.meta))
     except Exception:
@@ -85,7 +100,7 @@ def save(art: Artifact, path: str | Path) -> Artifact:
     return loaded
 
 
-def _write(art: Artifact, tmp: Path) -> None:
+def _write(art: Artifact, tmp: Path, profiles: Sequence[Any] = ()) -> None:
     if art.format is Format.ONNX:
         from slimforge.io.onnx_file import copy_onnx
 
@@ -98,7 +113,7 @@ def _write(art: Artifact, tmp: Path) -> None:
     elif tmp.suffix.lower() == ".pt2" and art.meta.get("device") == "cuda":
         from slimforge.io.engine import write_engine
 
-        write_engine(art, tmp)  # placed for the GPU: an AOTInductor engine
+        write_engine(art, tmp, profiles)  # placed for the GPU: an AOTInductor engine
     elif tmp.suffix.lower() == ".pt2":
         _write_program(art, tmp)
     else:
