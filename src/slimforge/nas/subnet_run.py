@@ -15,6 +15,9 @@ from slimforge.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+ALL_EXAMPLES = 10_000_000  # distillation takes every example of the search's data
+
+
 def model_inputs(art: Any, data: Any, limit: int | None = 4096) -> list[torch.Tensor]:
     """A loaded dataset as the model's input tensors; token inputs lose the padding columns no example uses."""
     from slimforge.train.data import collect, mask_index
@@ -122,8 +125,10 @@ def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int) -> tup
     has_embeddings = any("embeddings" in name for name, _ in student.handle.named_modules())
     # every epoch asked for (no early stop: at patience 3, a held-out accuracy that reached 100% early on digits
     # stopped training after a few)
+    # all of the data (DistillConfig's default takes 4,096 examples: on the H200 a MiniLM sub-network searched on
+    # 30,000 sentences was distilled on 3,277 of them, and its held-out cosine was still rising after 10 epochs)
     cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",) if has_embeddings else (), min_cosine=None,
-                        max_drop=None, seed=seed)
+                        max_drop=None, seed=seed, num_samples=ALL_EXAMPLES)
     out = apply_step(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))
     info = dict(out.meta.get("distill", {}))
     checks = {c.name: c for c in out.checks}
