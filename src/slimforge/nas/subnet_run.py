@@ -127,8 +127,12 @@ def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int) -> tup
     # stopped training after a few)
     # all of the data (DistillConfig's default takes 4,096 examples: on the H200 a MiniLM sub-network searched on
     # 30,000 sentences was distilled on 3,277 of them, and its held-out cosine was still rising after 10 epochs)
+    # on a GPU, batches of 128: at 32 a step of a MiniLM sub-network is launch-bound (about 19 ms on an H200)
+    from slimforge.train.trainer import resolve_device
+
+    batch = 128 if resolve_device("auto").type == "cuda" else 32
     cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",) if has_embeddings else (), min_cosine=None,
-                        max_drop=None, seed=seed, num_samples=ALL_EXAMPLES)
+                        max_drop=None, seed=seed, num_samples=ALL_EXAMPLES, batch_size=batch)
     out = apply_step(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))
     info = dict(out.meta.get("distill", {}))
     checks = {c.name: c for c in out.checks}
