@@ -200,8 +200,8 @@ def test_ties_inside_the_noise_go_to_the_smaller_then_simpler_candidate():
     from slimforge.bench import Ratio
     from slimforge.convert.optimize import GraphOptConfig
 
-    def ev(name, ratio, size, steps=()):
-        e = Evaluated(candidate(name, steps, "onnxruntime"))
+    def ev(name, ratio, size, steps=(), precision="fp32"):
+        e = Evaluated(candidate(name, steps, "onnxruntime", precision))
         e.status, e.size_mb = "accepted", size
         e.ratio = {1: Ratio(*ratio)}
         return e
@@ -212,3 +212,8 @@ def test_ties_inside_the_noise_go_to_the_smaller_then_simpler_candidate():
     assert choose([fast_big, tied_small, clearly_slower_smaller]) is tied_small
     plain, with_pass = ev("plain", (2.0, 1.9, 2.1), 23.0), ev("pass", (2.02, 1.9, 2.1), 23.0, (GraphOptConfig(),))
     assert choose([with_pass, plain]) is plain
+    # same size and steps, tied: bf16 before fp16 (no overflow); a measurably faster fp16 still wins
+    fp16, bf16 = ev("fp16", (8.2, 8.0, 8.7), 170.0, (), "fp16"), ev("bf16", (8.1, 7.9, 8.5), 170.0, (), "bf16")
+    assert choose([fp16, bf16]) is bf16
+    slow_bf16 = ev("bf16", (6.0, 5.8, 6.2), 170.0, (), "bf16")
+    assert choose([fp16, slow_bf16]) is fp16
