@@ -2,6 +2,7 @@
 real tokens), cut per layer with Torch-Pruning, refitted by least squares and scored by cosine; the search end to end
 through ``search_architecture`` on an .npz of token inputs."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -108,8 +109,12 @@ def _on_file(tmp_path, seed):
 
 # Whether a finalist measures under its budget is a timing outcome; the finalists include one predicted with 15%
 # headroom (nas.search.pick_finalists), so a slightly optimistic predictor on a busy machine still leaves one under it
-def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
+def test_search_architecture_on_token_inputs_from_a_file(tmp_path, minilm_path):
     model, ids, mask, art, data = _on_file(tmp_path, seed=1)
+    # the model reads text with MiniLM's tokenizer (same vocabulary): the sub-network must keep that interface
+    art = dataclasses.replace(art, meta={**art.meta, "task": "embedding", "preprocess": {
+        "kind": "text", "tokenizer": str(minilm_path), "max_length": 16,
+        "input_names": ["input_ids", "attention_mask"]}})
     res = slimforge.search_architecture(art, data, max_latency_ms="70%", batch=16, trials=6, threads=1,
                                         output_dir=tmp_path / "out")  # (at 50% a loaded machine once scored none)
     doc = json.loads((tmp_path / "out" / "nas.json").read_text())
@@ -123,6 +128,11 @@ def test_search_architecture_on_token_inputs_from_a_file(tmp_path):
     assert 0.0 < ch["test_accuracy"] < 1.0 and ch["predicted_ms"] < doc["baseline"]["latency_ms"]
     back = slimforge.load(res.paths["model"])
     assert back.meta["lineage"]["search"] == "subnet" and back.meta["lineage"]["arch"] == ch["arch_spec"]
+    assert back.meta["task"] == "embedding" and back.meta["preprocess"] == art.meta["preprocess"]
+    from slimforge.io.data import TextLines, bundled_sentences_path
+
+    text = next(TextLines(bundled_sentences_path(), back).batches(4)).feeds  # (refused text before)
+    assert slimforge.open_session(back).run(text)[0].shape == (4, 64)
     assert (tmp_path / "out" / "nas_pareto.png").stat().st_size > 10_000
     feeds = {"input_ids": ids[:8].numpy(), "attention_mask": mask[:8].numpy()}
     got = slimforge.open_session(back).run(feeds)[0]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -99,8 +100,12 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
         from slimforge.io.models import load as load_module
 
         chosen = outcome.chosen
-        res.artifact = load_module(chosen.model.eval(), example_inputs={art.io.input_names[0]: x[:1]},  # type: ignore
-                                   name=f"{art.name}-nas")
+        from slimforge.nas.subnet_run import INTERFACE
+
+        found = load_module(chosen.model.eval(), example_inputs={art.io.input_names[0]: x[:1]},  # type: ignore
+                            name=f"{art.name}-nas")  # the original's interface (task, preprocessing, labels) kept
+        res.artifact = dataclasses.replace(found, meta={**found.meta, **{k: v for k, v in art.meta.items()
+                                                                         if k in INTERFACE}})
         res.artifact.meta["lineage"] = {"source": art.name, "search": "mobilenet_v3", "arch": chosen.arch.to_dict(),
                                         "trial": chosen.number, "test_accuracy": chosen.test_accuracy}
     return _write(res, art, output_dir, force)

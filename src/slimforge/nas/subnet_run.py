@@ -4,6 +4,7 @@ distillation from the original with the shared trainer (on the GPU when there is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ from slimforge.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+INTERFACE = ("task", "preprocess", "labels", "vocab_size", "max_positions")  # what a sub-network keeps of the meta
 ALL_EXAMPLES = 10_000_000  # distillation takes every example of the search's data
 
 
@@ -73,7 +75,10 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
     example = {n: t[:2].numpy() for n, t in zip(names, inputs)}
 
     def as_artifact(trial: Any) -> Any:
-        return load_module(trial.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
+        # the original's interface comes along: its task, tokenizer or image preprocessing, labels (a sub-network
+        # without them could not read text or images: static INT8 calibration on text refused it)
+        cut = load_module(trial.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
+        return dataclasses.replace(cut, meta={**cut.meta, **{k: v for k, v in art.meta.items() if k in INTERFACE}})
 
     if distill_epochs > 0:  # train what wins: the best few measured within budget, then the best after training
         budget = constraints.max_latency_ms
