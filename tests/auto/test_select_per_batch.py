@@ -65,3 +65,27 @@ def test_engine_profiles_give_a_batch_range_to_a_variant_measurably_faster_than_
     cpu.artifact = None
     bad = ev("fp8", "rejected", {1: 0.5, 32: 1.0, 256: 10.0}, reason="cosine >= 0.995 : 0.9 (MISSED by 0.095)")
     assert batch_profiles(graphs, [graphs, cpu, bad], 256) == []
+
+
+def test_an_engine_whose_batch_range_cannot_compile_is_written_with_the_chosen_variant_for_all(monkeypatch, tmp_path):
+    """A range's variant that AOTInductor cannot compile (say, an FP8 tensor subclass) must not cost the user the
+    engine: it is written with the chosen variant for every batch size, and the result says so."""
+    from types import SimpleNamespace
+
+    import slimforge.io.save as save_mod
+    from slimforge.auto import _save_engine
+    from slimforge.errors import TechniqueFailed
+
+    calls = []
+
+    def fake_save(art, path, *, profiles=()):
+        calls.append(len(profiles))
+        if profiles:
+            raise TechniqueFailed("fp8 + compile cannot be compiled into an engine")
+        return "written"
+
+    monkeypatch.setattr(save_mod, "save", fake_save)
+    res = SimpleNamespace(notes=[], engine_profiles=[{"lo": 91, "hi": 256, "name": "fp8"}])
+    assert _save_engine(res, object(), tmp_path / "e.pt2", [object()]) == "written"
+    assert calls == [1, 0] and res.engine_profiles == []
+    assert "batch ranges could not be built (fp8 + compile cannot be compiled" in res.notes[0]

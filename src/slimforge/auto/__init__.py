@@ -118,7 +118,7 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     cacheable = True
     profiles = _engine_profiles(res) if suffix == ".pt2" and res.best is not None else []
     try:  # the winner, or (no gain on this target) the original model as the best effort
-        best = save(best, art_path, profiles=profiles)
+        best = _save_engine(res, best, art_path, profiles) if profiles else save(best, art_path)
     except SlimforgeError as exc:
         if res.best is not None and suffix == ".pt2" and base.format is Format.TORCH:
             res.notes.append(f"the GPU engine could not be built ({exc}); written instead: the original model as a "
@@ -159,6 +159,19 @@ def _optimize_into(out_dir: Path, base: Artifact, ds: Any, data: Any, tgt: Targe
     if use_cache and cacheable:
         _to_registry(registry, result)
     return result
+
+
+def _save_engine(res: Any, best: Artifact, path: Path, profiles: list[Any]) -> Artifact:
+    """The engine with its batch ranges; if one range's variant cannot be compiled, the chosen one for all."""
+    from slimforge.io.save import save
+
+    try:
+        return save(best, path, profiles=profiles)
+    except SlimforgeError as exc:
+        res.notes.append(f"the engine's batch ranges could not be built ({exc}); the chosen variant runs every batch "
+                         "size")
+        res.engine_profiles = []
+        return save(best, path)
 
 
 def _engine_profiles(res: Any) -> list[Any]:
