@@ -65,6 +65,14 @@ def test_engine_profiles_give_a_batch_range_to_a_variant_measurably_faster_than_
     cpu.artifact = None
     bad = ev("fp8", "rejected", {1: 0.5, 32: 1.0, 256: 10.0}, reason="cosine >= 0.995 : 0.9 (MISSED by 0.095)")
     assert batch_profiles(graphs, [graphs, cpu, bad], 256) == []
+    # measured sizes beyond the engine's bound (256) do not make ranges past it
+    base[512] = 100.0
+    big = ev("fp16 + graphs", "chosen", {1: 1.0, 32: 3.7, 256: 26.0, 512: 52.0})
+    big_bf16 = ev("bf16 + compile", "accepted", {1: 3.5, 32: 3.9, 256: 23.0, 512: 40.0})
+    ranges = batch_profiles(big, [big, big_bf16], 256)
+    assert [(lo, hi) for lo, hi, _ in ranges] == [(1, 90), (91, 256)]
+    only_512 = ev("bf16 + compile", "accepted", {1: 3.5, 32: 3.9, 256: 26.5, 512: 40.0})
+    assert batch_profiles(big, [big, only_512], 256) == []
 
 
 def test_an_engine_whose_batch_range_cannot_compile_is_written_with_the_chosen_variant_for_all(monkeypatch, tmp_path):

@@ -68,3 +68,7 @@ def test_a_package_with_one_model_per_batch_range_opens_each_by_name(tmp_path):
         assert not torch.allclose(y, other(x), atol=1e-3)  # the named model ran, not the other one
     with pytest.raises(Exception, match="no compiled model 'model'"):
         open_runner(merged, device="cpu")
+    from slimforge.io.engine import _described  # without its sidecar, the ranges come from the models' names
+
+    assert [(d["model"], d["lo"], d["hi"]) for d in _described(merged, {})] == [("batch_1_5", 1, 5),
+                                                                              ("batch_6_64", 6, 64)]

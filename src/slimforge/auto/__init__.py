@@ -166,7 +166,11 @@ def _save_engine(res: Any, best: Artifact, path: Path, profiles: list[Any]) -> A
     from slimforge.io.save import save
 
     try:
-        return save(best, path, profiles=profiles)
+        saved = save(best, path, profiles=profiles)
+        res.notes.append("the engine runs " + "; ".join(f"batches {r['lo']}-{r['hi']} as {r['name']}"
+                                                         for r in res.engine_profiles)
+                         + " (each measured faster there than the others, beyond the noise)")
+        return saved
     except SlimforgeError as exc:
         res.notes.append(f"the engine's batch ranges could not be built ({exc}); the chosen variant runs every batch "
                          "size")
@@ -182,10 +186,6 @@ def _engine_profiles(res: Any) -> list[Any]:
 
     ranges = batch_profiles(res.best, res.evaluated, MAX_BATCH)
     res.engine_profiles = [{"lo": lo, "hi": hi, "name": e.candidate.name} for lo, hi, e in ranges]
-    if ranges:
-        res.notes.append("the engine runs " + "; ".join(f"batches {lo}-{hi} as {e.candidate.name}"
-                                                         for lo, hi, e in ranges)
-                         + " (each measured faster there than the others, beyond the noise)")
     return [Profile(lo, hi, e.artifact) for lo, hi, e in ranges]
 
 

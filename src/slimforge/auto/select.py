@@ -150,17 +150,17 @@ def batch_profiles(best: Evaluated, evaluated: list[Evaluated], max_batch: int) 
 
     wins = _fastest_per_batch(evaluated)
     owners: list[tuple[int, Evaluated]] = []
-    for b in sorted(best.ratio):
+    for b in sorted(k for k in best.ratio if k <= max_batch):  # sizes beyond the engine's bound do not count
         w = wins.get(b)
         beaten = (w is not None and w is not best and w.artifact is not None and b in w.ratio
                   and w.artifact.meta.get("device") == "cuda" and best.ratio[b].hi < w.ratio[b].lo)
         owners.append((b, w if beaten else best))  # type: ignore[arg-type]
-    if all(e is best for _, e in owners):
+    if not owners or all(e is best for _, e in owners):
         return []
     ranges: list[tuple[int, int, Evaluated]] = []
     lo = 1
     for i, (b, e) in enumerate(owners):
-        hi = max_batch if i == len(owners) - 1 else max(b, math.isqrt(b * owners[i + 1][0]))
+        hi = max_batch if i == len(owners) - 1 else min(max(b, math.isqrt(b * owners[i + 1][0])), max_batch)
         if ranges and ranges[-1][2] is e:
             ranges[-1] = (ranges[-1][0], hi, e)
         else:

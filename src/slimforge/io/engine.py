@@ -86,7 +86,10 @@ def write_engine(art: Artifact, tmp: Path, profiles: Sequence[Profile] = ()) -> 
         for p in profiles:
             singles[p.model] = Path(work) / f"{p.model}.pt2"
             _compile(p.art, singles[p.model], p.lo, p.hi)
-        merge_packages(singles, tmp)
+        try:
+            merge_packages(singles, tmp)
+        except (OSError, RuntimeError, ValueError, zipfile.BadZipFile) as exc:
+            raise TechniqueFailed(f"the engine's batch ranges could not be packaged together: {exc}") from exc
 
 
 def merge_packages(singles: dict[str, Path], dest: Path) -> None:
@@ -100,6 +103,9 @@ def merge_packages(singles: dict[str, Path], dest: Path) -> None:
             folder = Path(work) / name
             folder.mkdir()
             with zipfile.ZipFile(single) as z:
+                if any("/weights/" in n or "/constants/" in n for n in z.namelist()):
+                    raise TechniqueFailed(f"{single.name} keeps weights outside its compiled library; a package of "
+                                          "batch ranges is merged from self-contained ones only")
                 for n in z.namelist():
                     if "aotinductor/model/" in n and not n.endswith("/"):
                         (folder / Path(n).name).write_bytes(z.read(n))
@@ -115,9 +121,10 @@ def _compile(art: Artifact, tmp: Path, lo: int, hi: int) -> None:
     module = Placed(inner, getattr(placed, "dtype", None), bool(getattr(placed, "channels_last", False))).eval()
     n = hi if lo == hi else min(max(lo, 2), hi)  # not 1 in a range: a batch of 1 would be specialised away
     examples = []
-    for a in art.examples.values():
+    for spec, a in zip(art.io.inputs, art.examples.values()):
         t = torch.from_numpy(np.ascontiguousarray(a)).to("cuda")
-        examples.append(t[:1].expand(n, *t.shape[1:]).contiguous() if t.ndim and t.shape[0] != n else t)
+        batched = bool(spec.shape) and (spec.shape[0] is None or isinstance(spec.shape[0], str))
+        examples.append(t[:1].expand(n, *t.shape[1:]).contiguous() if batched and t.shape[0] != n else t)
     try:
         with torch.no_grad(), fp32_precision(bool(getattr(placed, "tf32", False))):
             # Placed.forward(*xs): one varargs parameter, so its dynamic shapes are one tuple of per-input specs
@@ -145,9 +152,10 @@ class EngineModule(nn.Module):
     AOTInductor runner (TF32 where it was built with it); where the profile was built with CUDA graphs, each input
     shape is captured once into a graph and replayed (small batches are launch-bound)."""
 
-    def __init__(self, profiles: list[_Loaded]) -> None:
+    def __init__(self, profiles: list[_Loaded], batch_input: int | None = None) -> None:
         super().__init__()
         self.profiles = sorted(profiles, key=lambda p: p.lo)
+        self.batch_input = batch_input  # which input carries the batch dimension first (routing to a profile)
         self.device = torch.device("cuda")
         self._captured: dict[tuple, tuple[Any, list[torch.Tensor], list[torch.Tensor]]] = {}
         self._lock = threading.Lock()
@@ -161,6 +169,11 @@ class EngineModule(nn.Module):
                 return p
         raise ValueError(f"batch {batch} is outside the engine's batch range {self.profiles[0].lo}-"
                          f"{self.profiles[-1].hi}; split the request into batches of at most {self.profiles[-1].hi}")
+
+    def _batch(self, args: list[torch.Tensor]) -> int:
+        """The batch size of a call: the first dimension of the first input whose first dimension is the batch."""
+        i = self.batch_input if self.batch_input is not None and self.batch_input < len(args) else 0
+        return int(args[i].shape[0]) if args and args[i].ndim else 1
 
     @staticmethod
     def _run(p: _Loaded, args: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -198,7 +211,7 @@ class EngineModule(nn.Module):
 
     def forward(self, *xs: torch.Tensor):
         args = [x.to(self.device, non_blocking=True) for x in xs]
-        p = self.profile_for(int(args[0].shape[0]) if args and args[0].ndim else 1)
+        p = self.profiles[0] if len(self.profiles) == 1 else self.profile_for(self._batch(args))
         # one call at a time: a captured graph's static buffers, and a runner loaded single-threaded for capture.
         # Inference mode always (a first call inside it makes the static buffers inference tensors, which a later
         # call outside it could not copy into); the clones are made outside it, as ordinary tensors.
@@ -212,7 +225,19 @@ class EngineModule(nn.Module):
         return out[0] if len(out) == 1 else tuple(out)
 
 
-def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, Any], source_id: str) -> Artifact:
+def _described(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The profiles of an engine without its sidecar: from its models' names (``batch_<lo>_<hi>``; placement
+    unknown, so no CUDA graphs), or the one model for every batch size."""
+    import re
+
+    found = [m for n in models_in(path) if (m := re.fullmatch(r"batch_(\d+)_(\d+)", n))]
+    if found:
+        return [{"model": m.group(0), "lo": int(m.group(1)), "hi": int(m.group(2))} for m in found]
+    return [{"model": "model", "lo": 1, "hi": MAX_BATCH, "gpu": meta.get("gpu"), "precision": meta.get("precision")}]
+
+
+def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, Any], source_id: str,
+                io_spec: Any = None) -> Artifact:
     """An engine file as an artifact that runs (``Format.TORCH_EXPORT``: not edited by techniques). An engine with
     profiles (``meta["engine_profiles"]``, from its sidecar) runs each batch on the profile whose range holds it."""
     from slimforge.io.artifacts import torch_artifact
@@ -220,8 +245,7 @@ def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, 
     if not torch.cuda.is_available():
         raise ModelLoadError(f"{path}: a GPU engine (AOTInductor package) needs an NVIDIA GPU with CUDA; this machine "
                              "has none")
-    described = meta.get("engine_profiles") or [{"model": "model", "lo": 1, "hi": MAX_BATCH, "gpu": meta.get("gpu"),
-                                                  "precision": meta.get("precision")}]
+    described = meta.get("engine_profiles") or _described(path, meta)
     loaded = []
     for d in described:
         graphs = "CUDA graphs" in str(d.get("gpu") or "")  # how it was placed, e.g. "fp16 + compile + CUDA graphs"
@@ -234,7 +258,10 @@ def load_engine(path: Path, *, examples: dict[str, np.ndarray], meta: dict[str, 
                                  ) from exc
         loaded.append(_Loaded(int(d["lo"]), int(d["hi"]), runner, d.get("precision") == "tf32", graphs))
     meta = {**meta, "device": "cuda", "engine": "aoti"}
-    return torch_artifact(EngineModule(loaded), examples, fmt=Format.TORCH_EXPORT, path=path, meta=meta,
+    batch_input = next((i for i, a in enumerate(examples.values()) if np.ndim(a)), None)
+    if io_spec is not None:
+        batch_input = next((i for i, t in enumerate(io_spec.inputs) if 0 in t.dynamic_axes()), batch_input)
+    return torch_artifact(EngineModule(loaded, batch_input), examples, fmt=Format.TORCH_EXPORT, path=path, meta=meta,
                           source_id=source_id)
 
 

@@ -84,7 +84,7 @@ def save(art: Artifact, path: str | Path, *, profiles: Sequence[Any] = ()) -> Ar
                       else None)
         if profiles:  # each batch range runs its own placed model: checked against it, at its ends
             for p in profiles:
-                for b in sorted({p.lo, min(p.hi, p.lo + 2)}):
+                for b in sorted({p.lo, min(p.hi, p.lo + 2), p.hi}):
                     _check_same(p.art, loaded, synthesize(p.art.io, batch=b, seq=7, examples=p.art.examples,
                                                           meta=p.art.meta))
         else:

@@ -309,4 +309,4 @@ def _load_engine(path: Path, *, example_inputs, input_names, input_shapes, name,
     examples = examples_from(example_inputs, names, input_shapes, None)
     meta = {**(side.get("meta") or {}), **make_meta(name or path.stem, task or (side.get("meta") or {}).get("task"),
                                                      None)}
-    return load_engine(path, examples=examples, meta=meta, source_id=f"file:{file_digest(path)}")
+    return load_engine(path, examples=examples, meta=meta, source_id=f"file:{file_digest(path)}", io_spec=saved_io)

@@ -104,8 +104,9 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
 
         found = load_module(chosen.model.eval(), example_inputs={art.io.input_names[0]: x[:1]},  # type: ignore
                             name=f"{art.name}-nas")  # the original's interface (task, preprocessing, labels) kept
+        # (not its labels: this network is trained from scratch on the data's classes)
         res.artifact = dataclasses.replace(found, meta={**found.meta, **{k: v for k, v in art.meta.items()
-                                                                         if k in INTERFACE}})
+                                                                         if k in INTERFACE and k != "labels"}})
         res.artifact.meta["lineage"] = {"source": art.name, "search": "mobilenet_v3", "arch": chosen.arch.to_dict(),
                                         "trial": chosen.number, "test_accuracy": chosen.test_accuracy}
     return _write(res, art, output_dir, force)
