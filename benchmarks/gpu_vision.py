@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -203,12 +202,10 @@ def serve_and_load(engine: Path, out: Path, port: int = 8765) -> dict:
     for max_batch in (1, 32):
         log = out / f"server-{max_batch}.log"
         out.mkdir(parents=True, exist_ok=True)
-        # image decoding runs on the host in the preprocessing threads (2 by default, for small machines): at 2 the
-        # H200 server topped out at ~240 req/s whatever the batching (session 15), so the host's cores are used here
-        workers = str(min(8, os.cpu_count() or 2))
+        # (image decoding runs on the host in the preprocessing threads: half the cores by default, 2 to 8; at a
+        # fixed 2 the H200 server topped out at ~240 req/s whatever the batching, session 15)
         server = subprocess.Popen([sys.executable, "-m", "slimforge", "serve", str(engine), "--port", str(port),
-                                   "--max-batch", str(max_batch), "--max-wait-ms", "4",
-                                   "--preprocess-workers", workers],
+                                   "--max-batch", str(max_batch), "--max-wait-ms", "4"],
                                   stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
         try:
             t = time.perf_counter()

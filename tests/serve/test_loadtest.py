@@ -36,3 +36,18 @@ def test_the_plot_draws_the_rescaled_curve(tmp_path, monkeypatch):
     res = LoadResult("http://x", 1, 2.6, requests=len(done), latencies_ms=[5.0] * len(done), finished_at_s=done)
     _plot(res, tmp_path / "p.png")
     assert np.allclose(drawn[-1][1], [10.0, 10.0, 10.0]) and (tmp_path / "p.png").stat().st_size > 5000
+
+
+def test_preprocessing_threads_follow_the_cores_between_2_and_8(monkeypatch):
+    """Decoding images on the host in 2 threads capped a 16-core GPU server at ~240 req/s: the default is half the
+    cores the process may use, at least 2 (a 2-core machine keeps 2) and at most 8."""
+    import os
+
+    from slimforge.serve.app import ServeConfig
+    from slimforge.serve.limits import Limits, default_preprocess_workers
+
+    for cores, want in ((1, 2), (2, 2), (4, 2), (16, 8), (64, 8), (10, 5)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert default_preprocess_workers() == want
+        assert Limits().preprocess_workers == want and ServeConfig(paths=[]).preprocess_workers == want
+    assert ServeConfig(paths=[], preprocess_workers=3).preprocess_workers == 3

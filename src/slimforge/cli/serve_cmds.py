@@ -41,7 +41,8 @@ def serve(model: Annotated[list[str], typer.Argument(
               help="Decoded pixels of all images of a request (413); a model with dynamic height/width takes uploads "
                    "at their own size, never scaled down, so this bounds its work.")]
           = 64_000_000,
-          preprocess_workers: Annotated[int, typer.Option(help="Threads that decode and tokenise.")] = 2,
+          preprocess_workers: Annotated[Optional[int], typer.Option(
+              help="Threads that decode and tokenise (default: half the cores, 2 to 8).")] = None,
           preprocess_queue: Annotated[int, typer.Option(help="Requests waiting for preprocessing before 503.")] = 64,
           max_inflight_mb: Annotated[float, typer.Option(help="Decoded tensors queued for the model before 503.")]
           = 512.0,
@@ -51,6 +52,10 @@ def serve(model: Annotated[list[str], typer.Argument(
     """Serve a model over REST (/api/predict), KServe v2 (/v2/...) and a web page (/), with dynamic batching."""
     from slimforge.serve import ServeConfig, serve as run_server
 
+    if preprocess_workers is None:
+        from slimforge.serve.limits import default_preprocess_workers
+
+        preprocess_workers = default_preprocess_workers()
     if min(max_batch, queue_size, workers, max_rows, preprocess_workers, preprocess_queue) < 1:
         raise ConfigError("--max-batch, --queue-size, --workers, --max-rows and --preprocess-* must be >= 1")
     if long_text not in ("truncate", "refuse"):

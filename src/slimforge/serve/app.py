@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from slimforge.errors import SlimforgeError
 from slimforge.serve.batcher import Batcher, QueueFull
 from slimforge.serve.gate import Gate, Metrics
-from slimforge.serve.limits import Admission, Limits, Overloaded, feeds_nbytes
+from slimforge.serve.limits import Admission, Limits, Overloaded, default_preprocess_workers, feeds_nbytes
 from slimforge.serve.models import ModelSet, ServedModel, load_model_set
 from slimforge.serve.requests import ApiError, predict_feeds, v2_request
 from slimforge.serve.responses import examples_for, predict_response, v2_response
@@ -58,7 +58,7 @@ class ServeConfig:
     max_tokens: int | None = None
     long_text: str = "truncate"
     max_request_pixels: int = 64_000_000
-    preprocess_workers: int = 2
+    preprocess_workers: int = field(default_factory=lambda: default_preprocess_workers())
     preprocess_queue: int = 64
     max_inflight_mb: float = 512.0
     max_memory_mb: float | None = None
