@@ -16,7 +16,7 @@ from torch import nn
 from slimforge.core.context import ProgressEvent, ProgressFn
 from slimforge.errors import ConfigError, MissingDependencyError
 from slimforge.evaluation.metrics import cosine_similarity
-from slimforge.nas.cnn import CnnArch, CnnBuilder, CnnLatency, cnn_geometry
+from slimforge.nas.cnn import FRACTIONS, CnnArch, CnnBuilder, CnnLatency, cnn_geometry
 from slimforge.nas.search import (Constraints, SearchOutcome, measure_finalists, outcome, pareto, pick_finalists,
                                   violations)
 from slimforge.nas.subnet_search import FIT_BATCH, MAX_DRAWS, SubnetTrial, keep_best_models
@@ -105,6 +105,10 @@ def search_cnn(model: nn.Module, inputs: list[torch.Tensor], labels: torch.Tenso
                                          n_startup_trials=min(10, max(trials // 3, 1)))
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     study.enqueue_trial({f"w{i}": c for i, c in enumerate(geo.channels)})  # the full model: the front's anchor
+    for f in sorted(FRACTIONS[:-1], reverse=True):  # uniform cuts (what a person sets by hand) seed the search too;
+        # those predicted over the budget cost a prediction only
+        study.enqueue_trial({f"w{i}": min(geo.choices(i), key=lambda c, i=i: abs(c - geo.channels[i] * f))
+                             for i in range(len(geo.stages))})
     deadline = None if time_budget_s is None else t0 + time_budget_s
     for _ in range(MAX_DRAWS * trials):
         if sum(r.accuracy is not None for r in results) >= trials or (deadline and time.perf_counter() > deadline):
