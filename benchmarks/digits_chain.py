@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,12 +27,16 @@ import warnings
 from pathlib import Path
 
 warnings.filterwarnings("ignore")
+# ONNX Runtime sessions spin-wait on their threads between runs; two of them (FP32 and INT8) timed in one process on 2
+# cores slowed each other and the PyTorch stages (INT8 0.38 vs 0.24 ms, FP32 eager 1.95 vs 1.47 ms in a probe), so
+# the ratios measured contention, not the models
+os.environ.setdefault("SLIMFORGE_ORT_SPIN", "0")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import slimforge  # noqa: E402
-from slimforge.bench.timing import Timing  # noqa: E402
+from slimforge.bench import BenchSpec, compare  # noqa: E402
 from slimforge.env import environment  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,11 +46,18 @@ from tests.digits import train_digits_cnn  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ratio", type=float, default=0.6)
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--trials", type=int, default=24, help="sub-networks the search scores")
     ap.add_argument("--out", type=Path, default=Path("slimforge-out/digits_chain.json"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="slimforge-chain-"))
+    try:
+        return _chain(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the run's scratch (data files, exported and quantized models)
+
+
+def _chain(args: argparse.Namespace, work: Path) -> int:
     threads = torch.get_num_threads()
 
     model, d = train_digits_cnn()
@@ -97,27 +110,20 @@ def main() -> int:
 
     x64 = {"input": d["x_test"][:64]}
     sessions = {name: slimforge.open_session(a, rt) for name, (a, rt) in stages.items()}
-    samples: dict[str, list[float]] = {name: [] for name in stages}
-    for s in sessions.values():
-        for _ in range(5):
-            s.run(x64)
-    for _ in range(args.rounds):
-        for name, s in sessions.items():
-            for _ in range(20):
-                t = time.perf_counter()
-                s.run(x64)
-                samples[name].append(time.perf_counter() - t)
-
+    # the one timing loop (bench.compare): interleaved rounds, each ratio with its interval from the rounds
+    comp = compare(sessions, {64: x64}, BenchSpec(rounds=args.rounds, max_rounds=2 * args.rounds),
+                   reference="FP32 (PyTorch eager)")
     base_acc = None
     rows = []
-    base_p50 = Timing.from_samples(samples["FP32 (PyTorch eager)"]).p50
     for name, (a, rt) in stages.items():
         acc = slimforge.evaluate(a, work / "test.npz", runtime=rt, limit=None)["accuracy"].value
         base_acc = acc if base_acc is None else base_acc
-        t = Timing.from_samples(samples[name])
+        t = comp.timing(name, 64)
+        r = comp.ratio(name, 64) if name != "FP32 (PyTorch eager)" else None
         params = a.meta.get("parameters_after") or (sum(p.numel() for p in a.handle.parameters())
                                                      if hasattr(a.handle, "parameters") else None)
-        rows.append({"stage": name, "p50_ms_b64": t.p50, "p95_ms_b64": t.p95, "speedup": base_p50 / t.p50,
+        rows.append({"stage": name, "p50_ms_b64": t.p50, "p95_ms_b64": t.p95, "speedup": r.value if r else 1.0,
+                     "speedup_interval": [r.lo, r.hi] if r else [1.0, 1.0],
                      "accuracy": acc, "accuracy_drop": base_acc - acc, "parameters": params,
                      "size_mb": a.size_bytes() / 1e6})
     print(f"{'stage':42s} {'p50 ms':>8s} {'p95 ms':>8s} {'speedup':>8s} {'acc %':>7s} {'drop':>6s} {'params':>8s}")
@@ -130,9 +136,11 @@ def main() -> int:
     print(f"FLOPs (2-image batch): {flops[0]:,} -> {flops[1]:,}")
     finals = [r for r in rows if "INT8" in r["stage"]]
     best = max(finals, key=lambda r: r["speedup"])
-    ok = best["speedup"] >= 5.0 and best["accuracy_drop"] <= 1.0
-    print(("PASS" if ok else "FAIL") + f": {best['stage']} is {best['speedup']:.2f}x faster than FP32 eager at "
-          f"batch 64, accuracy {best['accuracy']:.2f}% ({best['accuracy_drop']:+.2f} points lost)")
+    ok = best["speedup_interval"][0] >= 5.0 and best["accuracy_drop"] <= 1.0
+    lo, hi = best["speedup_interval"]
+    print(("PASS" if ok else "FAIL") + f": {best['stage']} is {best['speedup']:.2f}x [{lo:.2f}, {hi:.2f}] faster than "
+          f"FP32 eager at batch 64 (the interval's low end must reach 5x), accuracy {best['accuracy']:.2f}% "
+          f"({best['accuracy_drop']:+.2f} points lost); timing: {comp.note() or 'interleaved rounds'}")
     hand, auto = (next(r for r in rows if r["stage"] == n) for n in ("pruned+distilled (PyTorch eager)",
                                                                      "searched+distilled (PyTorch eager)"))
     # accuracy compared image by image on the same test split (McNemar's exact test on the images that one model gets
@@ -181,9 +189,6 @@ def _paired(hand: slimforge.Artifact, searched: slimforge.Artifact, x: np.ndarra
 
 def _latency_share(art: slimforge.Artifact, base: slimforge.Artifact, x: np.ndarray) -> float:
     """``art``'s p50 at this batch over ``base``'s, on PyTorch, timed in interleaved rounds."""
-    from slimforge.bench.compare import compare
-    from slimforge.bench.timing import BenchSpec
-
     sess = {"m": slimforge.open_session(art, "torch", threads=1),
             "base": slimforge.open_session(base, "torch", threads=1)}
     comp = compare(sess, {len(x): {art.io.input_names[0]: x}}, BenchSpec(rounds=5, max_rounds=8))
