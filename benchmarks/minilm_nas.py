@@ -23,7 +23,6 @@ Goal (architecture-search issue): held-out cosine >= 0.95 at >= 2x the unpruned 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -148,7 +147,7 @@ def import_student(base, src: Path):
 
     from slimforge.io.models import load as load_module
     from slimforge.nas.subnet import SubnetArch, SubnetBuilder, geometry
-    from slimforge.nas.subnet_run import INTERFACE, model_inputs
+    from slimforge.nas.subnet_run import model_inputs, with_interface
     from slimforge.train.data import mask_index
 
     arch = json.loads((src / "student_arch.json").read_text())
@@ -168,8 +167,7 @@ def import_student(base, src: Path):
     built.load_state_dict(weights, strict=False)
     example = {n: t[:2].numpy() for n, t in zip(base.io.input_names, inputs)}
     cut = load_module(built.eval(), example_inputs=example, name="minilm-subnet-imported")
-    keep = {k: v for k, v in base.meta.items() if k in INTERFACE}  # its tokenizer: it reads text as the search's does
-    return dataclasses.replace(cut, meta={**cut.meta, **keep}), arch
+    return with_interface(cut, base), arch  # its tokenizer: it reads text as the search's result does
 
 
 if __name__ == "__main__":

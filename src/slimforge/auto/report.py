@@ -33,7 +33,7 @@ def build(res: Any, *, recipe: dict[str, Any], artifact_path: Path | None, data_
     candidates = [_variant(e, artifact_path) for e in res.evaluated]
     chosen = res.best.candidate.name if res.best else None
     per_batch = per_batch_best(res.evaluated)
-    ranges = getattr(res, "engine_profiles", None) or []
+    ranges = res.engine_profiles
 
     def runs(b: int) -> str | None:  # what the handed-back model runs at batch b (an engine may have batch ranges)
         return next((r["name"] for r in ranges if r["lo"] <= b <= r["hi"]), chosen)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -34,7 +35,7 @@ def is_engine(path: Path) -> bool:
     """Whether ``path`` is an AOTInductor package (a zip holding compiled code), not a torch.export program."""
     try:
         with zipfile.ZipFile(path) as z:
-            return any("/aotinductor/" in n or n.startswith("aotinductor/") for n in z.namelist())
+            return any(_model_of(n) for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
 
@@ -107,7 +108,7 @@ def merge_packages(singles: dict[str, Path], dest: Path) -> None:
                     raise TechniqueFailed(f"{single.name} keeps weights outside its compiled library; a package of "
                                           "batch ranges is merged from self-contained ones only")
                 for n in z.namelist():
-                    if "aotinductor/model/" in n and not n.endswith("/"):
+                    if _model_of(n) == "model" and not n.endswith("/"):
                         (folder / Path(n).name).write_bytes(z.read(n))
             files[name] = sorted(str(f) for f in folder.iterdir())
         package_aoti(str(dest), files)
@@ -228,8 +229,6 @@ class EngineModule(nn.Module):
 def _described(path: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The profiles of an engine without its sidecar: from its models' names (``batch_<lo>_<hi>``; placement
     unknown, so no CUDA graphs), or the one model for every batch size."""
-    import re
-
     found = [m for n in models_in(path) if (m := re.fullmatch(r"batch_(\d+)_(\d+)", n))]
     if found:
         return [{"model": m.group(0), "lo": int(m.group(1)), "hi": int(m.group(2))} for m in found]
@@ -271,7 +270,7 @@ class _Runner:
 
     def __init__(self, path: Path, device: str, single_threaded: bool, model: str = "model") -> None:
         with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if f"/aotinductor/{model}/" in n or n.startswith(f"aotinductor/{model}/")]
+            names = [n for n in z.namelist() if _model_of(n) == model]
             if not names:
                 raise ModelLoadError(f"{path} holds no compiled model '{model}' (it holds {models_in(path)})")
             libs = [n for n in names if n.endswith(".so")]
@@ -340,9 +339,16 @@ def open_runner(path: Path, *, device: str, single_threaded: bool = False, model
         return load_package(str(path), model, run_single_threaded=single_threaded)
 
 
+def _model_of(entry: str) -> str | None:
+    """The compiled model a package entry belongs to (``<archive>/data/aotinductor/<model>/...``), or None."""
+    m = _MODEL_ENTRY.search(entry)
+    return m.group(1) if m else None
+
+
+_MODEL_ENTRY = re.compile(r"(?:^|/)aotinductor/([^/]+)/")
+
+
 def models_in(path: Path) -> list[str]:
     """The names of the compiled models in an AOTInductor package (``model``, or one per batch profile)."""
-    import re
-
     with zipfile.ZipFile(path) as z:
-        return sorted({m.group(1) for n in z.namelist() if (m := re.search(r"(?:^|/)aotinductor/([^/]+)/", n))})
+        return sorted({m for n in z.namelist() if (m := _model_of(n))})

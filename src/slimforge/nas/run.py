@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -100,13 +99,12 @@ def search_architecture(model: Any, data: Any, *, space: str = "auto",
         from slimforge.io.models import load as load_module
 
         chosen = outcome.chosen
-        from slimforge.nas.subnet_run import INTERFACE
+        from slimforge.nas.subnet_run import INTERFACE, with_interface
 
         found = load_module(chosen.model.eval(), example_inputs={art.io.input_names[0]: x[:1]},  # type: ignore
-                            name=f"{art.name}-nas")  # the original's interface (task, preprocessing, labels) kept
-        # (not its labels: this network is trained from scratch on the data's classes)
-        res.artifact = dataclasses.replace(found, meta={**found.meta, **{k: v for k, v in art.meta.items()
-                                                                         if k in INTERFACE and k != "labels"}})
+                            name=f"{art.name}-nas")
+        # not the original's labels: this network is trained from scratch on the data's classes
+        res.artifact = with_interface(found, art, tuple(k for k in INTERFACE if k != "labels"))
         res.artifact.meta["lineage"] = {"source": art.name, "search": "mobilenet_v3", "arch": chosen.arch.to_dict(),
                                         "trial": chosen.number, "test_accuracy": chosen.test_accuracy}
     return _write(res, art, output_dir, force)

@@ -17,6 +17,13 @@ log = logging.getLogger(__name__)
 
 
 INTERFACE = ("task", "preprocess", "labels", "vocab_size", "max_positions")  # what a sub-network keeps of the meta
+
+
+def with_interface(found: Any, original: Any, keys: tuple[str, ...] = INTERFACE) -> Any:
+    """``found`` (a searched network as an artifact) with the original's interface meta: its task, tokenizer or
+    image preprocessing, labels (without them it could not read text or images: static INT8 calibration on text
+    refused a MiniLM sub-network)."""
+    return dataclasses.replace(found, meta={**found.meta, **{k: v for k, v in original.meta.items() if k in keys}})
 ALL_EXAMPLES = 10_000_000  # distillation takes every example of the search's data
 
 
@@ -75,10 +82,8 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
     example = {n: t[:2].numpy() for n, t in zip(names, inputs)}
 
     def as_artifact(trial: Any) -> Any:
-        # the original's interface comes along: its task, tokenizer or image preprocessing, labels (a sub-network
-        # without them could not read text or images: static INT8 calibration on text refused it)
         cut = load_module(trial.model.eval(), example_inputs=example, name=f"{art.name}-subnet")  # type: ignore
-        return dataclasses.replace(cut, meta={**cut.meta, **{k: v for k, v in art.meta.items() if k in INTERFACE}})
+        return with_interface(cut, art)
 
     if distill_epochs > 0:  # train what wins: the best few measured within budget, then the best after training
         budget = constraints.max_latency_ms

@@ -58,7 +58,7 @@ class ServeConfig:
     max_tokens: int | None = None
     long_text: str = "truncate"
     max_request_pixels: int = 64_000_000
-    preprocess_workers: int = field(default_factory=lambda: default_preprocess_workers())
+    preprocess_workers: int = field(default_factory=default_preprocess_workers)
     preprocess_queue: int = 64
     max_inflight_mb: float = 512.0
     max_memory_mb: float | None = None
