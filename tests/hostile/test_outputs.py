@@ -121,9 +121,10 @@ def test_kill_9_during_static_quantization_leaves_no_scratch_after_the_next_run(
 
 
 def test_sigterm_removes_the_scratch_at_once(ws):
-    # a calibration long enough that the signal lands inside it (with the small calib.npz the run could end first)
-    ws.npz("big.npz", x=np.random.default_rng(0).standard_normal((512, 16)).astype(np.float32))
-    proc = ws.popen("quantize", "model.onnx", "--method", "static", "--data", "big.npz", "--num-samples", "512",
+    # a calibration long enough that the signal lands inside it (with the small calib.npz the run could end first;
+    # at 512 rows a fast run once ended before the signal, exit 0)
+    ws.npz("big.npz", x=np.random.default_rng(0).standard_normal((8192, 16)).astype(np.float32))
+    proc = ws.popen("quantize", "model.onnx", "--method", "static", "--data", "big.npz", "--num-samples", "8192",
                     *FAST)
     deadline = time.monotonic() + 60
     while not list(ws.tmp.glob("slimforge-run-*")) and time.monotonic() < deadline:
