@@ -6,6 +6,8 @@ problem and the fix. ``TechniqueFailed`` is recoverable inside a search: the pla
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -98,6 +100,25 @@ def require(module: str, *, extra: str, package: str | None = None) -> Any:
     import importlib
 
     try:
-        return importlib.import_module(module)
+        with _termination_deferred():
+            return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDependencyError(package or module.split(".")[0], extra=extra) from exc
+
+
+@contextlib.contextmanager
+def _termination_deferred() -> Iterator[None]:
+    """Hold SIGTERM and Ctrl-C until the block ends (main thread, POSIX). A native module's initialisation can
+    swallow the exception a signal handler raises inside it (``import openvino`` does: pybind11 clears it), and the
+    run then went on to the end and exited 0; held, the signal lands after the import, in Python code."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

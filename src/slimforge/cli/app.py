@@ -258,6 +258,15 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+_TERMINATION = {"requested": False}
+
+
+def _on_sigterm(*_: object) -> None:
+    """SIGTERM: exit 143 through the exit handlers (the scratch space is removed, half-written outputs undone)."""
+    _TERMINATION["requested"] = True
+    sys.exit(143)
+
+
 def main() -> None:
     """Entry point: usage errors print the usage line and exit 2; user errors print one clear line and exit 2;
     anything unexpected prints one line and exits 1 (``--debug`` or ``SLIMFORGE_DEBUG=1`` shows the traceback)."""
@@ -270,16 +279,22 @@ def main() -> None:
     _DEBUG["on"] = os.environ.get("SLIMFORGE_DEBUG", "") not in ("", "0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _configure_logging(_DEBUG["on"] or os.environ.get("SLIMFORGE_LOG", "").lower() == "debug")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the exit handlers: scratch space is removed
+    signal.signal(signal.SIGTERM, _on_sigterm)
     import tempfile
 
     from slimforge.core.outputs import describe_os_error
-    from slimforge.core.scratch import sweep
+    from slimforge.core.scratch import handle_termination_on_the_thread_stack, sweep
+
+    handle_termination_on_the_thread_stack(signal.SIGTERM, signal.SIGINT)  # (OpenVINO can leave a stale stack)
 
     sweep(Path(tempfile.gettempdir()))  # scratch space of runs that were killed
 
     try:
         app(standalone_mode=True)  # typer prints usage errors (usage line, exit 2) itself
+    except SystemExit as exc:
+        if _TERMINATION["requested"] and exc.code in (0, None):  # third-party code swallowed the SIGTERM's exit
+            sys.exit(143)
+        raise
     except SlimforgeError as exc:
         _fail(str(exc), 2)
     except KeyboardInterrupt:

@@ -164,3 +164,44 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: nothing to do
         pass
+
+
+def handle_termination_on_the_thread_stack(*signums: int) -> bool:
+    """Run the handlers of ``signums`` on the interrupted thread's own stack, not on an alternate signal stack.
+
+    Python installs its handlers with ``SA_ONSTACK``, and OpenVINO's CPU plugin sets an alternate stack for the
+    thread that creates it and, when two plugins (two ``ov.Core`` objects, e.g. NNCF's and ours) are released out of
+    order, restores one it has already unmapped: the next SIGTERM or Ctrl-C then dies with SIGSEGV (exit 139,
+    scratch left behind) instead of running the exit handlers. Without ``SA_ONSTACK`` that stale stack is never
+    used. Linux x86-64 and arm64 (glibc's ``struct sigaction``); elsewhere nothing is changed and False returned.
+
+    Example:
+        >>> import signal
+        >>> handle_termination_on_the_thread_stack(signal.SIGINT) in (True, False)
+        True
+    """
+    import ctypes
+    import platform
+    import sys
+
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
+        return False
+
+    class _Action(ctypes.Structure):  # glibc's struct sigaction on 64-bit Linux
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                    ("restorer", ctypes.c_void_p)]
+
+    on_stack = 0x08000000  # SA_ONSTACK
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for signum in signums:
+            action = _Action()
+            if libc.sigaction(int(signum), None, ctypes.byref(action)) != 0:
+                return False
+            if action.flags & on_stack:
+                action.flags &= ~on_stack
+                if libc.sigaction(int(signum), ctypes.byref(action), None) != 0:
+                    return False
+    except (OSError, AttributeError):
+        return False
+    return True
