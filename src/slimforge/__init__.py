@@ -31,6 +31,7 @@ _LAZY = {
     "Step": "slimforge.core.artifact", "TensorSpec": "slimforge.core.artifact", "Config": "slimforge.core.config",
     "RunContext": "slimforge.core.context", "load_data": "slimforge.io.data", "load": "slimforge.io.models",
     "save": "slimforge.io.save", "Recipe": "slimforge.plan.recipe", "open_session": "slimforge.runtimes",
+    "tune_threads": "slimforge.bench.threads",
     **{name: "slimforge.errors" for name in (
         "ConfigError", "DataError", "InputError", "MissingDependencyError", "ModelLoadError", "SlimforgeError",
         "TechniqueFailed", "UnsupportedModelError", "VerificationError")},
@@ -94,4 +95,5 @@ __all__ = [
     "quantize",
     "save",
     "search_architecture",
+    "tune_threads",
 ]

@@ -83,6 +83,8 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
     select.mark_pareto(evaluated, ev.goal_batch, ev.labels is not None)
     best = _finish_choice(evaluated, ev)
     verification = ev.verify(best.artifact, best.candidate.runtime) if best and best.artifact else None
+    if best is not None and best.artifact is not None and tgt.device == "cpu":
+        best.artifact = _tuned_threads(best, ev, tgt, notes)
     if best is not None and best.artifact is not None and best.peak_memory_mb is None:  # baseline vs chosen
         ev.ctx.report_progress("peak memory, baseline and chosen", 0, 2)
         from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +109,23 @@ def search(model: Artifact, *, target: str | Path | Target = "cpu", goals: Goals
                         notes=notes, verification=verification, seconds=time.perf_counter() - t0,
                         machine=machine.to_dict(), timing_note=timing_note, noisy=noisy, steps_built=ev.cache.built,
                         steps_cached=ev.cache.hits)
+
+
+def _tuned_threads(best: Evaluated, ev: Evaluator, tgt: Target, notes: list[str]) -> Artifact:
+    """The winner with the thread count it runs fastest with at the target's batch sizes (``bench.threads``: another
+    count than one per core only where measurably faster and nowhere slower); the evidence in its metadata."""
+    from slimforge.bench.threads import TUNABLE, measure_threads, with_threads
+
+    if best.candidate.runtime not in TUNABLE or tgt.threads == 1:
+        return best.artifact
+    ev.ctx.report_progress("thread count", 0, 1)
+    choice = measure_threads(best.artifact, best.candidate.runtime, {b: ev.feeds(b) for b in ev.batch_sizes},
+                             max_threads=tgt.threads)
+    ev.ctx.report_progress("thread count", 1, 1)
+    if choice.threads is not None:
+        notes.append(f"the chosen model {choice.describe()}; its file records it, and slimforge serve and "
+                     "open_session use it (the latencies above were measured with the default)")
+    return with_threads(best.artifact, choice)
 
 
 def _task_goals(ev: Evaluator, goals: Goals, user_quality: bool, notes: list[str]) -> Goals:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -266,22 +265,15 @@ def profile_graph(art: Artifact, runtime: str, feeds: Mapping[str, np.ndarray], 
     """Plain runs (timed) and profiled runs (a second session with the runtime's profiler on) interleaved, so the
     end-to-end latency and the per-node times see the same machine."""
     from slimforge.errors import ConfigError
-    from slimforge.runtimes import open_session
+    from slimforge.runtimes import open_session, ort_spin_off
 
     if device == "cuda" and runtime == "onnxruntime":
         raise ConfigError("profiling ONNX Runtime on CUDA is not supported: its session profile times kernel "
                           "launches, not kernels; profile the PyTorch model with --runtime torch --device cuda")
     # two sessions take turns: their thread pools must not spin-wait for work, or each slows the other down
-    spin = os.environ.get("SLIMFORGE_ORT_SPIN")
-    os.environ["SLIMFORGE_ORT_SPIN"] = "0"
-    try:
+    with ort_spin_off():
         plain = open_session(art, runtime, device=device, threads=threads)
         sess: Any = open_session(art, runtime, device=device, threads=threads, profiling=True)
-    finally:
-        if spin is None:
-            os.environ.pop("SLIMFORGE_ORT_SPIN", None)
-        else:
-            os.environ["SLIMFORGE_ORT_SPIN"] = spin
     scopes = onnx_scopes(Path(art.path)) if art.path is not None and str(art.path).endswith(".onnx") else {}
     call = compute_call(plain, feeds)
     for _ in range(max(spec.warmup, 1)):

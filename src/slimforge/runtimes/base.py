@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+from collections.abc import Iterator
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -96,6 +99,8 @@ def open_session(art: Artifact, runtime: str | None = None, *, device: str = "cp
         (1, 2)
     """
     rt = get_runtime(runtime or default_runtime(art))
+    if threads is None:
+        threads = tuned_threads(art)
     if art.format not in rt.formats:
         raise UnsupportedModelError(f"runtime {rt.name} cannot open a {art.format.value} model; it opens "
                                     f"{', '.join(f.value for f in rt.formats)} (export it first)")
@@ -111,6 +116,36 @@ def open_session(art: Artifact, runtime: str | None = None, *, device: str = "cp
                               "torch.profiler (slimforge.profile)")
         return rt.open(art, device=device, threads=threads, precision=precision, profiling=True)  # type: ignore
     return rt.open(art, device=device, threads=threads, precision=precision)
+
+
+def tuned_threads(art: Artifact) -> int | None:
+    """The intra-op thread count measured fastest for ``art`` (``bench.tune_threads``; ``meta["threads"]``), or None
+    (the runtime's default: all cores). A count above this machine's cores is not used.
+
+    Example:
+        >>> import torch, slimforge
+        >>> art = slimforge.load(torch.nn.Linear(4, 2), example_inputs=torch.randn(1, 4))
+        >>> tuned_threads(art) is None
+        True
+    """
+    n = art.meta.get("threads")
+    return int(n) if isinstance(n, int) and 0 < n <= (os.cpu_count() or 1) else None
+
+
+@contextlib.contextmanager
+def ort_spin_off() -> Iterator[None]:
+    """Sessions opened in the block have ONNX Runtime's workers sleep between runs instead of spin-waiting: where
+    several sessions take turns (timing side by side) or share the cores with a server, a spinning pool slows the
+    others down."""
+    old = os.environ.get("SLIMFORGE_ORT_SPIN")
+    os.environ["SLIMFORGE_ORT_SPIN"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SLIMFORGE_ORT_SPIN", None)
+        else:
+            os.environ["SLIMFORGE_ORT_SPIN"] = old
 
 
 def check_feeds(art: Artifact, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

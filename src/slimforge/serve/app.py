@@ -315,16 +315,11 @@ def load_models(cfg: ServeConfig) -> ModelSet:
     """Open the models ``cfg`` serves (a ``SlimforgeError`` names what cannot be). ONNX Runtime's idle workers must
     not spin here: they would take the cores the event loop and the requests need (measured +20-40% throughput under
     concurrency on 2 cores)."""
-    old = os.environ.get("SLIMFORGE_ORT_SPIN")
-    os.environ["SLIMFORGE_ORT_SPIN"] = "0"
-    try:
+    from slimforge.runtimes import ort_spin_off
+
+    with ort_spin_off():
         return load_model_set(cfg.paths, name=cfg.name, fallback=cfg.fallback, runtime=cfg.runtime,
                               threads=cfg.threads, input_shapes=cfg.input_shapes or None)
-    finally:
-        if old is None:
-            os.environ.pop("SLIMFORGE_ORT_SPIN", None)
-        else:
-            os.environ["SLIMFORGE_ORT_SPIN"] = old
 
 
 def _warm_up(m: ServedModel) -> None:
