@@ -1,8 +1,8 @@
 """Digits CNN: prune -> distil -> INT8, each stage measured side by side in one run.
 
 Trains the teacher here on scikit-learn's digits, prunes channels (structured, with fine-tuning), distils the teacher
-back into the pruned network, then quantizes to INT8 for ONNX Runtime and OpenVINO (the searched network below too). Beside the hand-set ratio, the
-architecture search (``slimforge nas --space subnet``) looks for channels per stage under the pruned network's own
+back into the pruned network, then quantizes to INT8 for ONNX Runtime and OpenVINO (the searched network below too).
+Beside the hand-set ratio, the architecture search (``slimforge nas --space subnet``) looks for channels per stage under the pruned network's own
 measured latency; its choice is distilled the same way. Latency at batch 64 is timed for every stage, interleaved in
 rounds, against PyTorch FP32 eager (its default threads); the ONNX Runtime and OpenVINO stages run with the thread
 count measured fastest for them (``slimforge.tune_threads``, as ``optimize`` delivers its winner); accuracy is on the
@@ -133,6 +133,8 @@ def _chain(args: argparse.Namespace, work: Path) -> int:
         r = comp.ratio(name, 64) if name != "FP32 (PyTorch eager)" else None
         params = a.meta.get("parameters_after") or (sum(p.numel() for p in a.handle.parameters())
                                                      if hasattr(a.handle, "parameters") else None)
+        if params is None:  # an exported or quantized stage: the parameters of the network it was made from
+            params = next((r["parameters"] for r in rows if name.startswith(r["stage"].split(" (")[0] + " ")), None)
         rows.append({"stage": name, "p50_ms_b64": t.p50, "p95_ms_b64": t.p95, "speedup": r.value if r else 1.0,
                      "speedup_interval": [r.lo, r.hi] if r else [1.0, 1.0],
                      "accuracy": acc, "accuracy_drop": base_acc - acc, "parameters": params,

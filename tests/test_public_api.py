@@ -9,6 +9,7 @@ PINNED = [
     "VerificationError", "__version__", "benchmark", "benchmark_devices", "evaluate", "export", "info", "load",
     "load_data", "open_session", "optimize", "profile", "quantize", "save", "prune", "distill", "lowrank", "fuse",
     "AutoResult", "Goals", "Target", "auto_optimize_for_deployment", "load_optimized", "search_architecture",
+    "tune_threads",
 ]
 
 
