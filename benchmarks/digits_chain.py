@@ -3,10 +3,10 @@
 Trains the teacher here on scikit-learn's digits, prunes channels (structured, with fine-tuning), distils the teacher
 back into the pruned network, then quantizes to INT8 for ONNX Runtime and OpenVINO (the searched network below too).
 Beside the hand-set ratio, the architecture search (``slimforge nas --space subnet``) looks for channels per stage
-under the pruned network's own measured latency; its choice is distilled the same way. Latency at batch 64 is timed for every stage, interleaved in
-rounds, against PyTorch FP32 eager (its default threads); the ONNX Runtime and OpenVINO stages run with the thread
-count measured fastest for them (``slimforge.tune_threads``, as ``optimize`` delivers its winner); accuracy is on the
-held-out test split.
+under the pruned network's own measured latency; its choice is distilled the same way. Latency at batch 64 is timed for
+every stage, interleaved in rounds, against PyTorch FP32 eager (its default threads); the ONNX Runtime and OpenVINO
+stages run with the thread count measured fastest for them (``slimforge.tune_threads``, as ``optimize`` delivers its
+winner); accuracy is on the held-out test split.
 
     .venv/bin/python benchmarks/digits_chain.py [--ratio 0.5] [--out slimforge-out/digits_chain.json]
 
