@@ -89,7 +89,8 @@ def _chain(args: argparse.Namespace, work: Path) -> int:
         return 1
     torch.set_num_threads(threads)  # (a one-thread session sets it for the process)
     print(f"searched: {found.outcome.chosen.arch.describe()} under {budget} of the original; distilled finalists: "
-          + ", ".join(f"{r['arch']} {r['heldout'].get('accuracy_after', float('nan')):.2f}"
+          + ", ".join(f"{r['arch']} {r['heldout'].get('accuracy_after', float('nan')):.2f}% "
+                      f"(log-loss {r['heldout'].get('log_loss', float('nan')):.4f})"
                       for r in found.distilled["finalists"]), file=sys.stderr)
     searched = found.artifact
     cut = slimforge.load(found.outcome.chosen.model, example_inputs=torch.from_numpy(d["x_test"][:2]),

@@ -124,6 +124,7 @@ def test_a_cnn_sub_network_is_distilled_when_asked(tmp_path):
                                         trials=3, threads=1, distill_epochs=2)
     assert res.artifact is not None and res.distilled is not None, res.outcome.notes
     runs = res.distilled["finalists"]
-    assert runs and all("accuracy_after" in r["heldout"] for r in runs)
-    assert res.distilled["heldout"]["accuracy_after"] == max(r["heldout"]["accuracy_after"] for r in runs)
+    assert runs and all("accuracy_after" in r["heldout"] and r["heldout"]["log_loss"] > 0 for r in runs)
+    # ranked by held-out log-loss (accuracy ties at 100% of a small held-out share)
+    assert res.distilled["heldout"]["log_loss"] == min(r["heldout"]["log_loss"] for r in runs)
     assert res.artifact.meta["lineage"]["distilled"]["trial"] == res.outcome.chosen.number

@@ -77,3 +77,36 @@ def test_a_sample_limit_spreads_over_the_whole_data(tmp_path, mlp_art):
     labels = np.concatenate([b.labels for b in spread_batches(ds, 100)])
     assert len(labels) == 100 and np.bincount(labels).tolist() == [10] * 10  # not the first class alone
     assert sum(len(b.labels) for b in spread_batches(ds, 2000)) == 1000
+
+
+def test_the_check_scores_a_classifier_by_log_loss_where_accuracy_ties():
+    from torch.utils.data import TensorDataset
+
+    from slimforge.techniques.distill.heldout import Tolerance, judge_student
+
+    labels = torch.tensor([0, 1, 2, 1])
+    teacher = torch.nn.functional.one_hot(labels, 3).float() * 4.0
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits[x.long().flatten()] + 0 * self.w
+
+    x = torch.arange(4).float().unsqueeze(1)
+    held = TensorDataset(x, teacher, labels)
+    sure, unsure = teacher * 2.0, teacher * 0.25  # both 100% accurate
+    checks = [judge_student(Fixed(lg), held, has_labels=True, embedding=False, tol=Tolerance(None, None), extra={})
+              for lg in (sure, unsure)]
+    assert [c.metrics["student_accuracy"] for c in checks] == [100.0, 100.0]
+    want = [float(torch.nn.functional.cross_entropy(lg, labels)) for lg in (sure, unsure)]
+    assert [c.metrics["log_loss"] for c in checks] == pytest.approx(want)
+    assert checks[0].metrics["log_loss"] < checks[1].metrics["log_loss"]
+    # the cosine of logits cannot tell them apart: it is why the search ranks finalists by log-loss
+    assert checks[0].metrics["cosine_to_teacher"] == pytest.approx(checks[1].metrics["cosine_to_teacher"])
+    unlabelled = judge_student(Fixed(unsure), TensorDataset(x, teacher), has_labels=False, embedding=False,
+                               tol=Tolerance(None, None), extra={})
+    assert unlabelled.metrics["kl_to_teacher"] > 0 and "log_loss" not in unlabelled.metrics

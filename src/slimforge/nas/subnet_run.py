@@ -106,9 +106,13 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
 
 
 def _after(info: dict[str, Any]) -> tuple[float, float]:
-    """A distilled finalist's held-out score (cosine to the original, or accuracy) after training; ties (accuracy
-    often reaches 100% of a small held-out share) go to the one closer to the original (cosine)."""
+    """A distilled finalist's held-out score after training, higher is better. A labelled classifier is ranked by
+    its held-out log-loss: accuracy often ties at 100% of a small held-out share (digits: two of three finalists at
+    100% of 250 images; the one the cosine of logits then chose lost 1.48 points on the 540 test images). Otherwise:
+    the cosine to the original (or accuracy), ties to the closer one."""
     held = info.get("heldout") or {}
+    if "log_loss" in held:
+        return -float(held["log_loss"]), float(held.get("cosine_to_teacher", float("-inf")))
     score = next((v for k, v in held.items() if k.endswith("_after")), float("-inf"))
     return float(score), float(held.get("cosine_to_teacher", float("-inf")))
 

@@ -87,6 +87,12 @@ def judge_student(model: nn.Module, heldout, *, has_labels: bool, embedding: boo
     if classifier:
         agreement = float((student.argmax(-1) == teacher.argmax(-1)).double().mean()) * 100.0
         metrics["agreement"] = agreement
+        log_probs = torch.log_softmax(student, -1)
+        if labels is not None:  # finer than accuracy, which often ties at 100% of a small held-out share
+            metrics["log_loss"] = float(nn.functional.nll_loss(log_probs, labels.long()))
+        else:
+            metrics["kl_to_teacher"] = float(nn.functional.kl_div(log_probs, torch.log_softmax(teacher, -1),
+                                                                  log_target=True, reduction="batchmean"))
         if labels is not None:
             s_acc = float((student.argmax(-1) == labels).double().mean()) * 100.0
             t_acc = float((teacher.argmax(-1) == labels).double().mean()) * 100.0
