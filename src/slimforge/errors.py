@@ -106,11 +106,16 @@ def require(module: str, *, extra: str, package: str | None = None) -> Any:
         raise MissingDependencyError(package or module.split(".")[0], extra=extra) from exc
 
 
+TERMINATION = {"requested": False}  # set by the CLI's SIGTERM handler before it raises SystemExit(143)
+
+
 @contextlib.contextmanager
 def _termination_deferred() -> Iterator[None]:
     """Hold SIGTERM and Ctrl-C until the block ends (main thread, POSIX). A native module's initialisation can
     swallow the exception a signal handler raises inside it (``import openvino`` does: pybind11 clears it), and the
-    run then went on to the end and exited 0; held, the signal lands after the import, in Python code."""
+    run then went on to the end and exited 0; held, the signal lands after the import, in Python code. Another
+    thread can still take the signal (the mask is per thread) and the handler then runs inside the import: a
+    termination requested meanwhile is raised again when the block ends."""
     import signal
     import threading
 
@@ -122,3 +127,5 @@ def _termination_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if TERMINATION["requested"]:
+            raise SystemExit(143)

@@ -41,6 +41,36 @@ def test_a_sigterm_during_an_import_that_swallows_exceptions_still_ends_the_run(
     assert "went on" not in r.stdout
 
 
+def test_a_sigterm_another_thread_takes_during_such_an_import_still_ends_the_run(tmp_path):
+    # the mask that holds the signal is the main thread's: with another thread running, the signal goes there and the
+    # handler runs inside the import again; the termination it requested is raised when the import ends
+    (tmp_path / "swallower.py").write_text(textwrap.dedent("""
+        import os, signal
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            total = sum(range(1_000_000))
+        except BaseException:
+            pass
+    """))
+    code = """
+        import signal, sys, threading, time
+        sys.path.insert(0, ".")
+        from slimforge.errors import TERMINATION, require
+
+        def handler(*_):
+            TERMINATION["requested"] = True
+            sys.exit(143)
+
+        signal.signal(signal.SIGTERM, handler)
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+        require("swallower", extra="all")
+        print("went on")
+    """
+    r = _run(code, tmp_path)
+    assert r.returncode == 143, r.stderr
+    assert "went on" not in r.stdout
+
+
 @pytest.mark.parametrize("fixed", [True, False])
 def test_a_stale_alternate_signal_stack_does_not_turn_sigterm_into_a_segfault(tmp_path, fixed):
     # like OpenVINO's CPU plugin after two plugins are released out of order: the thread's alternate signal stack

@@ -119,8 +119,13 @@ def _tuned_threads(best: Evaluated, ev: Evaluator, tgt: Target, notes: list[str]
     if best.candidate.runtime not in TUNABLE or tgt.threads == 1:
         return best.artifact
     ev.ctx.report_progress("thread count", 0, 1)
-    choice = measure_threads(best.artifact, best.candidate.runtime, {b: ev.feeds(b) for b in ev.batch_sizes},
-                             max_threads=tgt.threads)
+    try:
+        choice = measure_threads(best.artifact, best.candidate.runtime, {b: ev.feeds(b) for b in ev.batch_sizes},
+                                 max_threads=tgt.threads)
+    except Exception as exc:  # noqa: BLE001 - an optional refinement never costs the user the result
+        notes.append(f"the thread count could not be tuned ({type(exc).__name__}: "
+                     f"{(str(exc).splitlines() or [''])[0][:200]}); the runtime's default is used")
+        return best.artifact
     ev.ctx.report_progress("thread count", 1, 1)
     if choice.threads is not None:
         notes.append(f"the chosen model {choice.describe()}; its file records it, and slimforge serve and "

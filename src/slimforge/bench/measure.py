@@ -11,7 +11,7 @@ import numpy as np
 from slimforge.bench.compare import Comparison, Ratio, compare
 from slimforge.bench.timing import BenchSpec, Timing
 from slimforge.core.artifact import Artifact
-from slimforge.runtimes import open_session
+from slimforge.runtimes import open_session, tuned_threads
 
 FeedsFn = Callable[[int], Mapping[str, np.ndarray]]
 
@@ -93,7 +93,8 @@ def measure_all(items: Sequence[tuple[Artifact, str | None]], feeds_for: FeedsFn
             s.close()
     results = []
     for k, (art, _), rt in zip(keys, items, runtimes):
-        r = BenchResult(art.name, rt, device, threads or torch.get_num_threads(), size_mb=art.size_bytes() / 1e6,
+        used = threads or tuned_threads(art, rt, device) or torch.get_num_threads()
+        r = BenchResult(art.name, rt, device, used, size_mb=art.size_bytes() / 1e6,
                         file=str(art.path) if art.path else None,
                         precision=str(precision or art.meta.get("precision") or "fp32"), timing_note=comp.note(),
                         noisy=comp.noisy)

@@ -39,13 +39,14 @@ class ThreadChoice:
     threads: int | None
     table: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
+    spin_waiting: bool = False  # ONNX Runtime sessions were timed with spin-waiting off (as slimforge serve runs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def describe(self) -> str:
         if self.threads is None:
-            return f"{self.default} threads (one per core) kept: {self.note}"
+            return f"the default ({self.default} threads) kept: {self.note}"
         return f"runs on {self.threads} of {self.default} threads, measured faster: " + ", ".join(
             f"batch {r['batch']} {r['p50_ms']:.3f} ms vs {self._default_ms(r['batch']):.3f} ms ({r['speedup']})"
             for r in self.table if r["threads"] == self.threads)
@@ -118,8 +119,11 @@ def measure_threads(art: Artifact, runtime: str, feeds: Mapping[int, Mapping[str
         return ThreadChoice(runtime, batches, most, None, note="one core: nothing to choose")
     counts = candidates(most)
     untuned = dataclasses.replace(art, meta={k: v for k, v in art.meta.items() if k != "threads"})
-    with ort_spin_off():  # sessions taking turns must not spin-wait (slimforge serve runs them so too)
-        sessions = {str(n): open_session(untuned, runtime, threads=n) for n in counts}
+    # sessions taking turns must not spin-wait (each would slow the others; slimforge serve runs them so too); the
+    # reference is the runtime's own default (threads not set: its pinning and pools), named by its count
+    with ort_spin_off():
+        sessions = {str(n): open_session(untuned, runtime, threads=None if n == most and most == default_threads()
+                                         else n) for n in counts}
     try:
         comp = compare(sessions, {b: dict(feeds[b]) for b in batches}, spec, reference=str(most))
     finally:
@@ -134,10 +138,12 @@ def measure_threads(art: Artifact, runtime: str, feeds: Mapping[int, Mapping[str
                           "hi_ms": round(t.hi, 4), "speedup": r.describe() if r else "1.00x (the default)",
                           "verdict": r.verdict if r else "default"})
     if comp.noisy:
-        return ThreadChoice(runtime, batches, most, None, table, "the machine was too noisy to decide: "
-                            + comp.note())
+        return ThreadChoice(runtime, batches, most, None, table, comp.note())  # ("too noisy to decide: ...")
+    # measurably faster at one batch size; at the others not slower, not even within the noise (a tie at 0.95x
+    # would hand the user a 5% slowdown there)
     verdicts = {n: [comp.ratio(str(n), b).verdict for b in batches] for n in counts if n != most}
-    better = [n for n, v in verdicts.items() if FASTER in v and SLOWER not in v]
+    better = [n for n, v in verdicts.items() if FASTER in v and SLOWER not in v
+              and min(comp.ratio(str(n), b).value for b in batches) >= 1.0]
     if not better:
         return ThreadChoice(runtime, batches, most, None, table, "no other count was measurably faster at one "
                             "batch size and not slower at the others")

@@ -14,7 +14,7 @@ from rich.table import Table
 from slimforge.cli.common import (Arch, ArchKwargs, Force, InputShape, ModelArg, Preprocess, Task, Weights, drop,
                                   load_model, load_models, parse_batches, with_overrides)
 from slimforge.cli.render import console, err_console, print_checks, print_measurements
-from slimforge.errors import ConfigError, SlimforgeError
+from slimforge.errors import TERMINATION, ConfigError, SlimforgeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make trained models smaller and faster, verified and measured on your hardware.")
@@ -255,15 +255,12 @@ def _fail(message: str, code: int) -> None:
     sys.stdout.flush()
     message = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(code)
-
-
-_TERMINATION = {"requested": False}
+    sys.exit(143 if TERMINATION["requested"] else code)  # a failure after a swallowed SIGTERM is still a SIGTERM
 
 
 def _on_sigterm(*_: object) -> None:
     """SIGTERM: exit 143 through the exit handlers (the scratch space is removed, half-written outputs undone)."""
-    _TERMINATION["requested"] = True
+    TERMINATION["requested"] = True
     sys.exit(143)
 
 
@@ -292,7 +289,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)  # typer prints usage errors (usage line, exit 2) itself
     except SystemExit as exc:
-        if _TERMINATION["requested"] and exc.code in (0, None):  # third-party code swallowed the SIGTERM's exit
+        if TERMINATION["requested"] and exc.code != 143:  # third-party code swallowed the SIGTERM's exit
             sys.exit(143)
         raise
     except SlimforgeError as exc:

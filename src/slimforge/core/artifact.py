@@ -26,6 +26,9 @@ class Format(str, enum.Enum):
 Dim = int | str | None  # int: fixed; str: named dynamic dimension; None: unknown
 
 
+
+MEASURED_FOR_THIS_MODEL = ("threads", "thread_tuning")  # metadata a derived model does not inherit
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """Name, shape (ints for fixed dims, names for dynamic ones) and numpy dtype name of one tensor."""
@@ -128,9 +131,10 @@ class Artifact:
         return str(self.meta.get("name") or (self.path.stem if self.path else "model"))
 
     def derive(self, step: Step, **changes: Any) -> Artifact:
-        """A child artifact made by ``step``; fields not given are inherited, the checks of earlier steps too."""
-        if "meta" in changes:
-            changes["meta"] = {**self.meta, **changes["meta"]}
+        """A child artifact made by ``step``; fields not given are inherited, the checks of earlier steps too. A
+        thread count measured for this model (``bench.threads``) is not: the child is another model."""
+        meta = {k: v for k, v in self.meta.items() if k not in MEASURED_FOR_THIS_MODEL}
+        changes["meta"] = {**meta, **changes.get("meta", {})}
         return dataclasses.replace(self, lineage=(*self.lineage, step), **changes)
 
     def with_check(self, check: Check) -> Artifact:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import torch
@@ -111,8 +112,9 @@ def _after(info: dict[str, Any]) -> tuple[float, float]:
     100% of 250 images; the one the cosine of logits then chose lost 1.48 points on the 540 test images). Otherwise:
     the cosine to the original (or accuracy), ties to the closer one."""
     held = info.get("heldout") or {}
-    if "log_loss" in held:
-        return -float(held["log_loss"]), float(held.get("cosine_to_teacher", float("-inf")))
+    if "log_loss" in held:  # (a non-finite loss, from overflowing logits, ranks last)
+        loss = float(held["log_loss"])
+        return (-loss if math.isfinite(loss) else float("-inf")), float(held.get("cosine_to_teacher", float("-inf")))
     score = next((v for k, v in held.items() if k.endswith("_after")), float("-inf"))
     return float(score), float(held.get("cosine_to_teacher", float("-inf")))
 

@@ -100,7 +100,7 @@ def open_session(art: Artifact, runtime: str | None = None, *, device: str = "cp
     """
     rt = get_runtime(runtime or default_runtime(art))
     if threads is None:
-        threads = tuned_threads(art)
+        threads = tuned_threads(art, rt.name, device)
     if art.format not in rt.formats:
         raise UnsupportedModelError(f"runtime {rt.name} cannot open a {art.format.value} model; it opens "
                                     f"{', '.join(f.value for f in rt.formats)} (export it first)")
@@ -118,9 +118,10 @@ def open_session(art: Artifact, runtime: str | None = None, *, device: str = "cp
     return rt.open(art, device=device, threads=threads, precision=precision)
 
 
-def tuned_threads(art: Artifact) -> int | None:
+def tuned_threads(art: Artifact, runtime: str | None = None, device: str = "cpu") -> int | None:
     """The intra-op thread count measured fastest for ``art`` (``bench.tune_threads``; ``meta["threads"]``), or None
-    (the runtime's default: all cores). A count above this machine's cores is not used.
+    (the runtime's default: all cores). Used only on the CPU, for the runtime it was measured on (any, when
+    ``runtime`` is None) and on a machine with as many physical cores as the one that measured it.
 
     Example:
         >>> import torch, slimforge
@@ -128,8 +129,15 @@ def tuned_threads(art: Artifact) -> int | None:
         >>> tuned_threads(art) is None
         True
     """
-    n = art.meta.get("threads")
-    return int(n) if isinstance(n, int) and 0 < n <= (os.cpu_count() or 1) else None
+    import psutil
+
+    n, how = art.meta.get("threads"), art.meta.get("thread_tuning") or {}
+    if not isinstance(n, int) or n < 1 or device != "cpu" or not isinstance(how, dict):
+        return None
+    if runtime is not None and how.get("runtime") != runtime:
+        return None
+    cores = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    return n if how.get("default") == cores and n <= cores else None
 
 
 @contextlib.contextmanager

@@ -89,7 +89,8 @@ def judge_student(model: nn.Module, heldout, *, has_labels: bool, embedding: boo
         metrics["agreement"] = agreement
         log_probs = torch.log_softmax(student, -1)
         if labels is not None:  # finer than accuracy, which often ties at 100% of a small held-out share
-            metrics["log_loss"] = float(nn.functional.nll_loss(log_probs, labels.long()))
+            if labels.ndim == 1 and len(labels) and 0 <= int(labels.min()) and int(labels.max()) < student.shape[-1]:
+                metrics["log_loss"] = float(nn.functional.nll_loss(log_probs, labels.long()))
         else:
             metrics["kl_to_teacher"] = float(nn.functional.kl_div(log_probs, torch.log_softmax(teacher, -1),
                                                                   log_target=True, reduction="batchmean"))
