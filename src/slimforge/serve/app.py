@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slimforge.core.scratch import handle_termination_on_the_thread_stack
 from slimforge.errors import SlimforgeError
 from slimforge.serve.batcher import Batcher, QueueFull
 from slimforge.serve.gate import Gate, Metrics
@@ -93,6 +95,9 @@ def create_app(cfg: ServeConfig | None = None, preloaded: ModelSet | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
+        # uvicorn has installed its SIGTERM/Ctrl-C handlers by now, with SA_ONSTACK; OpenVINO can leave a stale
+        # alternate signal stack behind (core.scratch), on which a shutdown signal would die with SIGSEGV
+        handle_termination_on_the_thread_stack(signal.SIGTERM, signal.SIGINT)
         try:
             ms = preloaded if preloaded is not None else await asyncio.get_running_loop().run_in_executor(
                 None, load_models, cfg)
