@@ -14,7 +14,6 @@ one process: they are not tuned here.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,7 +22,7 @@ import numpy as np
 from slimforge.bench.compare import FASTER, SLOWER, compare
 from slimforge.bench.timing import BenchSpec
 from slimforge.core.artifact import Artifact
-from slimforge.runtimes import open_session, ort_spin_off
+from slimforge.runtimes import open_session, ort_spin_off, physical_cores
 
 TUNABLE = ("onnxruntime", "openvino")
 SPEC = BenchSpec(rounds=8, max_rounds=16, max_time_s=20.0)
@@ -56,10 +55,8 @@ class ThreadChoice:
 
 
 def default_threads() -> int:
-    """One per physical core, as ONNX Runtime and OpenVINO count them by default."""
-    import psutil
-
-    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    """The runtimes' default count (``runtimes.physical_cores``; the tests stand in another)."""
+    return physical_cores()
 
 
 def candidates(most: int) -> list[int]:

@@ -129,15 +129,20 @@ def tuned_threads(art: Artifact, runtime: str | None = None, device: str = "cpu"
         >>> tuned_threads(art) is None
         True
     """
-    import psutil
-
     n, how = art.meta.get("threads"), art.meta.get("thread_tuning") or {}
     if not isinstance(n, int) or n < 1 or device != "cpu" or not isinstance(how, dict):
         return None
     if runtime is not None and how.get("runtime") != runtime:
         return None
-    cores = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    cores = physical_cores()
     return n if how.get("default") == cores and n <= cores else None
+
+
+def physical_cores() -> int:
+    """One per physical core: the thread count ONNX Runtime and OpenVINO use by default."""
+    import psutil
+
+    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
