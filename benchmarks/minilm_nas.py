@@ -55,6 +55,7 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--time-budget", type=float, default=900.0, help="seconds for the search's trials")
     ap.add_argument("--distill-epochs", type=int, default=8)
+    ap.add_argument("--distill-top", type=int, default=3, help="finalists distilled (the best after training is kept)")
     ap.add_argument("--budget", default="50%", help="latency budget at batch 32 (ms or a share of the unpruned)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out-dir", type=Path, default=ROOT / "slimforge-out" / "minilm-nas")
@@ -84,7 +85,7 @@ def main() -> int:
         t0 = time.perf_counter()
         res = slimforge.search_architecture(base, out / "corpus.txt", space="subnet", max_latency_ms=args.budget,
                                             batch=32, trials=args.trials, time_budget_s=args.time_budget,
-                                            distill_epochs=args.distill_epochs, threads=torch.get_num_threads(),
+                                            distill_epochs=args.distill_epochs, distill_top=args.distill_top, threads=torch.get_num_threads(),
                                             output_dir=out / "nas", force=True, progress=_bar)
         info.update(corpus_sentences=len(corpus), seconds=round(time.perf_counter() - t0, 1), search=res.to_dict())
         print(f"\nsearch + distillation: {info['seconds']:.0f} s; written: {res.paths}", file=sys.stderr)

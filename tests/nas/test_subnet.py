@@ -163,3 +163,7 @@ def test_the_chosen_sub_network_is_distilled_from_the_model_when_asked(tmp_path)
     assert len(runs) == min(3, len(within)) >= 1
     afters = [r["heldout"]["cosine_to_teacher_after"] for r in runs]
     assert held["cosine_to_teacher_after"] == max(afters) and doc["distilled"]["trial"] == doc["chosen"]["trial"]
+    # each kept layer's output was matched to the same layer of the original (a dropped layer is not: its Skip hands
+    # on the layer before it)
+    kept = [str(i) for i, layer in enumerate(doc["chosen"]["arch_spec"]["layers"]) if layer["heads"]]
+    assert [name.rsplit(".", 1)[1] for name in doc["distilled"]["hidden_layers"]] == kept

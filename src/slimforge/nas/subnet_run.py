@@ -92,7 +92,7 @@ def run_subnet(art: Any, data: Any, *, max_latency_ms: float | str | None, batch
                          and (budget is None or r.measured_ms <= budget)], key=lambda r: -(r.accuracy or 0.0))
         runs = []
         for trial in within[:max(1, distill_top)]:
-            student, info = _distill(art, as_artifact(trial), ds, distill_epochs, seed)
+            student, info = _distill(art, as_artifact(trial), ds, distill_epochs, seed, kept_layers(module, trial))
             runs.append((trial, student, {"trial": trial.number, "arch": trial.arch.describe(), **info}))
         trial, res.artifact, res.distilled = max(runs, key=lambda r: _after(r[2]))
         res.distilled = {**res.distilled, "finalists": [r[2] for r in runs]}
@@ -131,9 +131,22 @@ def is_encoder(module: Any) -> bool:
         return False
 
 
-def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int) -> tuple[Any, dict[str, Any]]:
-    """Embedding (and, where the layers line up, no hidden-state) distillation from the original, the shared trainer;
-    the student that comes back is the one the held-out check judged."""
+def kept_layers(module: Any, trial: Any) -> tuple[str, ...]:
+    """The module names of an encoder sub-network's kept layers (the same names in the original and the cut: a
+    dropped layer is a ``Skip`` in its place), for hidden-state distillation; nothing for a CNN."""
+    if not is_encoder(module):
+        return ()
+    from slimforge.nas.subnet import geometry
+
+    container = geometry(module).container
+    return tuple(f"{container}.{i}" for i, (heads, _) in enumerate(trial.arch.layers) if heads)
+
+
+def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int,
+             hidden: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
+    """Output distillation from the original with the shared trainer (the embedding's cosine, or the logits), plus,
+    given ``hidden`` (an encoder's kept layers), each kept layer's output matched to the same layer of the original
+    token by token; the student that comes back is the one the held-out check judged."""
     from slimforge.core.context import RunContext
     from slimforge.plan.engine import apply_step
     from slimforge.techniques.distill.torch_distill import DistillConfig
@@ -149,9 +162,9 @@ def _distill(teacher: Any, student: Any, ds: Any, epochs: int, seed: int) -> tup
 
     batch = 128 if resolve_device("auto").type == "cuda" else 32
     cfg = DistillConfig(epochs=epochs, lr=5e-4, freeze=("*embeddings*",) if has_embeddings else (), min_cosine=None,
-                        max_drop=None, seed=seed, num_samples=ALL_EXAMPLES, batch_size=batch)
+                        max_drop=None, seed=seed, num_samples=ALL_EXAMPLES, batch_size=batch, hidden_layers=hidden)
     out = apply_step(student, cfg, RunContext(calibration_data=ds, baseline=teacher, seed=seed))
-    info = dict(out.meta.get("distill", {}))
+    info = {**out.meta.get("distill", {}), "hidden_layers": list(hidden)}
     checks = {c.name: c for c in out.checks}
     held = checks.get("distill_heldout")
     if held is not None:
