@@ -85,7 +85,8 @@ def main() -> int:
         t0 = time.perf_counter()
         res = slimforge.search_architecture(base, out / "corpus.txt", space="subnet", max_latency_ms=args.budget,
                                             batch=32, trials=args.trials, time_budget_s=args.time_budget,
-                                            distill_epochs=args.distill_epochs, distill_top=args.distill_top, threads=torch.get_num_threads(),
+                                            distill_epochs=args.distill_epochs, distill_top=args.distill_top,
+                                            threads=torch.get_num_threads(),
                                             output_dir=out / "nas", force=True, progress=_bar)
         info.update(corpus_sentences=len(corpus), seconds=round(time.perf_counter() - t0, 1), search=res.to_dict())
         print(f"\nsearch + distillation: {info['seconds']:.0f} s; written: {res.paths}", file=sys.stderr)
